@@ -1,0 +1,58 @@
+# syntax=docker/dockerfile:1
+#
+# One image recipe for the whole workspace. BINS names the binaries to build and
+# ship, each a `[[bin]]` target of one workspace package:
+#
+#   users          (mesh-users)        conversations (mesh-conversations)
+#   memory         (mesh-memory)       scheduler     (mesh-scheduler)
+#   billing        (mesh-billing)      gateway       (mesh-gateway)
+#
+# Only `users` exists so far; the others arrive with their issues. Examples:
+#
+#   docker build -t mesh-users .                                  # just users
+#   docker build --build-arg BINS="users conversations" -t mesh . # several
+#
+# docker-compose.yml builds one image per service with BINS set to its binary.
+# Needs BuildKit (the default builder of Docker 23+ and of `docker compose`) for
+# the cache mounts. No system protoc is needed: mesh-proto vendors one.
+
+ARG RUST_VERSION=1.95
+ARG DEBIAN_RELEASE=bookworm
+
+FROM rust:${RUST_VERSION}-${DEBIAN_RELEASE} AS builder
+WORKDIR /src
+# sqlx's query macros (if a service uses them) read the checked-in .sqlx/ data
+# instead of a live database at build time.
+ENV SQLX_OFFLINE=true \
+    CARGO_TERM_COLOR=never
+COPY . .
+ARG BINS="users"
+# The registry, git checkouts and target/ live in cache mounts, so a rebuild only
+# recompiles what changed; the binaries are copied out of the mount to /out.
+RUN --mount=type=cache,id=mesh-cargo-registry,target=/usr/local/cargo/registry,sharing=locked \
+    --mount=type=cache,id=mesh-cargo-git,target=/usr/local/cargo/git,sharing=locked \
+    --mount=type=cache,id=mesh-target,target=/src/target,sharing=locked \
+    set -eu; \
+    set --; \
+    for bin in $BINS; do set -- "$@" --bin "$bin"; done; \
+    if [ "$#" -eq 0 ]; then echo "BINS is empty: name at least one binary" >&2; exit 1; fi; \
+    cargo build --release --locked "$@"; \
+    mkdir -p /out; \
+    for bin in $BINS; do install -m 0755 "target/release/$bin" /out/; done
+
+FROM debian:${DEBIAN_RELEASE}-slim AS runtime
+# ca-certificates is left unpinned on purpose: it should be the release's newest.
+# hadolint ignore=DL3008
+RUN set -eux; \
+    apt-get update; \
+    apt-get install -y --no-install-recommends ca-certificates; \
+    rm -rf /var/lib/apt/lists/*; \
+    groupadd --system --gid 10001 mesh; \
+    useradd --system --uid 10001 --gid mesh --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin mesh
+COPY --from=builder /out/ /usr/local/bin/
+USER 10001:10001
+# The services read everything from the environment (see README); logs go to
+# stdout. They drain in-flight requests on SIGTERM, so no init shim is needed.
+# The default command suits the default BINS; compose and Kubernetes name the
+# binary to run.
+CMD ["users"]

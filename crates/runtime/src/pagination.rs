@@ -1,0 +1,95 @@
+//! List RPC conventions: `page_size` (0 means the default, capped at the
+//! maximum) and an opaque `page_token` holding the last key of the previous
+//! page (keyset pagination: stable under inserts, no OFFSET scans).
+
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use uuid::Uuid;
+
+use crate::{ApiError, ApiResult};
+
+pub const DEFAULT_PAGE_SIZE: i64 = 50;
+pub const MAX_PAGE_SIZE: i64 = 1000;
+
+/// The number of rows to return for a requested `page_size`.
+pub fn page_size(requested: i32) -> ApiResult<i64> {
+    match requested {
+        n if n < 0 => Err(ApiError::invalid("page_size", "must not be negative")),
+        0 => Ok(DEFAULT_PAGE_SIZE),
+        n => Ok(i64::from(n).min(MAX_PAGE_SIZE)),
+    }
+}
+
+const PREFIX: &str = "k1:";
+
+/// An opaque token for "after this key".
+pub fn encode_token(last_key: &str) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{PREFIX}{last_key}"))
+}
+
+/// The key a token stands for; `None` for an empty token (the first page).
+pub fn decode_token(token: &str) -> ApiResult<Option<String>> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    URL_SAFE_NO_PAD
+        .decode(token)
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .and_then(|text| text.strip_prefix(PREFIX).map(str::to_owned))
+        .map(Some)
+        .ok_or_else(|| ApiError::invalid("page_token", "is not a token this service issued"))
+}
+
+/// A token holding a UUID key.
+pub fn decode_uuid_token(token: &str) -> ApiResult<Option<Uuid>> {
+    decode_token(token)?
+        .map(|key| {
+            Uuid::parse_str(&key)
+                .map_err(|_| ApiError::invalid("page_token", "is not a token this service issued"))
+        })
+        .transpose()
+}
+
+/// Splits one extra fetched row off `rows` and turns it into the next token:
+/// queries fetch `page_size + 1` rows to learn whether another page exists.
+pub fn next_page<T>(rows: &mut Vec<T>, page_size: i64, key: impl Fn(&T) -> String) -> String {
+    if rows.len() as i64 > page_size {
+        rows.truncate(page_size as usize);
+        rows.last().map(|last| encode_token(&key(last))).unwrap_or_default()
+    } else {
+        String::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_default_cap_and_refuse_negatives() {
+        assert_eq!(page_size(0).unwrap(), DEFAULT_PAGE_SIZE);
+        assert_eq!(page_size(5000).unwrap(), MAX_PAGE_SIZE);
+        assert_eq!(page_size(7).unwrap(), 7);
+        assert!(page_size(-1).is_err());
+    }
+
+    #[test]
+    fn tokens_round_trip_and_foreign_ones_are_refused() {
+        let id = Uuid::now_v7();
+        let token = encode_token(&id.to_string());
+        assert_eq!(decode_uuid_token(&token).unwrap(), Some(id));
+        assert_eq!(decode_uuid_token("").unwrap(), None);
+        assert!(decode_uuid_token("not-a-token").is_err());
+        assert!(decode_uuid_token(&encode_token("not-a-uuid")).is_err());
+    }
+
+    #[test]
+    fn next_page_trims_the_probe_row() {
+        let mut rows = vec![1, 2, 3];
+        let token = next_page(&mut rows, 2, |r| r.to_string());
+        assert_eq!(rows, [1, 2]);
+        assert_eq!(decode_token(&token).unwrap().as_deref(), Some("2"));
+        let mut rows = vec![1, 2];
+        assert_eq!(next_page(&mut rows, 2, |r| r.to_string()), "");
+    }
+}

@@ -1,0 +1,255 @@
+//! The one server bootstrap every service shares.
+//!
+//! [`Application::build`] binds the port, opens a lazy pool and assembles the
+//! gRPC server: the service's own routes behind bearer-token auth, gRPC health
+//! and server reflection (v1 and v1alpha) in the open, a span per request that
+//! continues the caller's trace. [`Application::run_until_stopped`] serves,
+//! migrates the database in the background (health says NOT_SERVING until the
+//! database answers and migrations are applied, and again whenever the
+//! database stops answering), and on SIGTERM/SIGINT drains in-flight requests
+//! for at most the configured grace period.
+
+use std::{future::Future, net::SocketAddr, time::Duration};
+
+use anyhow::Context as _;
+use sqlx::{PgPool, migrate::Migrator};
+use tokio::net::TcpListener;
+use tonic::{
+    service::Routes,
+    transport::{Identity, Server, ServerTlsConfig},
+};
+use tonic_health::{ServingStatus, server::HealthReporter};
+
+use crate::{auth::BearerAuthLayer, config::ServiceConfig, db, telemetry};
+
+/// What distinguishes one service from another for the shared bootstrap.
+pub struct ServiceSpec {
+    /// Short name: the database schema, and the name in logs and traces.
+    pub name: &'static str,
+    /// Fully qualified gRPC service names, reported by health.
+    pub grpc_services: &'static [&'static str],
+    /// The encoded FileDescriptorSet of the service's protos, for reflection.
+    pub file_descriptor_set: &'static [u8],
+    pub migrator: &'static Migrator,
+}
+
+/// How often the database is checked once the service is up.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+
+pub struct Application {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    routes: Routes,
+    tls: Option<ServerTlsConfig>,
+    auth: BearerAuthLayer,
+    health: HealthReporter,
+    pool: PgPool,
+    spec: &'static ServiceSpec,
+    drain_grace: Duration,
+}
+
+impl Application {
+    /// Binds `config.addr` (port 0 picks a free port) and prepares the server;
+    /// `routes` receives the pool and returns the service's gRPC routes.
+    pub async fn build(
+        config: &ServiceConfig,
+        spec: &'static ServiceSpec,
+        routes: impl FnOnce(PgPool) -> Routes,
+    ) -> anyhow::Result<Self> {
+        let pool = db::lazy_pool(
+            &config.database_url,
+            spec.name,
+            config.db_max_connections,
+            spec.name,
+        )?;
+        let (health, health_service) = tonic_health::server::health_reporter();
+        for name in health_names(spec) {
+            health
+                .set_service_status(name, ServingStatus::NotServing)
+                .await;
+        }
+        let reflection = |builder: tonic_reflection::server::Builder<'static>| {
+            builder
+                .register_encoded_file_descriptor_set(spec.file_descriptor_set)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(
+                    tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+                )
+        };
+        let reflection_v1 =
+            reflection(tonic_reflection::server::Builder::configure()).build_v1()?;
+        let reflection_v1alpha =
+            reflection(tonic_reflection::server::Builder::configure()).build_v1alpha()?;
+        let routes = routes(pool.clone())
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha);
+
+        let tls = match &config.tls {
+            None => None,
+            Some(files) => {
+                let cert = std::fs::read(&files.cert_path)
+                    .with_context(|| format!("MESH_TLS_CERT_FILE={}", files.cert_path))?;
+                let key = std::fs::read(&files.key_path)
+                    .with_context(|| format!("MESH_TLS_KEY_FILE={}", files.key_path))?;
+                Some(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))
+            }
+        };
+        let listener = TcpListener::bind(config.addr)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.addr))?;
+        let local_addr = listener.local_addr()?;
+        Ok(Self {
+            listener,
+            local_addr,
+            routes,
+            tls,
+            auth: BearerAuthLayer::new(&config.auth_token),
+            health,
+            pool,
+            spec,
+            drain_grace: config.drain_grace,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Serves until SIGTERM or SIGINT, then drains.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        self.run_until(shutdown_signal()).await
+    }
+
+    /// Serves until `stop` completes, then drains. Returns an error when the
+    /// server fails or the migrations cannot be applied.
+    pub async fn run_until(self, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let Self {
+            listener,
+            local_addr,
+            routes,
+            tls,
+            auth,
+            health,
+            pool,
+            spec,
+            drain_grace,
+        } = self;
+        let mut builder = Server::builder().trace_fn(telemetry::request_span);
+        if let Some(tls) = tls {
+            builder = builder.tls_config(tls)?;
+        }
+        let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
+        let serve = builder
+            .layer(auth)
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                async {
+                    let _ = drain_rx.await;
+                },
+            );
+        let mut server = tokio::spawn(serve);
+        let mut readiness = tokio::spawn(keep_health(pool.clone(), health.clone(), spec));
+        tracing::info!(service = spec.name, %local_addr, "listening");
+
+        tokio::select! {
+            () = stop => tracing::info!("stop requested: draining"),
+            result = &mut readiness => {
+                server.abort();
+                return Err(result.map_err(anyhow::Error::from).and_then(|r| r).err()
+                    .unwrap_or_else(|| anyhow::anyhow!("health task ended")));
+            }
+            result = &mut server => {
+                readiness.abort();
+                return result?.context("gRPC server failed");
+            }
+        }
+
+        readiness.abort();
+        for name in health_names(spec) {
+            health
+                .set_service_status(name, ServingStatus::NotServing)
+                .await;
+        }
+        let _ = drain_tx.send(());
+        match tokio::time::timeout(drain_grace, &mut server).await {
+            Ok(result) => result?.context("gRPC server failed while draining")?,
+            Err(_) => {
+                tracing::warn!(grace = ?drain_grace, "drain deadline passed; cutting remaining requests");
+                server.abort();
+            }
+        }
+        pool.close().await;
+        tracing::info!(service = spec.name, "stopped");
+        Ok(())
+    }
+}
+
+fn health_names(spec: &ServiceSpec) -> impl Iterator<Item = &'static str> {
+    // "" is the whole server: what `grpcurl ... grpc.health.v1.Health/Check` asks about.
+    std::iter::once("").chain(spec.grpc_services.iter().copied())
+}
+
+/// Waits for the database, migrates it, reports SERVING, then follows the
+/// database's health. Returns only when the migrations fail.
+async fn keep_health(
+    pool: PgPool,
+    health: HealthReporter,
+    spec: &'static ServiceSpec,
+) -> anyhow::Result<()> {
+    let mut delay = Duration::from_millis(100);
+    while !db::ping(&pool).await {
+        tracing::warn!(retry_in = ?delay, "database not answering yet");
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+    db::migrate(&pool, spec.migrator).await?;
+    let mut serving = false;
+    loop {
+        let up = db::ping(&pool).await;
+        if up != serving {
+            let status = if up {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            tracing::info!(?status, "health changed");
+            for name in health_names(spec) {
+                health.set_service_status(name, status).await;
+            }
+            serving = up;
+        }
+        tokio::time::sleep(if serving {
+            HEALTH_INTERVAL
+        } else {
+            Duration::from_millis(500)
+        })
+        .await;
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}

@@ -1,0 +1,126 @@
+//! Logs, traces, and the W3C `traceparent` that ties them across services.
+//!
+//! Every process gets an OpenTelemetry tracer so spans always have trace ids
+//! (logs and internal errors quote them); spans leave the process over OTLP
+//! only when `OTEL_EXPORTER_OTLP_ENDPOINT` is set. `RUST_LOG` filters logs
+//! (default `info`); `LOG_FORMAT=json` switches to JSON lines.
+
+use opentelemetry::{
+    propagation::{Extractor, Injector},
+    trace::{TraceContextExt, TracerProvider as _},
+};
+use opentelemetry_sdk::{propagation::TraceContextPropagator, trace::SdkTracerProvider};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::{EnvFilter, layer::SubscriberExt, util::SubscriberInitExt};
+
+/// Flushes spans still buffered for export when dropped at shutdown.
+pub struct TelemetryGuard {
+    provider: SdkTracerProvider,
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if let Err(error) = self.provider.shutdown() {
+            eprintln!("telemetry shutdown: {error}");
+        }
+    }
+}
+
+/// Installs the global subscriber for `service`. Call once, first thing in main.
+pub fn init(service: &'static str) -> anyhow::Result<TelemetryGuard> {
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name(service)
+        .build();
+    let mut provider = SdkTracerProvider::builder().with_resource(resource);
+    if crate::config::optional("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() {
+        // The exporter reads OTEL_EXPORTER_OTLP_ENDPOINT (and the other
+        // standard OTEL_EXPORTER_OTLP_* variables) itself.
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .build()?;
+        provider = provider.with_batch_exporter(exporter);
+    }
+    let provider = provider.build();
+    let tracer = provider.tracer(service);
+
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let otel = tracing_opentelemetry::layer().with_tracer(tracer);
+    let json = crate::config::optional("LOG_FORMAT").is_some_and(|f| f == "json");
+    let registry = tracing_subscriber::registry().with(filter).with(otel);
+    if json {
+        registry
+            .with(tracing_subscriber::fmt::layer().json())
+            .try_init()?;
+    } else {
+        registry.with(tracing_subscriber::fmt::layer()).try_init()?;
+    }
+    Ok(TelemetryGuard { provider })
+}
+
+/// The trace id of the current span, or zeros outside any traced span.
+pub fn current_trace_id() -> String {
+    tracing::Span::current()
+        .context()
+        .span()
+        .span_context()
+        .trace_id()
+        .to_string()
+}
+
+/// The span of one incoming gRPC request, continuing the caller's trace when
+/// its `traceparent` header came along.
+pub fn request_span(request: &http::Request<()>) -> tracing::Span {
+    let span = tracing::info_span!(
+        "grpc.request",
+        otel.kind = "server",
+        rpc.system = "grpc",
+        rpc.method = %request.uri().path(),
+    );
+    let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.extract(&HeaderExtractor(request.headers()))
+    });
+    if parent.span().span_context().is_valid() {
+        // Only fails when the span is disabled by the filter: nothing to attach to then.
+        let _ = span.set_parent(parent);
+    }
+    span
+}
+
+/// A client interceptor that sends the current span's context as
+/// `traceparent`, so the callee's spans join this trace.
+pub fn inject_trace_context(
+    mut request: tonic::Request<()>,
+) -> Result<tonic::Request<()>, tonic::Status> {
+    let context = tracing::Span::current().context();
+    opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.inject_context(&context, &mut MetadataInjector(request.metadata_mut()));
+    });
+    Ok(request)
+}
+
+struct HeaderExtractor<'a>(&'a http::HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
+struct MetadataInjector<'a>(&'a mut tonic::metadata::MetadataMap);
+
+impl Injector for MetadataInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(key), Ok(value)) = (
+            tonic::metadata::MetadataKey::from_bytes(key.as_bytes()),
+            value.parse(),
+        ) {
+            self.0.insert(key, value);
+        }
+    }
+}

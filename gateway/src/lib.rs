@@ -1,0 +1,1 @@
+//! The webhook gateway. Not built yet; the crate holds its place in the workspace.

@@ -1,0 +1,15 @@
+//! The mesh's gRPC API, generated from `proto/mesh/**.proto`.
+//!
+//! One module per package (`mesh::users::v1`, ...), and the file descriptor set
+//! that every service registers with server reflection.
+
+pub mod mesh {
+    pub mod users {
+        pub mod v1 {
+            tonic::include_proto!("mesh.users.v1");
+        }
+    }
+}
+
+/// Every mesh proto and its imports, for server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("mesh_descriptor");

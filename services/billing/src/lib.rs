@@ -1,0 +1,1 @@
+//! The billing context. Its service is not built yet; the crate holds its place in the workspace.
