@@ -81,7 +81,10 @@ where
         if self.allows(&request) {
             futures_util::future::Either::Left(self.inner.call(request))
         } else {
-            tracing::info!(path = request.uri().path(), "refused: missing or wrong bearer token");
+            tracing::info!(
+                path = request.uri().path(),
+                "refused: missing or wrong bearer token"
+            );
             let status = tonic::Status::unauthenticated(
                 "missing or invalid credentials: send `authorization: Bearer <MESH_AUTH_TOKEN>`",
             );

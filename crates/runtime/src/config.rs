@@ -38,11 +38,14 @@ where
 {
     match optional(name) {
         None => Ok(default),
-        Some(value) => value.trim().parse().map_err(|e: T::Err| ConfigError::Invalid {
-            name: name.to_owned(),
-            reason: e.to_string(),
-            value,
-        }),
+        Some(value) => value
+            .trim()
+            .parse()
+            .map_err(|e: T::Err| ConfigError::Invalid {
+                name: name.to_owned(),
+                reason: e.to_string(),
+                value,
+            }),
     }
 }
 
@@ -115,7 +118,10 @@ fn positive(name: &str, default: u32) -> Result<u32, ConfigError> {
 }
 
 fn tls_files() -> Result<Option<TlsFiles>, ConfigError> {
-    match (optional("MESH_TLS_CERT_FILE"), optional("MESH_TLS_KEY_FILE")) {
+    match (
+        optional("MESH_TLS_CERT_FILE"),
+        optional("MESH_TLS_KEY_FILE"),
+    ) {
         (None, None) => Ok(None),
         (Some(cert_path), Some(key_path)) => Ok(Some(TlsFiles {
             cert_path,

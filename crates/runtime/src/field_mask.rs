@@ -20,7 +20,10 @@ pub fn paths(mask: Option<&FieldMask>, allowed: &[&str]) -> ApiResult<Vec<String
         if !allowed.contains(&path.as_str()) {
             violations.push(
                 "update_mask",
-                format!("{path:?} cannot be updated; updatable: {}", allowed.join(", ")),
+                format!(
+                    "{path:?} cannot be updated; updatable: {}",
+                    allowed.join(", ")
+                ),
             );
         } else if !out.contains(path) {
             out.push(path.clone());
@@ -43,7 +46,10 @@ mod tests {
     #[test]
     fn accepts_known_paths_once_and_refuses_the_rest() {
         let allowed = ["a", "b"];
-        assert_eq!(paths(Some(&mask(&["b", "a", "b"])), &allowed).unwrap(), ["b", "a"]);
+        assert_eq!(
+            paths(Some(&mask(&["b", "a", "b"])), &allowed).unwrap(),
+            ["b", "a"]
+        );
         assert!(paths(Some(&mask(&["c"])), &allowed).is_err());
         assert!(paths(Some(&mask(&[])), &allowed).is_err());
         assert!(paths(None, &allowed).is_err());

@@ -82,7 +82,9 @@ where
         ));
     }
     let bytes = stored_response.ok_or_else(|| {
-        ApiError::internal(anyhow::anyhow!("idempotency key committed without a response"))
+        ApiError::internal(anyhow::anyhow!(
+            "idempotency key committed without a response"
+        ))
     })?;
     Resp::decode(bytes.as_slice()).map_err(ApiError::internal)
 }

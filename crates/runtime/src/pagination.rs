@@ -55,7 +55,9 @@ pub fn decode_uuid_token(token: &str) -> ApiResult<Option<Uuid>> {
 pub fn next_page<T>(rows: &mut Vec<T>, page_size: i64, key: impl Fn(&T) -> String) -> String {
     if rows.len() as i64 > page_size {
         rows.truncate(page_size as usize);
-        rows.last().map(|last| encode_token(&key(last))).unwrap_or_default()
+        rows.last()
+            .map(|last| encode_token(&key(last)))
+            .unwrap_or_default()
     } else {
         String::new()
     }

@@ -72,9 +72,7 @@ impl Application {
             builder
                 .register_encoded_file_descriptor_set(spec.file_descriptor_set)
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-                .register_encoded_file_descriptor_set(
-                    tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
-                )
+                .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
         };
         let reflection_v1 =
             reflection(tonic_reflection::server::Builder::configure()).build_v1()?;
@@ -178,14 +176,18 @@ impl Application {
         }
         let _ = drain_tx.send(());
         match tokio::time::timeout(drain_grace, &mut server).await {
-            Ok(result) => result?.context("gRPC server failed while draining")?,
+            Ok(result) => {
+                result?.context("gRPC server failed while draining")?;
+                pool.close().await;
+                tracing::info!(service = spec.name, "stopped");
+            }
             Err(_) => {
+                // Requests still running hold pool connections, so closing the
+                // pool would wait for them: leave them to end with the process.
                 tracing::warn!(grace = ?drain_grace, "drain deadline passed; cutting remaining requests");
                 server.abort();
             }
         }
-        pool.close().await;
-        tracing::info!(service = spec.name, "stopped");
         Ok(())
     }
 }

@@ -6,7 +6,7 @@
 use std::str::FromStr;
 
 use sqlx::{
-    Connection, Executor, PgConnection,
+    AssertSqlSafe, Connection, Executor, PgConnection,
     postgres::{PgConnectOptions, PgConnection as Conn},
 };
 
@@ -30,7 +30,8 @@ impl TestDatabase {
             .await
             .expect("connect to DATABASE_URL");
         server
-            .execute(format!(r#"CREATE DATABASE "{name}""#).as_str())
+            // The name is ours (test_ and a UUID), not input: safe to splice.
+            .execute(AssertSqlSafe(format!(r#"CREATE DATABASE "{name}""#)))
             .await
             .expect("create the test database");
         let mut database = Conn::connect_with(&admin.clone().database(&name))
@@ -71,7 +72,9 @@ async fn set_role_passwords(database: &mut PgConnection, password: &str) {
     for service in ["users", "conversations", "memory", "scheduler", "billing"] {
         let literal = password.replace('\'', "''");
         database
-            .execute(format!("ALTER ROLE mesh_{service} PASSWORD '{literal}'").as_str())
+            .execute(AssertSqlSafe(format!(
+                "ALTER ROLE mesh_{service} PASSWORD '{literal}'"
+            )))
             .await
             .expect("set the role password");
     }

@@ -83,7 +83,9 @@ impl UserFields {
     fn validate(user: &pb::User, violations: &mut Violations) -> Option<Self> {
         let phone = match user.phone.as_deref() {
             None | Some("") => Some(None),
-            Some(raw) => violations.check(validate::phone("user.phone", raw)).map(Some),
+            Some(raw) => violations
+                .check(validate::phone("user.phone", raw))
+                .map(Some),
         };
         let language = violations.check(validate::language(
             "user.language",
@@ -96,7 +98,11 @@ impl UserFields {
             &user.preferred_checkin_time,
         ));
         for (field, value, max) in [
-            ("user.whatsapp_profile_name", &user.whatsapp_profile_name, 200),
+            (
+                "user.whatsapp_profile_name",
+                &user.whatsapp_profile_name,
+                200,
+            ),
             ("user.display_name", &user.display_name, 200),
             ("user.companion_name", &user.companion_name, 100),
             ("user.support_style", &user.support_style, 64),
@@ -105,7 +111,10 @@ impl UserFields {
             violations.check(validate::max_chars(field, value, max));
         }
         if user.telegram_user_id.is_some_and(|id| id <= 0) {
-            violations.push("user.telegram_user_id", "must be a positive Telegram user id");
+            violations.push(
+                "user.telegram_user_id",
+                "must be a positive Telegram user id",
+            );
         }
         let preferences = user
             .preferences
@@ -135,7 +144,10 @@ impl UserFields {
 }
 
 #[tracing::instrument(skip_all)]
-pub async fn create(pool: &PgPool, request: pb::CreateUserRequest) -> ApiResult<pb::CreateUserResponse> {
+pub async fn create(
+    pool: &PgPool,
+    request: pb::CreateUserRequest,
+) -> ApiResult<pb::CreateUserResponse> {
     let mut violations = Violations::default();
     let fields = match &request.user {
         Some(user) => UserFields::validate(user, &mut violations),
@@ -146,8 +158,13 @@ pub async fn create(pool: &PgPool, request: pb::CreateUserRequest) -> ApiResult<
     };
     violations.into_result()?;
     let fields = fields.expect("validated");
-    idempotency::run_once(pool, "CreateUser", &request.request_id, &request, async |conn| {
-        let row: UserRow = sqlx::query_as(
+    idempotency::run_once(
+        pool,
+        "CreateUser",
+        &request.request_id,
+        &request,
+        async |conn| {
+            let row: UserRow = sqlx::query_as(
             "INSERT INTO users (id, phone, whatsapp_profile_name, display_name, language, timezone,
                 preferences, companion_name, preferred_checkin_time, support_style,
                 telegram_user_id, telegram_username)
@@ -168,10 +185,11 @@ pub async fn create(pool: &PgPool, request: pb::CreateUserRequest) -> ApiResult<
         .bind(&fields.telegram_username)
         .fetch_one(&mut *conn)
         .await?;
-        Ok(pb::CreateUserResponse {
-            user: Some(row.into()),
-        })
-    })
+            Ok(pb::CreateUserResponse {
+                user: Some(row.into()),
+            })
+        },
+    )
     .await
 }
 
@@ -315,7 +333,10 @@ const UPDATABLE: [&str; 10] = [
 ];
 
 #[tracing::instrument(skip_all)]
-pub async fn update(pool: &PgPool, request: pb::UpdateUserRequest) -> ApiResult<pb::UpdateUserResponse> {
+pub async fn update(
+    pool: &PgPool,
+    request: pb::UpdateUserRequest,
+) -> ApiResult<pb::UpdateUserResponse> {
     let Some(user) = request.user else {
         return Err(ApiError::invalid("user", "is required"));
     };
@@ -332,7 +353,9 @@ pub async fn update(pool: &PgPool, request: pb::UpdateUserRequest) -> ApiResult<
     let mut set = query.separated(", ");
     for path in &paths {
         match path.as_str() {
-            "phone" => set.push("phone = ").push_bind_unseparated(fields.phone.clone()),
+            "phone" => set
+                .push("phone = ")
+                .push_bind_unseparated(fields.phone.clone()),
             "whatsapp_profile_name" => set
                 .push("whatsapp_profile_name = ")
                 .push_bind_unseparated(fields.whatsapp_profile_name.clone()),
@@ -357,11 +380,16 @@ pub async fn update(pool: &PgPool, request: pb::UpdateUserRequest) -> ApiResult<
             "support_style" => set
                 .push("support_style = ")
                 .push_bind_unseparated(fields.support_style.clone()),
-            "is_active" => set.push("is_active = ").push_bind_unseparated(user.is_active),
+            "is_active" => set
+                .push("is_active = ")
+                .push_bind_unseparated(user.is_active),
             _ => unreachable!("mask::paths admits only UPDATABLE"),
         };
     }
-    query.push(" WHERE id = ").push_bind(id).push(" RETURNING *");
+    query
+        .push(" WHERE id = ")
+        .push_bind(id)
+        .push(" RETURNING *");
     let row: UserRow = query
         .build_query_as()
         .fetch_optional(pool)
@@ -378,7 +406,9 @@ fn masked_user(user: &pb::User, paths: &[String]) -> pb::User {
     for path in paths {
         match path.as_str() {
             "phone" => masked.phone = user.phone.clone(),
-            "whatsapp_profile_name" => masked.whatsapp_profile_name = user.whatsapp_profile_name.clone(),
+            "whatsapp_profile_name" => {
+                masked.whatsapp_profile_name = user.whatsapp_profile_name.clone()
+            }
             "display_name" => masked.display_name = user.display_name.clone(),
             "language" => masked.language = user.language.clone(),
             "timezone" => masked.timezone = user.timezone.clone(),
@@ -395,7 +425,10 @@ fn masked_user(user: &pb::User, paths: &[String]) -> pb::User {
 }
 
 #[tracing::instrument(skip_all)]
-pub async fn list(pool: &PgPool, request: pb::ListUsersRequest) -> ApiResult<pb::ListUsersResponse> {
+pub async fn list(
+    pool: &PgPool,
+    request: pb::ListUsersRequest,
+) -> ApiResult<pb::ListUsersResponse> {
     let page_size = pagination::page_size(request.page_size)?;
     let after = pagination::decode_uuid_token(&request.page_token)?;
     let mut violations = Violations::default();
@@ -437,42 +470,50 @@ pub async fn deactivate(
     request: pb::DeactivateUserRequest,
 ) -> ApiResult<pb::DeactivateUserResponse> {
     let id = user_id("user_id", &request.user_id)?;
-    let row: UserRow = sqlx::query_as(
-        "UPDATE users SET is_active = false WHERE id = $1 RETURNING *",
-    )
-    .bind(id)
-    .fetch_optional(pool)
-    .await?
-    .ok_or_else(|| ApiError::not_found(format!("no user with id {id}")))?;
+    let row: UserRow =
+        sqlx::query_as("UPDATE users SET is_active = false WHERE id = $1 RETURNING *")
+            .bind(id)
+            .fetch_optional(pool)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("no user with id {id}")))?;
     Ok(pb::DeactivateUserResponse {
         user: Some(row.into()),
     })
 }
 
 #[tracing::instrument(skip(pool))]
-pub async fn delete(pool: &PgPool, request: pb::DeleteUserRequest) -> ApiResult<pb::DeleteUserResponse> {
+pub async fn delete(
+    pool: &PgPool,
+    request: pb::DeleteUserRequest,
+) -> ApiResult<pb::DeleteUserResponse> {
     let id = user_id("user_id", &request.user_id)?;
-    idempotency::run_once(pool, "DeleteUser", &request.request_id, &request, async |conn| {
-        // Devices, preferences, onboarding, link tokens, workspaces and their
-        // projects go with the row (ON DELETE CASCADE); flag targets name the
-        // user by id only, so they are cleaned here.
-        let deleted = sqlx::query("DELETE FROM users WHERE id = $1")
+    idempotency::run_once(
+        pool,
+        "DeleteUser",
+        &request.request_id,
+        &request,
+        async |conn| {
+            // Devices, preferences, onboarding, link tokens, workspaces and their
+            // projects go with the row (ON DELETE CASCADE); flag targets name the
+            // user by id only, so they are cleaned here.
+            let deleted = sqlx::query("DELETE FROM users WHERE id = $1")
+                .bind(id)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected();
+            if deleted == 0 {
+                return Err(ApiError::not_found(format!("no user with id {id}")));
+            }
+            sqlx::query(
+                "UPDATE feature_flags SET target_user_ids = array_remove(target_user_ids, $1)
+             WHERE $1 = ANY (target_user_ids)",
+            )
             .bind(id)
             .execute(&mut *conn)
-            .await?
-            .rows_affected();
-        if deleted == 0 {
-            return Err(ApiError::not_found(format!("no user with id {id}")));
-        }
-        sqlx::query(
-            "UPDATE feature_flags SET target_user_ids = array_remove(target_user_ids, $1)
-             WHERE $1 = ANY (target_user_ids)",
-        )
-        .bind(id)
-        .execute(&mut *conn)
-        .await?;
-        Ok(pb::DeleteUserResponse {})
-    })
+            .await?;
+            Ok(pb::DeleteUserResponse {})
+        },
+    )
     .await
 }
 

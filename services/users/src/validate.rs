@@ -135,7 +135,15 @@ mod tests {
         assert_eq!(phone("p", "573001234567").unwrap(), "+573001234567");
         assert_eq!(phone("p", "+57 300 123-4567").unwrap(), "+573001234567");
         assert_eq!(phone("p", "16505551234").unwrap(), "+16505551234");
-        for bad in ["", "+", "0573001234567", "+1234567", "+1234567890123456", "57300abc4567", "++573001234567"] {
+        for bad in [
+            "",
+            "+",
+            "0573001234567",
+            "+1234567",
+            "+1234567890123456",
+            "57300abc4567",
+            "++573001234567",
+        ] {
             assert!(phone("p", bad).is_err(), "{bad} should be refused");
         }
     }
@@ -149,7 +157,10 @@ mod tests {
         assert_eq!(timezone("t", "").unwrap(), DEFAULT_TIMEZONE);
         assert_eq!(timezone("t", "Europe/Madrid").unwrap(), "Europe/Madrid");
         assert!(timezone("t", "Mars/Olympus").is_err());
-        assert_eq!(format_local_time(local_time("c", "07:30").unwrap()), "07:30");
+        assert_eq!(
+            format_local_time(local_time("c", "07:30").unwrap()),
+            "07:30"
+        );
         assert!(local_time("c", "24:00").is_err());
         assert!(local_time("c", "7").is_err());
     }

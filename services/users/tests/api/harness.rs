@@ -10,11 +10,14 @@ use tonic::{
     service::interceptor::InterceptedService,
     transport::{Channel, Endpoint},
 };
-use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
 
 pub const TOKEN: &str = "test-token";
 
-pub type Client = UsersServiceClient<InterceptedService<Channel, fn(Request<()>) -> Result<Request<()>, Status>>>;
+pub type Client =
+    UsersServiceClient<InterceptedService<Channel, fn(Request<()>) -> Result<Request<()>, Status>>>;
 
 pub struct TestApp {
     pub addr: SocketAddr,
@@ -59,7 +62,7 @@ pub async fn spawn_on(db: TestDatabase) -> TestApp {
     }));
     let channel = channel(addr).await;
     wait_serving(channel.clone()).await;
-    let client = UsersServiceClient::with_interceptor(channel, bearer as fn(_) -> _);
+    let client = client(channel);
     TestApp {
         addr,
         client,
@@ -67,6 +70,11 @@ pub async fn spawn_on(db: TestDatabase) -> TestApp {
         stop: Some(stop),
         server,
     }
+}
+
+/// An authenticated client over `channel`.
+pub fn client(channel: Channel) -> Client {
+    UsersServiceClient::with_interceptor(channel, bearer as fn(_) -> _)
 }
 
 pub async fn channel(addr: SocketAddr) -> Channel {
@@ -82,7 +90,9 @@ pub async fn wait_serving(channel: Channel) {
     let mut health = HealthClient::new(channel);
     for _ in 0..300 {
         let status = health
-            .check(HealthCheckRequest { service: String::new() })
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
             .await
             .map(|r| r.into_inner().status());
         if matches!(status, Ok(ServingStatus::Serving)) {
@@ -97,10 +107,12 @@ impl TestApp {
     /// Rows in `users.<table>` right now, counted as the superuser.
     pub async fn count(&self, table: &str) -> i64 {
         let mut conn = self.db.admin_connection().await;
-        sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM users.{table}")))
-            .fetch_one(&mut conn)
-            .await
-            .unwrap()
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*) FROM users.{table}"
+        )))
+        .fetch_one(&mut conn)
+        .await
+        .unwrap()
     }
 }
 

@@ -1,1 +1,437 @@
-use crate::harness::spawn_app;
+//! What every service promises beyond its RPCs: auth, open health and
+//! reflection that grpcurl can use, safe concurrent start-up, schema
+//! isolation, health that follows the database, and a bounded drain.
+
+use std::{
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use mesh_proto::mesh::users::v1::{users_service_client::UsersServiceClient, *};
+use mesh_runtime::testing::TestDatabase;
+use sqlx::Connection;
+use tonic::Code;
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+use crate::harness::{TOKEN, channel, config, spawn_app, spawn_on, wait_serving};
+
+#[tokio::test]
+async fn calls_without_the_right_token_are_refused_before_the_handler() {
+    let app = spawn_app().await;
+    let mut anonymous = UsersServiceClient::new(channel(app.addr).await);
+    let create = || CreateUserRequest {
+        user: Some(User {
+            display_name: "Eve".into(),
+            ..Default::default()
+        }),
+        request_id: String::new(),
+    };
+    let missing = anonymous.create_user(create()).await.unwrap_err();
+    assert_eq!(missing.code(), Code::Unauthenticated);
+
+    for header in [
+        "Bearer wrong-token",
+        TOKEN,
+        "bearer test-token",
+        "Bearer test-token ",
+    ] {
+        let mut request = tonic::Request::new(create());
+        request
+            .metadata_mut()
+            .insert("authorization", header.parse().unwrap());
+        let refused = anonymous.create_user(request).await.unwrap_err();
+        assert_eq!(refused.code(), Code::Unauthenticated, "{header:?}");
+    }
+    assert_eq!(app.count("users").await, 0, "the handler never ran");
+}
+
+#[tokio::test]
+async fn health_answers_without_a_token() {
+    let app = spawn_app().await;
+    let mut health = HealthClient::new(channel(app.addr).await);
+    for service in ["", "mesh.users.v1.UsersService"] {
+        let status = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status();
+        assert_eq!(status, ServingStatus::Serving, "{service:?}");
+    }
+}
+
+fn grpcurl() -> Command {
+    let path = std::env::var("MESH_GRPCURL")
+        .expect("MESH_GRPCURL must name a grpcurl binary: run the tests with `cargo xtask test`");
+    Command::new(path)
+}
+
+fn run(command: &mut Command) -> String {
+    let output = command.output().expect("run grpcurl");
+    assert!(
+        output.status.success(),
+        "grpcurl failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// grpcurl 1.8 is an independent client that speaks reflection v1alpha: what a
+/// newcomer types from the README must work as written. (Multi-threaded: the
+/// test blocks on grpcurl while the server answers it.)
+#[tokio::test(flavor = "multi_thread")]
+async fn grpcurl_lists_describes_and_round_trips_a_user() {
+    let app = spawn_app().await;
+    let addr = app.addr.to_string();
+    let listed = run(grpcurl().args(["-plaintext", &addr, "list"]));
+    for service in [
+        "mesh.users.v1.UsersService",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+    ] {
+        assert!(
+            listed.lines().any(|l| l == service),
+            "{service} in:\n{listed}"
+        );
+    }
+    let described = run(grpcurl().args([
+        "-plaintext",
+        &addr,
+        "describe",
+        "mesh.users.v1.UsersService",
+    ]));
+    assert!(described.contains("rpc UpsertUserByPhone"), "{described}");
+    let health = run(grpcurl().args(["-plaintext", &addr, "describe", "grpc.health.v1.Health"]));
+    assert!(health.contains("rpc Check"), "{health}");
+
+    let auth = format!("authorization: Bearer {TOKEN}");
+    let created = run(grpcurl().args([
+        "-plaintext",
+        "-H",
+        &auth,
+        "-d",
+        r#"{"user":{"phone":"+573001234567","display_name":"Ana"}}"#,
+        &addr,
+        "mesh.users.v1.UsersService/CreateUser",
+    ]));
+    let created: serde_json::Value = serde_json::from_str(&created).unwrap();
+    let id = created["user"]["id"].as_str().expect("an id").to_owned();
+    assert_eq!(created["user"]["displayName"], "Ana");
+
+    let fetched = run(grpcurl().args([
+        "-plaintext",
+        "-H",
+        &auth,
+        "-d",
+        &format!(r#"{{"user_id":"{id}"}}"#),
+        &addr,
+        "mesh.users.v1.UsersService/GetUser",
+    ]));
+    let fetched: serde_json::Value = serde_json::from_str(&fetched).unwrap();
+    assert_eq!(fetched["user"]["phone"], "+573001234567");
+
+    let refused = grpcurl()
+        .args([
+            "-plaintext",
+            "-d",
+            "{}",
+            &addr,
+            "mesh.users.v1.UsersService/ListUsers",
+        ])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("Unauthenticated"));
+}
+
+#[tokio::test]
+async fn two_replicas_starting_at_once_both_come_up_and_migrate_once() {
+    let db = TestDatabase::create().await;
+    let config = config(&db);
+    let (a, b) = tokio::join!(mesh_users::build(&config), mesh_users::build(&config));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let (addr_a, addr_b) = (a.local_addr(), b.local_addr());
+    tokio::spawn(a.run_until(std::future::pending()));
+    tokio::spawn(b.run_until(std::future::pending()));
+    tokio::join!(async { wait_serving(channel(addr_a).await).await }, async {
+        wait_serving(channel(addr_b).await).await
+    });
+    let mut admin = db.admin_connection().await;
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM users._sqlx_migrations")
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(applied as usize, mesh_users::MIGRATOR.iter().count());
+}
+
+#[tokio::test]
+async fn the_users_role_cannot_touch_another_services_schema() {
+    let db = TestDatabase::create().await;
+    let mut conversations = sqlx::PgConnection::connect(&db.service_url("conversations"))
+        .await
+        .unwrap();
+    sqlx::raw_sql("CREATE TABLE conversations.messages (body text); INSERT INTO conversations.messages VALUES ('secret')")
+        .execute(&mut conversations)
+        .await
+        .unwrap();
+
+    let mut users = sqlx::PgConnection::connect(&db.service_url("users"))
+        .await
+        .unwrap();
+    for statement in [
+        "SELECT * FROM conversations.messages",
+        "CREATE TABLE conversations.intruder (x int)",
+        "CREATE TABLE public.intruder (x int)",
+        "CREATE TABLE memory.intruder (x int)",
+    ] {
+        let error = sqlx::raw_sql(statement)
+            .execute(&mut users)
+            .await
+            .unwrap_err();
+        let code = error
+            .as_database_error()
+            .and_then(|e| e.code())
+            .map(|c| c.into_owned());
+        assert_eq!(code.as_deref(), Some("42501"), "{statement}: {error}");
+    }
+    // And its own schema is its own.
+    sqlx::raw_sql("CREATE TABLE users.mine (x int)")
+        .execute(&mut users)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn health_is_not_serving_while_the_database_is_unreachable() {
+    let db = TestDatabase::create().await;
+    let mut config = config(&db);
+    // Nothing listens on port 1.
+    config.database_url = "postgres://mesh_users@127.0.0.1:1/nowhere".into();
+    let app = mesh_users::build(&config).await.unwrap();
+    let addr = app.local_addr();
+    tokio::spawn(app.run_until(std::future::pending()));
+    let mut health = HealthClient::new(channel(addr).await);
+    for _ in 0..5 {
+        let status = health
+            .check(HealthCheckRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .status();
+        assert_eq!(status, ServingStatus::NotServing);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut client = crate::harness::client(channel(addr).await);
+    let status = client
+        .get_user(GetUserRequest {
+            user_id: uuid::Uuid::now_v7().to_string(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+}
+
+/// Holds a lock on the user's row, in an open transaction on the returned
+/// connection, so that a write to that user stays in flight; ROLLBACK frees it.
+async fn block_user_row(db: &TestDatabase, user_id: &str) -> sqlx::PgConnection {
+    let mut conn = db.admin_connection().await;
+    sqlx::raw_sql("BEGIN").execute(&mut conn).await.unwrap();
+    sqlx::query("SELECT 1 FROM users.users WHERE id = $1::uuid FOR UPDATE")
+        .bind(user_id)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn
+}
+
+#[tokio::test]
+async fn stopping_lets_in_flight_requests_finish() {
+    let mut app = spawn_app().await;
+    let user = app
+        .client
+        .create_user(CreateUserRequest {
+            user: Some(User::default()),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    let mut lock = block_user_row(&app.db, &user.id).await;
+    let mut client = app.client.clone();
+    let id = user.id.clone();
+    let in_flight = tokio::spawn(async move {
+        client
+            .deactivate_user(DeactivateUserRequest { user_id: id })
+            .await
+    });
+    // Let the request reach the lock, then ask the server to stop.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    app.stop.take().unwrap().send(()).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!in_flight.is_finished(), "the request is still running");
+    sqlx::raw_sql("ROLLBACK").execute(&mut lock).await.unwrap();
+
+    let answer = in_flight
+        .await
+        .unwrap()
+        .expect("the in-flight request completed");
+    assert!(!answer.into_inner().user.unwrap().is_active);
+    app.server.await.unwrap().expect("clean stop");
+}
+
+/// The service runs on a runtime of its own, dropped when `run_until`
+/// returns, as a process would exit: the cut request must fail, not hang.
+#[tokio::test]
+async fn the_drain_stops_waiting_at_its_deadline() {
+    let db = TestDatabase::create().await;
+    let mut config = config(&db);
+    config.drain_grace = Duration::from_millis(500);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
+    let service = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async move {
+            let app = mesh_users::build(&config).await.unwrap();
+            addr_tx.send(app.local_addr()).unwrap();
+            app.run_until(async {
+                let _ = stopped.await;
+            })
+            .await
+        })
+    });
+    let addr = addr_rx.await.unwrap();
+    wait_serving(channel(addr).await).await;
+    let mut client = crate::harness::client(channel(addr).await);
+    let user = client
+        .create_user(CreateUserRequest {
+            user: Some(User::default()),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    let _lock = block_user_row(&db, &user.id).await;
+    let in_flight = tokio::spawn(async move {
+        client
+            .deactivate_user(DeactivateUserRequest { user_id: user.id })
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.send(()).unwrap();
+    // The lock is never released: the service must give up on the request.
+    let stopped = tokio::task::spawn_blocking(move || service.join())
+        .await
+        .unwrap();
+    stopped
+        .unwrap()
+        .expect("run_until returns Ok after cutting requests");
+    let cut = tokio::time::timeout(Duration::from_secs(10), in_flight)
+        .await
+        .expect("the cut request ends")
+        .unwrap();
+    assert!(cut.is_err(), "the cut request failed: {cut:?}");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn users_binary() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_users"));
+    command
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null());
+    command
+}
+
+#[tokio::test]
+async fn the_binary_drains_and_exits_cleanly_on_sigterm() {
+    let db = TestDatabase::create().await;
+    let port = free_port();
+    let mut child = users_binary()
+        .env("USERS_ADDR", format!("127.0.0.1:{port}"))
+        .env("USERS_DATABASE_URL", db.service_url("users"))
+        .env("MESH_AUTH_TOKEN", TOKEN)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr = format!("127.0.0.1:{port}");
+    let mut connected = None;
+    for _ in 0..100 {
+        if let Ok(channel) = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+        {
+            connected = Some(channel);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_serving(connected.expect("the binary listens")).await;
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    for _ in 0..150 {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "exit status {status}");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    child.kill().unwrap();
+    panic!("the service did not exit within 15 s of SIGTERM");
+}
+
+#[test]
+fn bad_configuration_stops_start_up_naming_the_variable() {
+    let cases: [(&[(&str, &str)], &str); 4] = [
+        (
+            &[("USERS_DATABASE_URL", "postgres://u@h/db")],
+            "MESH_AUTH_TOKEN",
+        ),
+        (&[("MESH_AUTH_TOKEN", "t")], "USERS_DATABASE_URL"),
+        (
+            &[
+                ("MESH_AUTH_TOKEN", "t"),
+                ("USERS_DATABASE_URL", "postgres://u@h/db"),
+                ("USERS_ADDR", "not-an-address"),
+            ],
+            "USERS_ADDR",
+        ),
+        (
+            &[
+                ("MESH_AUTH_TOKEN", "t"),
+                ("USERS_DATABASE_URL", "mysql://u@h/db"),
+            ],
+            "USERS_DATABASE_URL",
+        ),
+    ];
+    for (env, variable) in cases {
+        let output = users_binary().envs(env.iter().copied()).output().unwrap();
+        assert!(!output.status.success(), "{variable}: should not start");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains(variable),
+            "{variable} not named in: {stderr}"
+        );
+    }
+}
