@@ -124,3 +124,62 @@ impl Injector for MetadataInjector<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+
+    /// A subscriber like the one `init` installs, scoped to this thread.
+    fn with_tracing(test: impl FnOnce()) {
+        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+        let provider = SdkTracerProvider::builder().build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        tracing::subscriber::with_default(subscriber, test);
+    }
+
+    #[test]
+    fn a_request_span_continues_the_callers_trace_and_passes_it_on() {
+        with_tracing(|| {
+            let request = http::Request::builder()
+                .uri("/mesh.users.v1.UsersService/GetUser")
+                .header("traceparent", format!("00-{TRACE_ID}-00f067aa0ba902b7-01"))
+                .body(())
+                .unwrap();
+            let span = request_span(&request);
+            let _entered = span.enter();
+            assert_eq!(current_trace_id(), TRACE_ID);
+
+            // An outgoing call made while serving carries the same trace.
+            let outgoing = inject_trace_context(tonic::Request::new(())).unwrap();
+            let traceparent = outgoing
+                .metadata()
+                .get("traceparent")
+                .expect("traceparent sent")
+                .to_str()
+                .unwrap();
+            assert!(
+                traceparent.starts_with(&format!("00-{TRACE_ID}-")),
+                "{traceparent}"
+            );
+            assert!(
+                !traceparent.contains("00f067aa0ba902b7"),
+                "a new parent span id"
+            );
+        });
+    }
+
+    #[test]
+    fn without_a_traceparent_a_request_starts_a_new_trace() {
+        with_tracing(|| {
+            let request = http::Request::builder().uri("/x").body(()).unwrap();
+            let span = request_span(&request);
+            let _entered = span.enter();
+            let trace_id = current_trace_id();
+            assert_ne!(trace_id, TRACE_ID);
+            assert_ne!(trace_id, "00000000000000000000000000000000");
+        });
+    }
+}
