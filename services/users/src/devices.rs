@@ -2,9 +2,9 @@
 
 use chrono::{DateTime, Utc};
 use mesh_proto::mesh::users::v1 as pb;
+use mesh_runtime::FieldViolation;
 use mesh_runtime::{ApiError, ApiResult, Violations, convert::timestamp, pagination};
 use sqlx::PgPool;
-use mesh_runtime::FieldViolation;
 use uuid::Uuid;
 
 use crate::users::{self, user_id};
@@ -47,9 +47,10 @@ fn platform_name(value: i32) -> Option<&'static str> {
     }
 }
 
+/// The contract's limit is in characters, not bytes.
 fn device_id(field: &str, value: &str) -> Result<(), FieldViolation> {
-    if value.is_empty() || value.len() > 256 {
-        return Err(FieldViolation::new(field, "must be 1 to 256 bytes"));
+    if value.is_empty() || value.chars().count() > 256 {
+        return Err(FieldViolation::new(field, "must be 1 to 256 characters"));
     }
     Ok(())
 }
@@ -63,17 +64,30 @@ pub async fn register(
         return Err(ApiError::invalid("device", "is required"));
     };
     let mut violations = Violations::default();
-    let user = violations.check(mesh_runtime::convert::parse_uuid("device.user_id", &device.user_id));
+    let user = violations.check(mesh_runtime::convert::parse_uuid(
+        "device.user_id",
+        &device.user_id,
+    ));
     violations.check(device_id("device.device_id", &device.device_id));
     let platform = platform_name(device.platform);
     if platform.is_none() {
-        violations.push("device.platform", "must be DEVICE_PLATFORM_IOS, _ANDROID or _WEB");
+        violations.push(
+            "device.platform",
+            "must be DEVICE_PLATFORM_IOS, _ANDROID or _WEB",
+        );
     }
-    violations.check(crate::validate::max_chars("device.push_token", &device.push_token, 4096));
+    violations.check(crate::validate::max_chars(
+        "device.push_token",
+        &device.push_token,
+        4096,
+    ));
     violations.into_result()?;
     let user = user.expect("validated");
 
-    let RowWithCreated { device: row, created } = sqlx::query_as(
+    let RowWithCreated {
+        device: row,
+        created,
+    } = sqlx::query_as(
         "INSERT INTO devices (user_id, device_id, platform, push_token) VALUES ($1, $2, $3, $4)
          ON CONFLICT (user_id, device_id)
          DO UPDATE SET platform = EXCLUDED.platform, push_token = EXCLUDED.push_token
@@ -105,7 +119,10 @@ struct RowWithCreated {
 }
 
 #[tracing::instrument(skip_all)]
-pub async fn list(pool: &PgPool, request: pb::ListDevicesRequest) -> ApiResult<pb::ListDevicesResponse> {
+pub async fn list(
+    pool: &PgPool,
+    request: pb::ListDevicesRequest,
+) -> ApiResult<pb::ListDevicesResponse> {
     let user = user_id("user_id", &request.user_id)?;
     let page_size = pagination::page_size(request.page_size)?;
     let after = pagination::decode_token(&request.page_token)?;

@@ -8,7 +8,7 @@
 use chrono::{DateTime, Utc};
 use mesh_proto::mesh::users::v1 as pb;
 use mesh_runtime::{
-    ApiError, ApiResult, Violations,
+    ApiError, ApiResult, FieldViolation, Violations,
     convert::{parse_uuid, timestamp},
     field_mask, pagination,
 };
@@ -44,8 +44,8 @@ impl From<FlagRow> for pb::FeatureFlag {
     }
 }
 
-fn flag_name(field: &str, name: &str) -> ApiResult<()> {
-    Ok(validate::identifier(field, name, 100, "_-.")?)
+fn flag_name(field: &str, name: &str) -> Result<(), FieldViolation> {
+    validate::identifier(field, name, 100, "_-.")
 }
 
 /// The validated values of the fields in `paths`.
@@ -55,10 +55,19 @@ struct FlagFields {
     target_user_ids: Vec<Uuid>,
 }
 
-fn validate_fields(flag: &pb::FeatureFlag, paths: &[&str]) -> ApiResult<FlagFields> {
-    let mut violations = Violations::default();
+/// Checks the fields in `paths`, adding to `violations` (what was already
+/// found wrong elsewhere in the request) so that every bad field is named.
+fn validate_fields(
+    flag: &pb::FeatureFlag,
+    paths: &[&str],
+    mut violations: Violations,
+) -> ApiResult<FlagFields> {
     if paths.contains(&"description") {
-        violations.check(validate::max_chars("flag.description", &flag.description, 1000));
+        violations.check(validate::max_chars(
+            "flag.description",
+            &flag.description,
+            1000,
+        ));
     }
     if paths.contains(&"rollout_percentage") && !(0..=100).contains(&flag.rollout_percentage) {
         violations.push("flag.rollout_percentage", "must be 0 to 100");
@@ -102,8 +111,9 @@ pub async fn create(
     let Some(flag) = request.flag else {
         return Err(ApiError::invalid("flag", "is required"));
     };
-    flag_name("flag.name", &flag.name)?;
-    let fields = validate_fields(&flag, &UPDATABLE)?;
+    let mut violations = Violations::default();
+    violations.check(flag_name("flag.name", &flag.name));
+    let fields = validate_fields(&flag, &UPDATABLE, violations)?;
     let row: FlagRow = sqlx::query_as(
         "INSERT INTO feature_flags (name, description, enabled, rollout_percentage, target_user_ids)
          VALUES ($1, $2, $3, $4, $5) RETURNING *",
@@ -134,10 +144,12 @@ pub async fn update(
     let Some(flag) = request.flag else {
         return Err(ApiError::invalid("flag", "is required"));
     };
-    flag_name("flag.name", &flag.name)?;
+    let name = flag_name("flag.name", &flag.name);
     let paths = field_mask::paths(request.update_mask.as_ref(), &UPDATABLE)?;
     let path_refs: Vec<&str> = paths.iter().map(String::as_str).collect();
-    let fields = validate_fields(&flag, &path_refs)?;
+    let mut violations = Violations::default();
+    violations.check(name);
+    let fields = validate_fields(&flag, &path_refs, violations)?;
 
     let mut query = QueryBuilder::<Postgres>::new("UPDATE feature_flags SET ");
     let mut set = query.separated(", ");
@@ -197,7 +209,12 @@ pub async fn is_enabled(
     request: pb::IsFeatureEnabledRequest,
 ) -> ApiResult<pb::IsFeatureEnabledResponse> {
     let mut violations = Violations::default();
-    violations.check(validate::identifier("flag_name", &request.flag_name, 100, "_-."));
+    violations.check(validate::identifier(
+        "flag_name",
+        &request.flag_name,
+        100,
+        "_-.",
+    ));
     let user = violations.check(parse_uuid("user_id", &request.user_id));
     violations.into_result()?;
     let user = user.expect("validated");
@@ -220,7 +237,13 @@ pub async fn is_enabled(
     })
 }
 
-fn decide(flag: &str, user: Uuid, enabled: bool, rollout: i32, targeted: bool) -> pb::FeatureDecision {
+fn decide(
+    flag: &str,
+    user: Uuid,
+    enabled: bool,
+    rollout: i32,
+    targeted: bool,
+) -> pb::FeatureDecision {
     if !enabled {
         pb::FeatureDecision::FlagDisabled
     } else if targeted {
@@ -237,9 +260,9 @@ pub fn rollout_bucket(flag: &str, user: Uuid) -> u64 {
     const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
     const PRIME: u64 = 0x0000_0100_0000_01b3;
     let key = format!("{flag}:{user}");
-    let hash = key
-        .bytes()
-        .fold(OFFSET, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(PRIME));
+    let hash = key.bytes().fold(OFFSET, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(PRIME)
+    });
     hash % 100
 }
 
@@ -251,20 +274,38 @@ mod tests {
     fn buckets_are_stable_and_spread() {
         // Pinned values: a change here would move users in and out of rollouts.
         let user = Uuid::parse_str("01890a5d-ac96-774b-bcce-b302099a8057").unwrap();
-        assert_eq!(rollout_bucket("new_onboarding", user), rollout_bucket("new_onboarding", user));
+        assert_eq!(
+            rollout_bucket("new_onboarding", user),
+            rollout_bucket("new_onboarding", user)
+        );
         let mut counts = [0u32; 10];
         for _ in 0..10_000 {
             counts[(rollout_bucket("f", Uuid::new_v4()) / 10) as usize] += 1;
         }
-        assert!(counts.iter().all(|&c| (800..1200).contains(&c)), "{counts:?}");
+        assert!(
+            counts.iter().all(|&c| (800..1200).contains(&c)),
+            "{counts:?}"
+        );
     }
 
     #[test]
     fn decisions() {
         let user = Uuid::new_v4();
-        assert_eq!(decide("f", user, false, 100, true), pb::FeatureDecision::FlagDisabled);
-        assert_eq!(decide("f", user, true, 0, true), pb::FeatureDecision::Targeted);
-        assert_eq!(decide("f", user, true, 100, false), pb::FeatureDecision::InRollout);
-        assert_eq!(decide("f", user, true, 0, false), pb::FeatureDecision::OutsideRollout);
+        assert_eq!(
+            decide("f", user, false, 100, true),
+            pb::FeatureDecision::FlagDisabled
+        );
+        assert_eq!(
+            decide("f", user, true, 0, true),
+            pb::FeatureDecision::Targeted
+        );
+        assert_eq!(
+            decide("f", user, true, 100, false),
+            pb::FeatureDecision::InRollout
+        );
+        assert_eq!(
+            decide("f", user, true, 0, false),
+            pb::FeatureDecision::OutsideRollout
+        );
     }
 }

@@ -4,12 +4,15 @@
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::{DateTime, Utc};
 use mesh_proto::mesh::users::v1 as pb;
-use mesh_runtime::{ApiError, ApiResult, convert::timestamp};
+use mesh_runtime::{
+    ApiError, ApiResult,
+    convert::{parse_uuid, timestamp},
+};
 use rand::RngCore;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::users::{UserRow, user_id};
+use crate::users::UserRow;
 
 const DEFAULT_TTL_SECONDS: i32 = 15 * 60;
 const MIN_TTL_SECONDS: i32 = 60;
@@ -23,17 +26,22 @@ pub async fn create(
     pool: &PgPool,
     request: pb::CreateLinkTokenRequest,
 ) -> ApiResult<pb::CreateLinkTokenResponse> {
-    let user = user_id("user_id", &request.user_id)?;
+    // Both fields are checked before refusing, so every bad one is named.
+    let mut violations = mesh_runtime::Violations::default();
+    let user = violations.check(parse_uuid("user_id", &request.user_id));
     let ttl = match request.ttl_seconds {
         0 => DEFAULT_TTL_SECONDS,
         n if (MIN_TTL_SECONDS..=MAX_TTL_SECONDS).contains(&n) => n,
         _ => {
-            return Err(ApiError::invalid(
+            violations.push(
                 "ttl_seconds",
                 format!("must be 0 (default) or {MIN_TTL_SECONDS} to {MAX_TTL_SECONDS}"),
-            ));
+            );
+            0
         }
     };
+    violations.into_result()?;
+    let user = user.expect("validated");
     let mut bytes = [0u8; TOKEN_BYTES];
     rand::rng().fill_bytes(&mut bytes);
     let token = URL_SAFE_NO_PAD.encode(bytes);
@@ -77,7 +85,10 @@ pub async fn redeem(
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
     if !token_ok {
-        violations.push("token", "must be a link token (A-Z a-z 0-9 _ -, at most 64 characters)");
+        violations.push(
+            "token",
+            "must be a link token (A-Z a-z 0-9 _ -, at most 64 characters)",
+        );
     }
     if request.telegram_user_id <= 0 {
         violations.push("telegram_user_id", "must be a positive Telegram user id");

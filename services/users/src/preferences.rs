@@ -144,7 +144,11 @@ const UPDATABLE: [&str; 7] = [
 const MAX_AGENTS: usize = 32;
 
 /// Applies the masked fields of `input` onto `row`, naming every bad field.
-fn apply(row: &mut PreferencesRow, input: &pb::AgentPreferences, paths: &[String]) -> ApiResult<()> {
+fn apply(
+    row: &mut PreferencesRow,
+    input: &pb::AgentPreferences,
+    paths: &[String],
+) -> ApiResult<()> {
     let mut violations = Violations::default();
     for path in paths {
         let field = format!("preferences.{path}");
@@ -170,12 +174,16 @@ fn apply(row: &mut PreferencesRow, input: &pb::AgentPreferences, paths: &[String
                 None => violations.push(&field, "must be MINIMAL, REDUCED or NORMAL"),
             },
             "quiet_hours_start" => {
-                if let Some(t) = violations.check(validate::local_time(&field, &input.quiet_hours_start)) {
+                if let Some(t) =
+                    violations.check(validate::local_time(&field, &input.quiet_hours_start))
+                {
                     row.quiet_hours_start = t;
                 }
             }
             "quiet_hours_end" => {
-                if let Some(t) = violations.check(validate::local_time(&field, &input.quiet_hours_end)) {
+                if let Some(t) =
+                    violations.check(validate::local_time(&field, &input.quiet_hours_end))
+                {
                     row.quiet_hours_end = t;
                 }
             }
@@ -207,6 +215,9 @@ pub async fn update(
     };
     let user = user_id("preferences.user_id", &input.user_id)?;
     let paths = field_mask::paths(request.update_mask.as_ref(), &UPDATABLE)?;
+    // Validate before looking the user up: bad input is INVALID_ARGUMENT
+    // whether or not the user exists (the apply in the transaction cannot fail).
+    apply(&mut PreferencesRow::defaults(), &input, &paths)?;
 
     let mut tx = pool.begin().await?;
     let mut row = load(&mut tx, user, true)
@@ -268,15 +279,18 @@ pub async fn get_onboarding(
     request: pb::GetOnboardingRequest,
 ) -> ApiResult<pb::GetOnboardingResponse> {
     let user = user_id("user_id", &request.user_id)?;
-    let (found, completed_steps, complete_time): (bool, Option<Vec<String>>, Option<DateTime<Utc>>) =
-        sqlx::query_as(
-            "SELECT o.user_id IS NOT NULL, o.completed_steps, o.complete_time
+    let (found, completed_steps, complete_time): (
+        bool,
+        Option<Vec<String>>,
+        Option<DateTime<Utc>>,
+    ) = sqlx::query_as(
+        "SELECT o.user_id IS NOT NULL, o.completed_steps, o.complete_time
              FROM users u LEFT JOIN onboarding o ON o.user_id = u.id WHERE u.id = $1",
-        )
-        .bind(user)
-        .fetch_optional(pool)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no user with id {user}")))?;
+    )
+    .bind(user)
+    .fetch_optional(pool)
+    .await?
+    .ok_or_else(|| ApiError::not_found(format!("no user with id {user}")))?;
     let row = found.then(|| OnboardingRow {
         completed_steps: completed_steps.unwrap_or_default(),
         complete_time,
@@ -292,7 +306,10 @@ pub async fn complete_step(
     request: pb::CompleteOnboardingStepRequest,
 ) -> ApiResult<pb::CompleteOnboardingStepResponse> {
     let mut violations = Violations::default();
-    let user = violations.check(mesh_runtime::convert::parse_uuid("user_id", &request.user_id));
+    let user = violations.check(mesh_runtime::convert::parse_uuid(
+        "user_id",
+        &request.user_id,
+    ));
     violations.check(validate::identifier("step", &request.step, 64, "_"));
     violations.into_result()?;
     let user = user.expect("validated");

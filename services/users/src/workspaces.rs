@@ -68,27 +68,40 @@ pub async fn create_workspace(
         return Err(ApiError::invalid("workspace", "is required"));
     };
     let mut violations = Violations::default();
-    let name = violations.check(validate::required_name("workspace.name", &workspace.name, MAX_NAME));
-    let owner = violations.check(parse_uuid("workspace.owner_user_id", &workspace.owner_user_id));
+    let name = violations.check(validate::required_name(
+        "workspace.name",
+        &workspace.name,
+        MAX_NAME,
+    ));
+    let owner = violations.check(parse_uuid(
+        "workspace.owner_user_id",
+        &workspace.owner_user_id,
+    ));
     violations.into_result()?;
     let (name, owner) = (name.expect("validated"), owner.expect("validated"));
-    idempotency::run_once(pool, "CreateWorkspace", &request.request_id, &request, async |conn| {
-        let row: WorkspaceRow = sqlx::query_as(
-            "INSERT INTO workspaces (id, name, owner_user_id) VALUES ($1, $2, $3) RETURNING *",
-        )
-        .bind(Uuid::now_v7())
-        .bind(&name)
-        .bind(owner)
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(|e| match ApiError::from(e) {
-            ApiError::NotFound(_) => ApiError::not_found(format!("no user with id {owner}")),
-            other => other,
-        })?;
-        Ok(pb::CreateWorkspaceResponse {
-            workspace: Some(row.into()),
-        })
-    })
+    idempotency::run_once(
+        pool,
+        "CreateWorkspace",
+        &request.request_id,
+        &request,
+        async |conn| {
+            let row: WorkspaceRow = sqlx::query_as(
+                "INSERT INTO workspaces (id, name, owner_user_id) VALUES ($1, $2, $3) RETURNING *",
+            )
+            .bind(Uuid::now_v7())
+            .bind(&name)
+            .bind(owner)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(|e| match ApiError::from(e) {
+                ApiError::NotFound(_) => ApiError::not_found(format!("no user with id {owner}")),
+                other => other,
+            })?;
+            Ok(pb::CreateWorkspaceResponse {
+                workspace: Some(row.into()),
+            })
+        },
+    )
     .await
 }
 
@@ -149,34 +162,48 @@ pub async fn create_project(
     };
     let mut violations = Violations::default();
     let workspace = violations.check(parse_uuid("project.workspace_id", &project.workspace_id));
-    let name = violations.check(validate::required_name("project.name", &project.name, MAX_NAME));
-    violations.check(validate::max_chars("project.description", &project.description, 2000));
+    let name = violations.check(validate::required_name(
+        "project.name",
+        &project.name,
+        MAX_NAME,
+    ));
+    violations.check(validate::max_chars(
+        "project.description",
+        &project.description,
+        2000,
+    ));
     violations.into_result()?;
     let (workspace, name) = (workspace.expect("validated"), name.expect("validated"));
-    idempotency::run_once(pool, "CreateProject", &request.request_id, &request, async |conn| {
-        let row: ProjectRow = sqlx::query_as(
-            "INSERT INTO projects (id, workspace_id, name, description) VALUES ($1, $2, $3, $4)
+    idempotency::run_once(
+        pool,
+        "CreateProject",
+        &request.request_id,
+        &request,
+        async |conn| {
+            let row: ProjectRow = sqlx::query_as(
+                "INSERT INTO projects (id, workspace_id, name, description) VALUES ($1, $2, $3, $4)
              RETURNING *",
-        )
-        .bind(Uuid::now_v7())
-        .bind(workspace)
-        .bind(&name)
-        .bind(&project.description)
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(|e| match ApiError::from(e) {
-            ApiError::NotFound(_) => {
-                ApiError::not_found(format!("no workspace with id {workspace}"))
-            }
-            ApiError::AlreadyExists(_) => ApiError::AlreadyExists(format!(
-                "workspace {workspace} already has a project named {name:?}"
-            )),
-            other => other,
-        })?;
-        Ok(pb::CreateProjectResponse {
-            project: Some(row.into()),
-        })
-    })
+            )
+            .bind(Uuid::now_v7())
+            .bind(workspace)
+            .bind(&name)
+            .bind(&project.description)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(|e| match ApiError::from(e) {
+                ApiError::NotFound(_) => {
+                    ApiError::not_found(format!("no workspace with id {workspace}"))
+                }
+                ApiError::AlreadyExists(_) => ApiError::AlreadyExists(format!(
+                    "workspace {workspace} already has a project named {name:?}"
+                )),
+                other => other,
+            })?;
+            Ok(pb::CreateProjectResponse {
+                project: Some(row.into()),
+            })
+        },
+    )
     .await
 }
 

@@ -15,7 +15,7 @@ use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 
-use crate::harness::{TOKEN, channel, config, spawn_app, spawn_on, wait_serving};
+use crate::harness::{TOKEN, channel, config, spawn_app, wait_serving};
 
 #[tokio::test]
 async fn calls_without_the_right_token_are_refused_before_the_handler() {
