@@ -28,7 +28,7 @@ where
     Resp: Message + Default,
     F: AsyncFnOnce(&mut PgConnection) -> ApiResult<Resp>,
 {
-    if request_id.len() > MAX_REQUEST_ID_LEN {
+    if request_id.chars().count() > MAX_REQUEST_ID_LEN {
         return Err(ApiError::invalid(
             "request_id",
             format!("must be at most {MAX_REQUEST_ID_LEN} characters"),

@@ -5,15 +5,15 @@
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use uuid::Uuid;
 
-use crate::{ApiError, ApiResult};
+use crate::FieldViolation;
 
 pub const DEFAULT_PAGE_SIZE: i64 = 50;
 pub const MAX_PAGE_SIZE: i64 = 1000;
 
 /// The number of rows to return for a requested `page_size`.
-pub fn page_size(requested: i32) -> ApiResult<i64> {
+pub fn page_size(requested: i32) -> Result<i64, FieldViolation> {
     match requested {
-        n if n < 0 => Err(ApiError::invalid("page_size", "must not be negative")),
+        n if n < 0 => Err(FieldViolation::new("page_size", "must not be negative")),
         0 => Ok(DEFAULT_PAGE_SIZE),
         n => Ok(i64::from(n).min(MAX_PAGE_SIZE)),
     }
@@ -27,7 +27,7 @@ pub fn encode_token(last_key: &str) -> String {
 }
 
 /// The key a token stands for; `None` for an empty token (the first page).
-pub fn decode_token(token: &str) -> ApiResult<Option<String>> {
+pub fn decode_token(token: &str) -> Result<Option<String>, FieldViolation> {
     if token.is_empty() {
         return Ok(None);
     }
@@ -37,16 +37,17 @@ pub fn decode_token(token: &str) -> ApiResult<Option<String>> {
         .and_then(|bytes| String::from_utf8(bytes).ok())
         .and_then(|text| text.strip_prefix(PREFIX).map(str::to_owned))
         .map(Some)
-        .ok_or_else(|| ApiError::invalid("page_token", "is not a token this service issued"))
+        .ok_or_else(foreign_token)
+}
+
+fn foreign_token() -> FieldViolation {
+    FieldViolation::new("page_token", "is not a token this service issued")
 }
 
 /// A token holding a UUID key.
-pub fn decode_uuid_token(token: &str) -> ApiResult<Option<Uuid>> {
+pub fn decode_uuid_token(token: &str) -> Result<Option<Uuid>, FieldViolation> {
     decode_token(token)?
-        .map(|key| {
-            Uuid::parse_str(&key)
-                .map_err(|_| ApiError::invalid("page_token", "is not a token this service issued"))
-        })
+        .map(|key| Uuid::parse_str(&key).map_err(|_| foreign_token()))
         .transpose()
 }
 

@@ -3,7 +3,11 @@
 use chrono::{DateTime, Utc};
 use mesh_proto::mesh::users::v1 as pb;
 use mesh_runtime::FieldViolation;
-use mesh_runtime::{ApiError, ApiResult, Violations, convert::timestamp, pagination};
+use mesh_runtime::{
+    ApiError, ApiResult, Violations,
+    convert::{parse_uuid, timestamp},
+    pagination,
+};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -64,10 +68,7 @@ pub async fn register(
         return Err(ApiError::invalid("device", "is required"));
     };
     let mut violations = Violations::default();
-    let user = violations.check(mesh_runtime::convert::parse_uuid(
-        "device.user_id",
-        &device.user_id,
-    ));
+    let user = violations.check(parse_uuid("device.user_id", &device.user_id));
     violations.check(device_id("device.device_id", &device.device_id));
     let platform = platform_name(device.platform);
     if platform.is_none() {
@@ -123,9 +124,16 @@ pub async fn list(
     pool: &PgPool,
     request: pb::ListDevicesRequest,
 ) -> ApiResult<pb::ListDevicesResponse> {
-    let user = user_id("user_id", &request.user_id)?;
-    let page_size = pagination::page_size(request.page_size)?;
-    let after = pagination::decode_token(&request.page_token)?;
+    let mut violations = Violations::default();
+    let user = violations.check(parse_uuid("user_id", &request.user_id));
+    let page_size = violations.check(pagination::page_size(request.page_size));
+    let after = violations.check(pagination::decode_token(&request.page_token));
+    violations.into_result()?;
+    let (user, page_size, after) = (
+        user.expect("validated"),
+        page_size.expect("validated"),
+        after.expect("validated"),
+    );
     let mut rows: Vec<DeviceRow> = sqlx::query_as(
         "SELECT * FROM devices WHERE user_id = $1 AND ($2::text IS NULL OR device_id > $2)
          ORDER BY device_id LIMIT $3",
@@ -135,8 +143,8 @@ pub async fn list(
     .bind(page_size + 1)
     .fetch_all(pool)
     .await?;
-    if rows.is_empty() && after.is_none() {
-        // An empty first page: tell "no devices" from "no such user".
+    if rows.is_empty() {
+        // An empty page: tell "no devices" from "no such user".
         users::find(pool, user).await?;
     }
     let next_page_token = pagination::next_page(&mut rows, page_size, |d| d.device_id.clone());

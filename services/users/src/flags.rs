@@ -187,8 +187,11 @@ pub async fn list(
     pool: &PgPool,
     request: pb::ListFeatureFlagsRequest,
 ) -> ApiResult<pb::ListFeatureFlagsResponse> {
-    let page_size = pagination::page_size(request.page_size)?;
-    let after = pagination::decode_token(&request.page_token)?;
+    let mut violations = Violations::default();
+    let page_size = violations.check(pagination::page_size(request.page_size));
+    let after = violations.check(pagination::decode_token(&request.page_token));
+    violations.into_result()?;
+    let (page_size, after) = (page_size.expect("validated"), after.expect("validated"));
     let mut rows: Vec<FlagRow> = sqlx::query_as(
         "SELECT * FROM feature_flags WHERE ($1::text IS NULL OR name > $1) ORDER BY name LIMIT $2",
     )

@@ -429,9 +429,9 @@ pub async fn list(
     pool: &PgPool,
     request: pb::ListUsersRequest,
 ) -> ApiResult<pb::ListUsersResponse> {
-    let page_size = pagination::page_size(request.page_size)?;
-    let after = pagination::decode_uuid_token(&request.page_token)?;
     let mut violations = Violations::default();
+    let page_size = violations.check(pagination::page_size(request.page_size));
+    let after = violations.check(pagination::decode_uuid_token(&request.page_token));
     let since = request
         .last_message_after
         .as_ref()
@@ -441,6 +441,7 @@ pub async fn list(
         .as_ref()
         .and_then(|t| violations.check(from_timestamp("last_message_before", t)));
     violations.into_result()?;
+    let (page_size, after) = (page_size.expect("validated"), after.expect("validated"));
 
     let mut query = QueryBuilder::<Postgres>::new("SELECT * FROM users WHERE true");
     if let Some(after) = after {

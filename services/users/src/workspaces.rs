@@ -129,12 +129,19 @@ pub async fn list_workspaces(
     pool: &PgPool,
     request: pb::ListWorkspacesRequest,
 ) -> ApiResult<pb::ListWorkspacesResponse> {
+    let mut violations = Violations::default();
     let owner = match request.owner_user_id.as_str() {
-        "" => None,
-        raw => Some(parse_uuid("owner_user_id", raw)?),
+        "" => Some(None),
+        raw => violations.check(parse_uuid("owner_user_id", raw)).map(Some),
     };
-    let page_size = pagination::page_size(request.page_size)?;
-    let after = pagination::decode_uuid_token(&request.page_token)?;
+    let page_size = violations.check(pagination::page_size(request.page_size));
+    let after = violations.check(pagination::decode_uuid_token(&request.page_token));
+    violations.into_result()?;
+    let (owner, page_size, after) = (
+        owner.expect("validated"),
+        page_size.expect("validated"),
+        after.expect("validated"),
+    );
     let mut rows: Vec<WorkspaceRow> = sqlx::query_as(
         "SELECT * FROM workspaces
          WHERE ($1::uuid IS NULL OR owner_user_id = $1) AND ($2::uuid IS NULL OR id > $2)
@@ -228,9 +235,16 @@ pub async fn list_projects(
     pool: &PgPool,
     request: pb::ListProjectsRequest,
 ) -> ApiResult<pb::ListProjectsResponse> {
-    let workspace = parse_uuid("workspace_id", &request.workspace_id)?;
-    let page_size = pagination::page_size(request.page_size)?;
-    let after = pagination::decode_uuid_token(&request.page_token)?;
+    let mut violations = Violations::default();
+    let workspace = violations.check(parse_uuid("workspace_id", &request.workspace_id));
+    let page_size = violations.check(pagination::page_size(request.page_size));
+    let after = violations.check(pagination::decode_uuid_token(&request.page_token));
+    violations.into_result()?;
+    let (workspace, page_size, after) = (
+        workspace.expect("validated"),
+        page_size.expect("validated"),
+        after.expect("validated"),
+    );
     let mut rows: Vec<ProjectRow> = sqlx::query_as(
         "SELECT * FROM projects WHERE workspace_id = $1 AND ($2::uuid IS NULL OR id > $2)
          ORDER BY id LIMIT $3",
@@ -240,7 +254,8 @@ pub async fn list_projects(
     .bind(page_size + 1)
     .fetch_all(pool)
     .await?;
-    if rows.is_empty() && after.is_none() {
+    if rows.is_empty() {
+        // An empty page: tell "no projects" from "no such workspace".
         find_workspace(pool, workspace).await?;
     }
     let next_page_token = pagination::next_page(&mut rows, page_size, |p| p.id.to_string());

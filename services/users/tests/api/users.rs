@@ -647,6 +647,23 @@ async fn list_refuses_bad_tokens_sizes_and_times() {
         .await
         .unwrap_err();
     assert_eq!(bad_fields(&bad_time), ["last_message_after"]);
+    let all_bad = app
+        .client
+        .list_users(ListUsersRequest {
+            page_size: -5,
+            page_token: "garbage".into(),
+            last_message_before: Some(Timestamp {
+                seconds: 0,
+                nanos: 2_000_000_000,
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        bad_fields(&all_bad),
+        ["page_size", "page_token", "last_message_before"]
+    );
 }
 
 #[tokio::test]
