@@ -54,7 +54,11 @@ pub fn init(service: &'static str) -> anyhow::Result<TelemetryGuard> {
             .with(tracing_subscriber::fmt::layer().json())
             .try_init()?;
     } else {
-        registry.with(tracing_subscriber::fmt::layer()).try_init()?;
+        // Colours only on a terminal: log files and collectors get plain text.
+        let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+        registry
+            .with(tracing_subscriber::fmt::layer().with_ansi(ansi))
+            .try_init()?;
     }
     Ok(TelemetryGuard { provider })
 }

@@ -1,0 +1,86 @@
+//! `cargo xtask up|test|bench`: the local mesh without Docker.
+//!
+//! - `up`: build the services, start Postgres and every service, print how to
+//!   reach them, stop it all on Ctrl-C (up.rs).
+//! - `test`: proto lint, compose check, and the whole test suite against a
+//!   throwaway Postgres (test.rs); `.ci/run` calls this.
+//! - `bench <name>`: not written yet.
+//!
+//! Shared pieces: tools.rs installs the external programs, postgres.rs runs a
+//! local server, process.rs holds the signal and child-process plumbing.
+
+mod postgres;
+mod process;
+mod test;
+mod tools;
+mod up;
+
+use std::process::ExitCode;
+
+const USAGE: &str = "\
+usage: cargo xtask <command>
+
+  up               build and start the mesh locally (Ctrl-C stops it)
+  test [-- ARGS]   lint, then cargo test --workspace [ARGS] on a throwaway Postgres
+  bench <name>     run a benchmark
+
+environment: DATABASE_URL (use this server instead of a local one),
+MESH_PG_PORT (local Postgres for `up`, default 54320), MESH_DB_PASSWORD,
+MESH_AUTH_TOKEN (default dev-token), RUST_LOG, <SERVICE>_ADDR ...";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    // One thread: children are spawned from the main thread, which the kernel
+    // ties PR_SET_PDEATHSIG to (see process::die_with_parent).
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("xtask: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(&args)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(args: &[String]) -> anyhow::Result<ExitCode> {
+    let (command, rest) = match args.split_first() {
+        Some((command, rest)) => (command.as_str(), rest),
+        None => ("help", &[][..]),
+    };
+    match command {
+        "up" if rest.is_empty() => up::run().await?,
+        // `cargo xtask test -- FILTER`: everything after `--` goes to cargo test.
+        "test" => test::run(rest.strip_prefix(&["--".to_owned()]).unwrap_or(rest)).await?,
+        "bench" => return Ok(bench(rest)),
+        "help" | "-h" | "--help" => println!("{USAGE}"),
+        _ => {
+            eprintln!("{USAGE}");
+            return Ok(ExitCode::from(2));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Benchmarks are yet to come (a bench.rs that starts its Postgres with
+/// `postgres::Postgres::throwaway`).
+fn bench(args: &[String]) -> ExitCode {
+    match args.first() {
+        Some(name) => eprintln!("unknown bench: {name}"),
+        None => eprintln!("unknown bench"),
+    }
+    ExitCode::from(2)
+}
+
+/// An environment variable, treating empty as unset (as the services do).
+pub fn setting(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}

@@ -1,0 +1,294 @@
+//! `cargo xtask test`: what CI runs. Lints the protos, checks the compose
+//! file offline, then runs `cargo test --workspace` against a throwaway
+//! Postgres (or the server DATABASE_URL names), stopped on every exit path.
+
+use std::{
+    io::{BufRead, IsTerminal},
+    path::Path,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::{
+    postgres::{self, Install, Postgres, Source},
+    process::{Signals, is_root, run_captured, signal_group, which},
+    tools::{self, Paths},
+};
+
+/// How long `cargo test` gets to stop after SIGTERM before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+pub async fn run(args: &[String]) -> Result<()> {
+    let paths = Paths::discover()?;
+    println!("xtask: tools (cached in {})", paths.tools.display());
+    let grpcurl = tools::ensure(&paths, &tools::GRPCURL)?;
+    let buf = tools::ensure(&paths, &tools::BUF)?;
+    let source = Source::from_env(&paths)?;
+    buf_lint(&paths, &buf)?;
+    compose_check(&paths)?;
+
+    let mut signals = Signals::new()?;
+    let (server, url) = match source {
+        Source::External(url) => {
+            println!(
+                "xtask: using the server of DATABASE_URL={}",
+                postgres::redact(&url)
+            );
+            (None, url)
+        }
+        Source::Local(binary) => {
+            let server = Postgres::throwaway(Install::prepare(&binary)?)?;
+            println!(
+                "xtask: throwaway Postgres 18 on 127.0.0.1:{}",
+                server.port()
+            );
+            let url = server.url("postgres");
+            (Some(server), url)
+        }
+    };
+    let outcome = cargo_test(&paths, &url, &grpcurl, args, &mut signals).await;
+    // Stop the server before reporting, whatever happened to the tests.
+    drop(server);
+    let tally = outcome?;
+    // The closing line, after everything else xtask prints.
+    println!(
+        "tests: {} passed, {} failed, {} skipped",
+        tally.passed, tally.failed, tally.ignored
+    );
+    if !tally.success {
+        bail!("cargo test failed");
+    }
+    Ok(())
+}
+
+/// `buf lint` (STANDARD, per proto/buf.yaml). It has no deps, so no network.
+fn buf_lint(paths: &Paths, buf: &Path) -> Result<()> {
+    println!("xtask: buf lint proto/");
+    let status = Command::new(buf)
+        .arg("lint")
+        .current_dir(paths.repo.join("proto"))
+        // Keep buf's cache with the other tools, not in $HOME.
+        .env("BUF_CACHE_DIR", paths.tools.join("buf-cache"))
+        .stdin(Stdio::null())
+        .status()
+        .context("running buf lint")?;
+    if !status.success() {
+        bail!("buf lint found problems (listed above)");
+    }
+    Ok(())
+}
+
+/// `docker-compose config -q`: validates docker-compose.yml without an engine.
+/// Debian's docker-compose (1.29) is used: the PyPI release of the same
+/// version no longer installs (its PyYAML<6 pin fails to build on Python 3.11).
+fn compose_check(paths: &Paths) -> Result<()> {
+    let file = paths.repo.join("docker-compose.yml");
+    if !file.is_file() {
+        println!("xtask: compose check skipped: there is no docker-compose.yml");
+        return Ok(());
+    }
+    let Some(compose) = find_or_install_compose()? else {
+        return Ok(());
+    };
+    println!("xtask: docker-compose config -q");
+    run_captured(
+        Command::new(compose)
+            .arg("-f")
+            .arg(&file)
+            .args(["config", "-q"])
+            .current_dir(&paths.repo)
+            .stdin(Stdio::null()),
+        "docker-compose -f docker-compose.yml config -q",
+    )?;
+    Ok(())
+}
+
+/// The docker-compose binary; installed with apt when root, else a skip.
+fn find_or_install_compose() -> Result<Option<std::path::PathBuf>> {
+    if let Some(compose) = which("docker-compose") {
+        return Ok(Some(compose));
+    }
+    if !is_root() || which("apt-get").is_none() {
+        println!(
+            "xtask: compose check skipped: docker-compose is not installed \
+             (sudo apt-get install docker-compose to enable it)"
+        );
+        return Ok(None);
+    }
+    println!("xtask: installing Debian's docker-compose (apt-get)");
+    let apt = |args: &[&str]| {
+        run_captured(
+            Command::new("apt-get")
+                .args(args)
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .stdin(Stdio::null()),
+            "apt-get",
+        )
+    };
+    apt(&["update", "-qq"])?;
+    // No recommends: they would pull in the Docker engine, which is not needed.
+    apt(&[
+        "install",
+        "-y",
+        "-qq",
+        "--no-install-recommends",
+        "docker-compose",
+    ])?;
+    which("docker-compose")
+        .context("apt-get installed docker-compose, but it is not on PATH")
+        .map(Some)
+}
+
+/// Counts from libtest's "test result:" lines.
+#[derive(Default)]
+struct Tally {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+    success: bool,
+}
+
+impl Tally {
+    /// `test result: ok. 3 passed; 0 failed; 1 ignored; 0 measured; ...`
+    fn add(&mut self, line: &str) {
+        let Some(rest) = line.trim_start().strip_prefix("test result: ") else {
+            return;
+        };
+        for part in rest.split([';', '.']) {
+            let mut words = part.split_whitespace();
+            let (Some(count), Some(what)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Ok(count) = count.parse::<u64>() else {
+                continue;
+            };
+            match what {
+                "passed" => self.passed += count,
+                "failed" => self.failed += count,
+                "ignored" => self.ignored += count,
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Runs `cargo test` with the database and grpcurl the tests need, echoing
+/// its output and counting results; stops it (all of it) on a signal.
+async fn cargo_test(
+    paths: &Paths,
+    url: &str,
+    grpcurl: &Path,
+    args: &[String],
+    signals: &mut Signals,
+) -> Result<Tally> {
+    // One pipe for stdout and stderr: cargo's "Running ..." lines (stderr)
+    // and the tests' results (stdout) then arrive in the order written.
+    let (reader, writer) = std::io::pipe().context("creating a pipe for cargo test")?;
+    let mut command = cargo_test_command(paths, url, grpcurl, args);
+    command.stdout(writer.try_clone()?).stderr(writer);
+    println!("xtask: cargo test {}", describe(args));
+    let spawned = command.spawn().context("running cargo test");
+    // Drop our copies of the pipe's write end, or the reader never sees EOF.
+    drop(command);
+    let mut child = spawned?;
+    let counter = tokio::task::spawn_blocking(move || echo_and_count(reader));
+    let status = tokio::select! {
+        status = child.wait() => status?,
+        signal = signals.recv() => {
+            println!("xtask: {signal}: stopping the tests");
+            stop(&mut child).await;
+            bail!("interrupted by {signal}");
+        }
+    };
+    let mut tally = counter.await?;
+    tally.success = status.success();
+    Ok(tally)
+}
+
+fn cargo_test_command(
+    paths: &Paths,
+    url: &str,
+    grpcurl: &Path,
+    args: &[String],
+) -> tokio::process::Command {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut command = tokio::process::Command::new(cargo);
+    command.arg("test");
+    if !names_packages(args) {
+        command.arg("--workspace");
+    }
+    command
+        .args(args)
+        .env("DATABASE_URL", url)
+        .env("MESH_GRPCURL", grpcurl)
+        .current_dir(&paths.repo)
+        .stdin(Stdio::null())
+        // Its own group, so one signal reaches cargo and the test binaries.
+        .process_group(0);
+    // Through a pipe cargo would drop its colours; keep them for a terminal.
+    if std::io::stdout().is_terminal() && std::env::var_os("CARGO_TERM_COLOR").is_none() {
+        command.env("CARGO_TERM_COLOR", "always");
+    }
+    command
+}
+
+/// Copies cargo's output to ours line by line, counting test results.
+fn echo_and_count(reader: std::io::PipeReader) -> Tally {
+    let mut tally = Tally::default();
+    for line in std::io::BufReader::new(reader).lines() {
+        let Ok(line) = line else { break };
+        println!("{line}");
+        tally.add(&line);
+    }
+    tally
+}
+
+/// True when the caller picked packages, which `--workspace` would override.
+fn names_packages(args: &[String]) -> bool {
+    args.iter()
+        .take_while(|a| *a != "--")
+        .any(|a| a == "-p" || a == "--package" || a.starts_with("--package="))
+}
+
+fn describe(args: &[String]) -> String {
+    if args.is_empty() {
+        "--workspace".to_owned()
+    } else {
+        args.join(" ")
+    }
+}
+
+async fn stop(child: &mut tokio::process::Child) {
+    let Some(pid) = child.id() else { return };
+    signal_group(pid, libc::SIGTERM);
+    if tokio::time::timeout(STOP_GRACE, child.wait())
+        .await
+        .is_err()
+    {
+        signal_group(pid, libc::SIGKILL);
+        let _ = child.wait().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tally_adds_up_every_result_line() {
+        let mut tally = Tally::default();
+        tally.add("test result: ok. 3 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.01s");
+        tally.add("test result: FAILED. 2 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in 1.20s");
+        tally.add("running 3 tests");
+        assert_eq!((tally.passed, tally.failed, tally.ignored), (5, 1, 1));
+    }
+
+    #[test]
+    fn package_selection_is_noticed() {
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(names_packages(&args(&["-p", "mesh-users"])));
+        assert!(!names_packages(&args(&["filter", "--", "-p"])));
+    }
+}

