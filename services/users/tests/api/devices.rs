@@ -7,21 +7,6 @@ use tonic::Code;
 
 use crate::harness::{TestApp, bad_fields, spawn_app};
 
-/// A fresh user; returns its id.
-async fn new_user(app: &mut TestApp) -> String {
-    app.client
-        .create_user(CreateUserRequest {
-            user: Some(User::default()),
-            request_id: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .user
-        .unwrap()
-        .id
-}
-
 fn device(user_id: &str, device_id: &str, platform: DevicePlatform, push_token: &str) -> Device {
     Device {
         user_id: user_id.into(),
@@ -90,7 +75,7 @@ async fn stored(app: &TestApp, user_id: &str, device_id: &str) -> Option<(String
 #[tokio::test]
 async fn register_creates_then_updates_the_same_device() {
     let mut app = spawn_app().await;
-    let user = new_user(&mut app).await;
+    let user = app.new_user().await;
 
     let first = register(
         &mut app,
@@ -133,8 +118,8 @@ async fn register_creates_then_updates_the_same_device() {
 #[tokio::test]
 async fn the_same_device_id_under_two_users_is_two_devices() {
     let mut app = spawn_app().await;
-    let ana = new_user(&mut app).await;
-    let bob = new_user(&mut app).await;
+    let ana = app.new_user().await;
+    let bob = app.new_user().await;
     assert!(
         register(&mut app, device(&ana, "shared", DevicePlatform::Ios, ""))
             .await
@@ -158,7 +143,7 @@ async fn the_same_device_id_under_two_users_is_two_devices() {
 #[tokio::test]
 async fn register_accepts_a_device_id_of_256_characters() {
     let mut app = spawn_app().await;
-    let user = new_user(&mut app).await;
+    let user = app.new_user().await;
     // 256 characters, 512 bytes: the limit is in characters.
     let long = "é".repeat(256);
     let registered = register(&mut app, device(&user, &long, DevicePlatform::Ios, ""))
@@ -184,7 +169,7 @@ async fn register_without_a_device_is_invalid() {
 #[tokio::test]
 async fn register_names_each_bad_field_and_writes_nothing() {
     let mut app = spawn_app().await;
-    let user = new_user(&mut app).await;
+    let user = app.new_user().await;
     let cases: Vec<(Device, &[&str])> = vec![
         (
             device("", "d", DevicePlatform::Ios, ""),
@@ -243,8 +228,8 @@ async fn register_for_an_unknown_user_is_not_found() {
 #[tokio::test]
 async fn list_pages_through_every_device_once() {
     let mut app = spawn_app().await;
-    let user = new_user(&mut app).await;
-    let other = new_user(&mut app).await;
+    let user = app.new_user().await;
+    let other = app.new_user().await;
     let ids = ["phone", "Tablet", "web-1", "web_2", "Ω-watch"];
     for id in ids {
         register(&mut app, device(&user, id, DevicePlatform::Ios, ""))
@@ -296,7 +281,7 @@ async fn list_pages_through_every_device_once() {
 #[tokio::test]
 async fn list_with_an_exact_final_page_ends_with_an_empty_token() {
     let mut app = spawn_app().await;
-    let user = new_user(&mut app).await;
+    let user = app.new_user().await;
     for id in ["a", "b", "c", "d"] {
         register(&mut app, device(&user, id, DevicePlatform::Android, ""))
             .await
@@ -315,7 +300,7 @@ async fn list_with_an_exact_final_page_ends_with_an_empty_token() {
 #[tokio::test]
 async fn list_for_a_user_without_devices_is_empty() {
     let mut app = spawn_app().await;
-    let user = new_user(&mut app).await;
+    let user = app.new_user().await;
     let page = list(&mut app, &user, 0, "").await.unwrap();
     assert!(page.devices.is_empty());
     assert_eq!(page.next_page_token, "");
@@ -324,7 +309,7 @@ async fn list_for_a_user_without_devices_is_empty() {
 #[tokio::test]
 async fn list_refuses_bad_arguments() {
     let mut app = spawn_app().await;
-    let user = new_user(&mut app).await;
+    let user = app.new_user().await;
     register(&mut app, device(&user, "d", DevicePlatform::Ios, ""))
         .await
         .unwrap();
@@ -353,8 +338,8 @@ async fn list_for_an_unknown_user_is_not_found() {
 #[tokio::test]
 async fn deregister_removes_the_device_once() {
     let mut app = spawn_app().await;
-    let user = new_user(&mut app).await;
-    let other = new_user(&mut app).await;
+    let user = app.new_user().await;
+    let other = app.new_user().await;
     register(
         &mut app,
         device(&user, "old-phone", DevicePlatform::Ios, "t"),
@@ -398,7 +383,7 @@ async fn deregister_removes_the_device_once() {
 #[tokio::test]
 async fn deregister_unknown_user_or_device_is_not_found() {
     let mut app = spawn_app().await;
-    let user = new_user(&mut app).await;
+    let user = app.new_user().await;
     register(&mut app, device(&user, "d", DevicePlatform::Ios, ""))
         .await
         .unwrap();
@@ -416,7 +401,7 @@ async fn deregister_unknown_user_or_device_is_not_found() {
 #[tokio::test]
 async fn deregister_refuses_bad_arguments() {
     let mut app = spawn_app().await;
-    let user = new_user(&mut app).await;
+    let user = app.new_user().await;
     register(&mut app, device(&user, "d", DevicePlatform::Ios, ""))
         .await
         .unwrap();
@@ -430,7 +415,7 @@ async fn deregister_refuses_bad_arguments() {
 #[tokio::test]
 async fn racing_registers_of_one_device_create_it_once() {
     let mut app = spawn_app().await;
-    let user = new_user(&mut app).await;
+    let user = app.new_user().await;
     let mut a = app.client.clone();
     let mut b = app.client.clone();
     let (ra, rb) = tokio::join!(

@@ -104,6 +104,21 @@ pub async fn wait_serving(channel: Channel) {
 }
 
 impl TestApp {
+    /// Creates a user with every field at its default; returns its id.
+    pub async fn new_user(&mut self) -> String {
+        self.client
+            .create_user(mesh_proto::mesh::users::v1::CreateUserRequest {
+                user: Some(Default::default()),
+                request_id: String::new(),
+            })
+            .await
+            .expect("create a user")
+            .into_inner()
+            .user
+            .expect("a user")
+            .id
+    }
+
     /// Rows in `users.<table>` right now, counted as the superuser.
     pub async fn count(&self, table: &str) -> i64 {
         let mut conn = self.db.admin_connection().await;

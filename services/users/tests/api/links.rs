@@ -7,21 +7,6 @@ use tonic::Code;
 
 use crate::harness::{TestApp, bad_fields, spawn_app};
 
-/// A fresh user with no Telegram account; returns its id.
-async fn new_user(app: &mut TestApp) -> String {
-    app.client
-        .create_user(CreateUserRequest {
-            user: Some(User::default()),
-            request_id: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .user
-        .unwrap()
-        .id
-}
-
 async fn create_token(
     app: &mut TestApp,
     user_id: &str,
@@ -106,7 +91,7 @@ fn is_token(token: &str) -> bool {
 #[tokio::test]
 async fn create_gives_a_url_safe_token_that_expires_in_fifteen_minutes_by_default() {
     let mut app = spawn_app().await;
-    let user = new_user(&mut app).await;
+    let user = app.new_user().await;
 
     let before = Utc::now();
     let first = create_token(&mut app, &user, 0).await;
@@ -127,7 +112,7 @@ async fn create_gives_a_url_safe_token_that_expires_in_fifteen_minutes_by_defaul
 #[tokio::test]
 async fn create_honours_ttl_at_both_bounds() {
     let mut app = spawn_app().await;
-    let user = new_user(&mut app).await;
+    let user = app.new_user().await;
     for ttl in [60, 604_800] {
         let before = Utc::now();
         let created = create_token(&mut app, &user, ttl).await;
@@ -146,7 +131,7 @@ async fn create_honours_ttl_at_both_bounds() {
 #[tokio::test]
 async fn create_refuses_ttl_out_of_bounds_and_writes_nothing() {
     let mut app = spawn_app().await;
-    let user = new_user(&mut app).await;
+    let user = app.new_user().await;
     for ttl in [-1, 1, 59, 604_801, i32::MAX, i32::MIN] {
         let status = app
             .client
@@ -211,8 +196,8 @@ async fn create_for_an_unknown_user_is_not_found() {
 #[tokio::test]
 async fn redeem_binds_the_telegram_account_to_the_user() {
     let mut app = spawn_app().await;
-    let user = new_user(&mut app).await;
-    let other = new_user(&mut app).await;
+    let user = app.new_user().await;
+    let other = app.new_user().await;
     let token = create_token(&mut app, &user, 0).await.token;
 
     let linked = redeem(&mut app, &token, 777_000_111, "ana_tg")
@@ -246,7 +231,7 @@ async fn redeem_binds_the_telegram_account_to_the_user() {
 #[tokio::test]
 async fn redeeming_a_token_twice_is_failed_precondition() {
     let mut app = spawn_app().await;
-    let user = new_user(&mut app).await;
+    let user = app.new_user().await;
     let token = create_token(&mut app, &user, 0).await.token;
     redeem(&mut app, &token, 1001, "first").await.unwrap();
     let used = token_state(&app, &token).await;
@@ -272,7 +257,7 @@ async fn redeeming_a_token_twice_is_failed_precondition() {
 #[tokio::test]
 async fn an_expired_token_is_failed_precondition_and_changes_nothing() {
     let mut app = spawn_app().await;
-    let user = new_user(&mut app).await;
+    let user = app.new_user().await;
     let token = create_token(&mut app, &user, 0).await.token;
     let mut conn = app.db.admin_connection().await;
     sqlx::query(
@@ -293,7 +278,7 @@ async fn an_expired_token_is_failed_precondition_and_changes_nothing() {
 #[tokio::test]
 async fn an_unknown_token_is_not_found() {
     let mut app = spawn_app().await;
-    let user = new_user(&mut app).await;
+    let user = app.new_user().await;
     let before = get_user(&mut app, &user).await;
     let status = redeem(&mut app, &"A".repeat(32), 4004, "")
         .await
@@ -320,7 +305,7 @@ async fn a_telegram_account_of_another_user_is_already_exists_and_changes_nothin
         .into_inner()
         .user
         .unwrap();
-    let user = new_user(&mut app).await;
+    let user = app.new_user().await;
     let token = create_token(&mut app, &user, 0).await.token;
     let user_before = get_user(&mut app, &user).await;
 
@@ -344,7 +329,7 @@ async fn a_telegram_account_of_another_user_is_already_exists_and_changes_nothin
 #[tokio::test]
 async fn redeem_names_each_bad_field_and_writes_nothing() {
     let mut app = spawn_app().await;
-    let user = new_user(&mut app).await;
+    let user = app.new_user().await;
     let token = create_token(&mut app, &user, 0).await.token;
     let before = get_user(&mut app, &user).await;
 
@@ -384,7 +369,7 @@ async fn redeem_names_each_bad_field_and_writes_nothing() {
 #[tokio::test]
 async fn two_concurrent_redeems_of_one_token_exactly_one_wins() {
     let mut app = spawn_app().await;
-    let user = new_user(&mut app).await;
+    let user = app.new_user().await;
     let token = create_token(&mut app, &user, 0).await.token;
 
     let mut a = app.client.clone();
@@ -422,8 +407,8 @@ async fn two_concurrent_redeems_of_one_token_exactly_one_wins() {
 #[tokio::test]
 async fn two_users_racing_for_one_telegram_account_one_wins() {
     let mut app = spawn_app().await;
-    let first = new_user(&mut app).await;
-    let second = new_user(&mut app).await;
+    let first = app.new_user().await;
+    let second = app.new_user().await;
     let first_token = create_token(&mut app, &first, 0).await.token;
     let second_token = create_token(&mut app, &second, 0).await.token;
 

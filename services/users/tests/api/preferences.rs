@@ -7,21 +7,6 @@ use tonic::Code;
 
 use crate::harness::{TestApp, bad_fields, spawn_app};
 
-/// A fresh user; returns its id.
-async fn new_user(app: &mut TestApp) -> String {
-    app.client
-        .create_user(CreateUserRequest {
-            user: Some(User::default()),
-            request_id: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .user
-        .unwrap()
-        .id
-}
-
 fn mask(paths: &[&str]) -> Option<FieldMask> {
     Some(FieldMask {
         paths: paths.iter().map(|p| p.to_string()).collect(),
@@ -121,7 +106,7 @@ const ALL_PATHS: [&str; 7] = [
 #[tokio::test]
 async fn a_new_user_reads_the_defaults_and_reading_writes_nothing() {
     let mut app = spawn_app().await;
-    let user = new_user(&mut app).await;
+    let user = app.new_user().await;
     let preferences = get_preferences(&mut app, &user).await.unwrap();
     assert_eq!(preferences, defaults(&user));
     assert_eq!(
@@ -158,7 +143,7 @@ async fn get_preferences_refuses_bad_and_unknown_users() {
 #[tokio::test]
 async fn update_changes_only_the_masked_fields() {
     let mut app = spawn_app().await;
-    let user = new_user(&mut app).await;
+    let user = app.new_user().await;
 
     let updated = update_preferences(
         &mut app,
@@ -213,7 +198,7 @@ async fn update_changes_only_the_masked_fields() {
 #[tokio::test]
 async fn update_of_every_field_round_trips() {
     let mut app = spawn_app().await;
-    let user = new_user(&mut app).await;
+    let user = app.new_user().await;
     let updated = update_preferences(&mut app, all_changed(&user), &ALL_PATHS)
         .await
         .unwrap();
@@ -248,7 +233,7 @@ async fn update_of_every_field_round_trips() {
 #[tokio::test]
 async fn update_ignores_unmasked_fields_even_bad_ones() {
     let mut app = spawn_app().await;
-    let user = new_user(&mut app).await;
+    let user = app.new_user().await;
     let updated = update_preferences(
         &mut app,
         AgentPreferences {
@@ -277,7 +262,7 @@ async fn update_ignores_unmasked_fields_even_bad_ones() {
 #[tokio::test]
 async fn update_refuses_a_bad_or_empty_mask_and_writes_nothing() {
     let mut app = spawn_app().await;
-    let user = new_user(&mut app).await;
+    let user = app.new_user().await;
     for paths in [
         &[][..],
         &["user_id"],
@@ -309,7 +294,7 @@ async fn update_refuses_a_bad_or_empty_mask_and_writes_nothing() {
 #[tokio::test]
 async fn update_names_each_bad_value_and_writes_nothing() {
     let mut app = spawn_app().await;
-    let user = new_user(&mut app).await;
+    let user = app.new_user().await;
     let bad = AgentPreferences {
         user_id: user.clone(),
         enabled_agents: vec!["companion".into(), "Bad Agent".into()],
@@ -394,7 +379,7 @@ async fn update_names_each_bad_value_and_writes_nothing() {
 #[tokio::test]
 async fn a_bad_update_leaves_stored_preferences_unchanged() {
     let mut app = spawn_app().await;
-    let user = new_user(&mut app).await;
+    let user = app.new_user().await;
     let stored = update_preferences(&mut app, all_changed(&user), &ALL_PATHS)
         .await
         .unwrap();
@@ -479,7 +464,7 @@ async fn bad_values_for_an_unknown_user_are_invalid_argument() {
 #[tokio::test]
 async fn a_new_user_has_an_empty_onboarding_and_reading_writes_nothing() {
     let mut app = spawn_app().await;
-    let user = new_user(&mut app).await;
+    let user = app.new_user().await;
     let onboarding = get_onboarding(&mut app, &user).await.unwrap();
     assert_eq!(
         onboarding,
@@ -495,7 +480,7 @@ async fn a_new_user_has_an_empty_onboarding_and_reading_writes_nothing() {
 #[tokio::test]
 async fn steps_are_kept_in_order_once_each() {
     let mut app = spawn_app().await;
-    let user = new_user(&mut app).await;
+    let user = app.new_user().await;
     let after_one = complete_step(&mut app, &user, "welcome", false)
         .await
         .unwrap();
@@ -530,7 +515,7 @@ async fn steps_are_kept_in_order_once_each() {
 #[tokio::test]
 async fn finishing_sets_the_complete_time_once() {
     let mut app = spawn_app().await;
-    let user = new_user(&mut app).await;
+    let user = app.new_user().await;
     complete_step(&mut app, &user, "welcome", false)
         .await
         .unwrap();
@@ -552,7 +537,7 @@ async fn finishing_sets_the_complete_time_once() {
 #[tokio::test]
 async fn finishing_on_the_first_step_works() {
     let mut app = spawn_app().await;
-    let user = new_user(&mut app).await;
+    let user = app.new_user().await;
     let finished = complete_step(&mut app, &user, "skip_all", true)
         .await
         .unwrap();
@@ -564,7 +549,7 @@ async fn finishing_on_the_first_step_works() {
 #[tokio::test]
 async fn bad_step_names_are_invalid_and_write_nothing() {
     let mut app = spawn_app().await;
-    let user = new_user(&mut app).await;
+    let user = app.new_user().await;
     let too_long = format!("s{}", "a".repeat(64));
     for bad in [
         "",
@@ -621,7 +606,7 @@ async fn onboarding_of_an_unknown_user_is_not_found_and_writes_nothing() {
 #[tokio::test]
 async fn update_refuses_more_than_32_agents() {
     let mut app = spawn_app().await;
-    let user = new_user(&mut app).await;
+    let user = app.new_user().await;
     let agents = |n: usize| (0..n).map(|i| format!("agent_{i}")).collect::<Vec<_>>();
     let status = update_preferences(
         &mut app,
@@ -651,7 +636,7 @@ async fn update_refuses_more_than_32_agents() {
 #[tokio::test]
 async fn concurrent_updates_of_different_fields_both_land() {
     let mut app = spawn_app().await;
-    let user = new_user(&mut app).await;
+    let user = app.new_user().await;
     let mut a = app.client.clone();
     let mut b = app.client.clone();
     let (ra, rb) = tokio::join!(
@@ -675,7 +660,7 @@ async fn concurrent_updates_of_different_fields_both_land() {
 #[tokio::test]
 async fn concurrent_steps_are_all_recorded() {
     let mut app = spawn_app().await;
-    let user = new_user(&mut app).await;
+    let user = app.new_user().await;
     let steps = ["welcome", "name_companion", "set_checkin", "pick_language"];
     let calls = steps.iter().map(|step| {
         let mut client = app.client.clone();

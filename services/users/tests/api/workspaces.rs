@@ -11,23 +11,6 @@ use uuid::Uuid;
 
 use crate::harness::{TestApp, bad_fields, spawn_app};
 
-async fn create_user(app: &mut TestApp) -> String {
-    app.client
-        .create_user(CreateUserRequest {
-            user: Some(User {
-                display_name: "Owner".into(),
-                ..Default::default()
-            }),
-            request_id: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .user
-        .unwrap()
-        .id
-}
-
 fn workspace_request(owner: &str, name: &str, request_id: &str) -> CreateWorkspaceRequest {
     CreateWorkspaceRequest {
         workspace: Some(Workspace {
@@ -169,7 +152,7 @@ fn assert_no_repeats(ids: &[String]) {
 #[tokio::test]
 async fn create_workspace_then_get_round_trips() {
     let mut app = spawn_app().await;
-    let owner = create_user(&mut app).await;
+    let owner = app.new_user().await;
     let created = create_workspace(&mut app, &owner, "Family").await;
     Uuid::parse_str(&created.id).expect("the id is a UUID");
     assert_eq!(created.name, "Family");
@@ -194,7 +177,7 @@ async fn create_workspace_then_get_round_trips() {
 #[tokio::test]
 async fn create_workspace_name_limit_counts_characters() {
     let mut app = spawn_app().await;
-    let owner = create_user(&mut app).await;
+    let owner = app.new_user().await;
     // 200 two-byte characters are within the 200-character limit.
     let name = "é".repeat(200);
     let created = create_workspace(&mut app, &owner, &name).await;
@@ -204,7 +187,7 @@ async fn create_workspace_name_limit_counts_characters() {
 #[tokio::test]
 async fn create_workspace_for_an_unknown_owner_is_not_found_and_writes_nothing() {
     let mut app = spawn_app().await;
-    create_user(&mut app).await;
+    app.new_user().await;
     let stranger = Uuid::new_v4().to_string();
     for request_id in ["", "req-unknown-owner"] {
         let status =
@@ -221,7 +204,7 @@ async fn create_workspace_for_an_unknown_owner_is_not_found_and_writes_nothing()
 #[tokio::test]
 async fn create_workspace_with_a_bad_name_is_invalid_and_writes_nothing() {
     let mut app = spawn_app().await;
-    let owner = create_user(&mut app).await;
+    let owner = app.new_user().await;
     let too_long = "x".repeat(201);
     for name in ["", "   ", "\t\n", too_long.as_str()] {
         let status = try_create_workspace(&mut app, workspace_request(&owner, name, "r1"))
@@ -236,7 +219,7 @@ async fn create_workspace_with_a_bad_name_is_invalid_and_writes_nothing() {
 #[tokio::test]
 async fn create_workspace_with_a_bad_owner_id_is_invalid_and_writes_nothing() {
     let mut app = spawn_app().await;
-    create_user(&mut app).await;
+    app.new_user().await;
     for owner in ["", "not-a-uuid", "123"] {
         let status = try_create_workspace(&mut app, workspace_request(owner, "Home", ""))
             .await
@@ -272,7 +255,7 @@ async fn create_workspace_with_a_bad_owner_id_is_invalid_and_writes_nothing() {
 #[tokio::test]
 async fn a_retry_with_the_same_request_id_returns_the_first_workspace() {
     let mut app = spawn_app().await;
-    let owner = create_user(&mut app).await;
+    let owner = app.new_user().await;
     let request = workspace_request(&owner, "Home", "create-home-1");
     let first = try_create_workspace(&mut app, request.clone())
         .await
@@ -293,7 +276,7 @@ async fn a_retry_with_the_same_request_id_returns_the_first_workspace() {
 #[tokio::test]
 async fn reusing_a_request_id_for_a_different_workspace_is_invalid() {
     let mut app = spawn_app().await;
-    let owner = create_user(&mut app).await;
+    let owner = app.new_user().await;
     try_create_workspace(&mut app, workspace_request(&owner, "Home", "create-1"))
         .await
         .unwrap();
@@ -353,7 +336,7 @@ async fn concurrent_creates_with_one_request_id_make_one_workspace() {
 #[tokio::test]
 async fn a_request_id_over_128_characters_is_invalid() {
     let mut app = spawn_app().await;
-    let owner = create_user(&mut app).await;
+    let owner = app.new_user().await;
     let status = try_create_workspace(
         &mut app,
         workspace_request(&owner, "Home", &"r".repeat(129)),
@@ -403,8 +386,8 @@ async fn get_workspace_not_found_and_bad_id() {
 #[tokio::test]
 async fn list_workspaces_filters_by_owner() {
     let mut app = spawn_app().await;
-    let ana = create_user(&mut app).await;
-    let bob = create_user(&mut app).await;
+    let ana = app.new_user().await;
+    let bob = app.new_user().await;
     let mut anas = Vec::new();
     for name in ["a1", "a2", "a3"] {
         anas.push(create_workspace(&mut app, &ana, name).await);
@@ -442,8 +425,8 @@ async fn list_workspaces_filters_by_owner() {
 #[tokio::test]
 async fn list_workspaces_pages_in_creation_order() {
     let mut app = spawn_app().await;
-    let owner = create_user(&mut app).await;
-    let other = create_user(&mut app).await;
+    let owner = app.new_user().await;
+    let other = app.new_user().await;
     let mut created = Vec::new();
     for i in 0..5 {
         created.push(
@@ -469,7 +452,7 @@ async fn list_workspaces_pages_in_creation_order() {
 #[tokio::test]
 async fn list_workspaces_with_a_bad_owner_or_token_is_invalid() {
     let mut app = spawn_app().await;
-    let owner = create_user(&mut app).await;
+    let owner = app.new_user().await;
     create_workspace(&mut app, &owner, "Home").await;
 
     let status = list_workspaces(&mut app, "not-a-uuid", 0, String::new())
@@ -495,7 +478,7 @@ async fn list_workspaces_with_a_bad_owner_or_token_is_invalid() {
 #[tokio::test]
 async fn create_project_then_get_round_trips() {
     let mut app = spawn_app().await;
-    let owner = create_user(&mut app).await;
+    let owner = app.new_user().await;
     let workspace = create_workspace(&mut app, &owner, "Home").await;
     let created = try_create_project(
         &mut app,
@@ -542,7 +525,7 @@ async fn create_project_in_an_unknown_workspace_is_not_found_and_writes_nothing(
 #[tokio::test]
 async fn project_names_are_unique_within_a_workspace_only() {
     let mut app = spawn_app().await;
-    let owner = create_user(&mut app).await;
+    let owner = app.new_user().await;
     let home = create_workspace(&mut app, &owner, "Home").await;
     let office = create_workspace(&mut app, &owner, "Office").await;
     let first = create_project(&mut app, &home.id, "Plans").await;
@@ -570,7 +553,7 @@ async fn project_names_are_unique_within_a_workspace_only() {
 #[tokio::test]
 async fn create_project_description_over_2000_characters_is_invalid() {
     let mut app = spawn_app().await;
-    let owner = create_user(&mut app).await;
+    let owner = app.new_user().await;
     let workspace = create_workspace(&mut app, &owner, "Home").await;
 
     let status = try_create_project(
@@ -597,7 +580,7 @@ async fn create_project_description_over_2000_characters_is_invalid() {
 #[tokio::test]
 async fn create_project_with_bad_fields_names_each_and_writes_nothing() {
     let mut app = spawn_app().await;
-    let owner = create_user(&mut app).await;
+    let owner = app.new_user().await;
     let workspace = create_workspace(&mut app, &owner, "Home").await;
 
     let status = try_create_project(
@@ -648,7 +631,7 @@ async fn create_project_with_bad_fields_names_each_and_writes_nothing() {
 #[tokio::test]
 async fn a_project_retry_with_the_same_request_id_returns_the_first_project() {
     let mut app = spawn_app().await;
-    let owner = create_user(&mut app).await;
+    let owner = app.new_user().await;
     let workspace = create_workspace(&mut app, &owner, "Home").await;
     let request = project_request(&workspace.id, "Garden", "", "create-garden");
     let first = try_create_project(&mut app, request.clone()).await.unwrap();
@@ -687,7 +670,7 @@ async fn get_project_not_found_and_bad_id() {
 #[tokio::test]
 async fn list_projects_pages_through_one_workspace() {
     let mut app = spawn_app().await;
-    let owner = create_user(&mut app).await;
+    let owner = app.new_user().await;
     let home = create_workspace(&mut app, &owner, "Home").await;
     let office = create_workspace(&mut app, &owner, "Office").await;
     let mut created = Vec::new();
@@ -716,7 +699,7 @@ async fn list_projects_pages_through_one_workspace() {
 #[tokio::test]
 async fn list_projects_of_an_unknown_workspace_is_not_found_and_of_an_empty_one_is_empty() {
     let mut app = spawn_app().await;
-    let owner = create_user(&mut app).await;
+    let owner = app.new_user().await;
     let empty = create_workspace(&mut app, &owner, "Empty").await;
 
     let status = list_projects(&mut app, &Uuid::new_v4().to_string(), 0, String::new())
@@ -734,7 +717,7 @@ async fn list_projects_of_an_unknown_workspace_is_not_found_and_of_an_empty_one_
 #[tokio::test]
 async fn list_projects_with_a_bad_workspace_id_or_token_is_invalid() {
     let mut app = spawn_app().await;
-    let owner = create_user(&mut app).await;
+    let owner = app.new_user().await;
     let workspace = create_workspace(&mut app, &owner, "Home").await;
 
     for workspace_id in ["", "not-a-uuid"] {
@@ -754,8 +737,8 @@ async fn list_projects_with_a_bad_workspace_id_or_token_is_invalid() {
 #[tokio::test]
 async fn deleting_the_owner_removes_their_workspaces_and_projects() {
     let mut app = spawn_app().await;
-    let owner = create_user(&mut app).await;
-    let keeper = create_user(&mut app).await;
+    let owner = app.new_user().await;
+    let keeper = app.new_user().await;
     let mut owned = Vec::new();
     let mut owned_projects = Vec::new();
     for name in ["Home", "Office"] {
