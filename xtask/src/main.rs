@@ -4,11 +4,13 @@
 //!   reach them, stop it all on Ctrl-C (up.rs).
 //! - `test`: proto lint, compose check, and the whole test suite against a
 //!   throwaway Postgres (test.rs); `.ci/run` calls this.
-//! - `bench <name>`: not written yet.
+//! - `bench <name>`: load against a service next to the same SQL run
+//!   straight against Postgres (bench/).
 //!
 //! Shared pieces: tools.rs installs the external programs, postgres.rs runs a
 //! local server, process.rs holds the signal and child-process plumbing.
 
+mod bench;
 mod postgres;
 mod process;
 mod test;
@@ -60,7 +62,7 @@ async fn dispatch(args: &[String]) -> anyhow::Result<ExitCode> {
         "up" if rest.is_empty() => up::run().await?,
         // `cargo xtask test -- FILTER`: everything after `--` goes to cargo test.
         "test" => test::run(rest.strip_prefix(&["--".to_owned()]).unwrap_or(rest)).await?,
-        "bench" => return Ok(bench(rest)),
+        "bench" => bench::run(rest).await?,
         "help" | "-h" | "--help" => println!("{USAGE}"),
         _ => {
             eprintln!("{USAGE}");
@@ -68,16 +70,6 @@ async fn dispatch(args: &[String]) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Benchmarks are yet to come (a bench.rs that starts its Postgres with
-/// `postgres::Postgres::throwaway`).
-fn bench(args: &[String]) -> ExitCode {
-    match args.first() {
-        Some(name) => eprintln!("unknown bench: {name}"),
-        None => eprintln!("unknown bench"),
-    }
-    ExitCode::from(2)
 }
 
 /// An environment variable, treating empty as unset (as the services do).

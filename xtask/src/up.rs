@@ -124,7 +124,7 @@ async fn start_all(
 }
 
 /// Builds every service in one cargo run (shared dependencies build once).
-fn build(paths: &Paths) -> Result<()> {
+pub(crate) fn build(paths: &Paths) -> Result<()> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = Command::new(cargo);
     command

@@ -11,7 +11,9 @@ use opentelemetry::{
 };
 use opentelemetry_sdk::{propagation::TraceContextPropagator, trace::SdkTracerProvider};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
-use tracing_subscriber::{EnvFilter, layer::SubscriberExt, util::SubscriberInitExt};
+use tracing_subscriber::{
+    EnvFilter, Layer, filter::LevelFilter, layer::SubscriberExt, util::SubscriberInitExt,
+};
 
 /// Flushes spans still buffered for export when dropped at shutdown.
 pub struct TelemetryGuard {
@@ -45,19 +47,32 @@ pub fn init(service: &'static str) -> anyhow::Result<TelemetryGuard> {
     let provider = provider.build();
     let tracer = provider.tracer(service);
 
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let otel = tracing_opentelemetry::layer().with_tracer(tracer);
+    // RUST_LOG filters what is logged, not what is traced: spans at INFO and
+    // above always reach the OpenTelemetry layer, so a quiet log level never
+    // breaks a trace that runs through this service.
+    let log_filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let otel = tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_filter(LevelFilter::INFO);
     let json = crate::config::optional("LOG_FORMAT").is_some_and(|f| f == "json");
-    let registry = tracing_subscriber::registry().with(filter).with(otel);
+    let registry = tracing_subscriber::registry().with(otel);
     if json {
         registry
-            .with(tracing_subscriber::fmt::layer().json())
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_filter(log_filter),
+            )
             .try_init()?;
     } else {
         // Colours only on a terminal: log files and collectors get plain text.
         let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
         registry
-            .with(tracing_subscriber::fmt::layer().with_ansi(ansi))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(ansi)
+                    .with_filter(log_filter),
+            )
             .try_init()?;
     }
     Ok(TelemetryGuard { provider })

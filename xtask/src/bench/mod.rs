@@ -1,0 +1,261 @@
+//! `cargo xtask bench <name>`: load from this process over loopback against a
+//! service running as its own release-built process, next to the same work
+//! done straight against Postgres in the same run, so the ratio between them
+//! can be read. Prints a Markdown table and the machine it ran on.
+
+mod users;
+
+use std::{
+    future::Future,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Result, bail};
+use hdrhistogram::Histogram;
+
+/// Runs the named benchmark.
+pub async fn run(args: &[String]) -> Result<()> {
+    let Some((name, rest)) = args.split_first() else {
+        bail!("usage: cargo xtask bench <name> [--requests N] [--concurrency C]; names: users");
+    };
+    let options = Options::parse(rest)?;
+    match name.as_str() {
+        "users" => users::run(&options).await,
+        other => bail!("unknown bench {other:?}; names: users"),
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// Measured requests per workload (after a warm-up of a tenth as many).
+    pub requests: usize,
+    /// Requests in flight at once.
+    pub concurrency: usize,
+}
+
+impl Options {
+    fn parse(args: &[String]) -> Result<Self> {
+        let mut options = Self {
+            requests: 20_000,
+            concurrency: 16,
+        };
+        let mut args = args.iter();
+        while let Some(flag) = args.next() {
+            let value = args.next().map(|v| v.parse::<usize>());
+            match (flag.as_str(), value) {
+                ("--requests", Some(Ok(n))) if n > 0 => options.requests = n,
+                ("--concurrency", Some(Ok(n))) if n > 0 => options.concurrency = n,
+                _ => bail!("bad argument {flag:?}: expected --requests N or --concurrency C"),
+            }
+        }
+        Ok(options)
+    }
+}
+
+/// What one workload measured.
+pub struct Measurement {
+    pub workload: &'static str,
+    pub via: &'static str,
+    pub requests: usize,
+    pub errors: usize,
+    pub elapsed: Duration,
+    pub latency_us: Histogram<u64>,
+    /// CPU time the measured service spent on this workload, when known.
+    pub service_cpu: Option<Duration>,
+}
+
+impl Measurement {
+    pub fn throughput(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn ms(&self, quantile: f64) -> f64 {
+        self.latency_us.value_at_quantile(quantile) as f64 / 1000.0
+    }
+}
+
+/// Runs `call(i)` for i in 0..requests with `concurrency` calls in flight,
+/// after a warm-up; every call's latency is recorded.
+pub async fn measure<F, Fut>(
+    workload: &'static str,
+    via: &'static str,
+    options: Options,
+    call: F,
+) -> Result<Measurement>
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<()>> + Send,
+{
+    let call = Arc::new(call);
+    let warm_up = (options.requests / 10).max(options.concurrency);
+    // Warm-up requests use indices past the measured ones, so a workload that
+    // creates rows never repeats a key.
+    drive(
+        call.clone(),
+        options.requests..options.requests + warm_up,
+        options.concurrency,
+    )
+    .await?;
+    let started = Instant::now();
+    let (latency_us, errors) = drive(call, 0..options.requests, options.concurrency).await?;
+    let elapsed = started.elapsed();
+    println!(
+        "xtask: {workload} via {via}: {:.0} req/s",
+        options.requests as f64 / elapsed.as_secs_f64()
+    );
+    Ok(Measurement {
+        workload,
+        via,
+        requests: options.requests,
+        errors,
+        elapsed,
+        latency_us,
+        service_cpu: None,
+    })
+}
+
+async fn drive<F, Fut>(
+    call: Arc<F>,
+    range: std::ops::Range<usize>,
+    concurrency: usize,
+) -> Result<(Histogram<u64>, usize)>
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<()>> + Send,
+{
+    let next = Arc::new(AtomicUsize::new(range.start));
+    let mut workers = Vec::new();
+    for _ in 0..concurrency {
+        let (call, next, end) = (call.clone(), next.clone(), range.end);
+        workers.push(tokio::spawn(async move {
+            let mut histogram = latency_histogram();
+            let mut errors = 0;
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= end {
+                    break;
+                }
+                let started = Instant::now();
+                if call(i).await.is_err() {
+                    errors += 1;
+                }
+                histogram.saturating_record((started.elapsed().as_micros() as u64).max(1));
+            }
+            (histogram, errors)
+        }));
+    }
+    let mut total = latency_histogram();
+    let mut errors = 0;
+    for worker in workers {
+        let (histogram, worker_errors) = worker.await?;
+        total.add(histogram)?;
+        errors += worker_errors;
+    }
+    Ok((total, errors))
+}
+
+/// Microseconds from 1 µs to 60 s at 3 significant digits. Fixed bounds: an
+/// auto-resizing histogram clamps rather than grows when recording saturates.
+fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
+}
+
+/// The Markdown table: each gRPC row is followed by its direct-Postgres
+/// reference, and the ratio says how many times slower the gRPC path is.
+pub fn print_table(title: &str, rows: &[(Measurement, Measurement)], notes: &[String]) {
+    println!("\n### {title}\n");
+    println!(
+        "| workload | via | requests | errors | throughput (req/s) | p50 (ms) | p99 (ms) | service CPU per request (µs) | direct/gRPC throughput |"
+    );
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    for (grpc, direct) in rows {
+        for m in [grpc, direct] {
+            let ratio = if std::ptr::eq(m, grpc) {
+                format!("{:.2}x", direct.throughput() / grpc.throughput())
+            } else {
+                String::new()
+            };
+            let cpu = m.service_cpu.map_or(String::new(), |cpu| {
+                format!("{:.0}", cpu.as_secs_f64() * 1e6 / m.requests as f64)
+            });
+            println!(
+                "| {} | {} | {} | {} | {:.0} | {:.2} | {:.2} | {} | {} |",
+                m.workload,
+                m.via,
+                m.requests,
+                m.errors,
+                m.throughput(),
+                m.ms(0.5),
+                m.ms(0.99),
+                cpu,
+                ratio
+            );
+        }
+    }
+    println!();
+    for note in notes {
+        println!("- {note}");
+    }
+    println!("- machine: {}", machine());
+}
+
+/// CPU model, cores, memory and kernel of this machine, and the date.
+pub fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')))
+        .map(|(_, m)| m.trim().to_owned())
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let memory_gib = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|r| r.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0 / 1024.0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let date = std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%d"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    format!(
+        "{model}, {cores} cores, {memory_gib:.0} GiB, Linux {}, {date}",
+        kernel.trim()
+    )
+}
+
+/// Peak resident memory (VmHWM) of a process, in MiB.
+pub fn peak_rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|r| r.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+}
+
+/// User plus system CPU time a process has used so far (from /proc/PID/stat).
+pub fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th fields of the whole line, in clock ticks.
+    let after_name = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    let per_second = clock_ticks_per_second();
+    Some(Duration::from_secs_f64(ticks as f64 / per_second as f64))
+}
+
+fn clock_ticks_per_second() -> u64 {
+    // sysconf(_SC_CLK_TCK): 100 on every Linux this runs on, but ask.
+    #[allow(unsafe_code)]
+    // SAFETY: sysconf reads a constant and has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 { ticks as u64 } else { 100 }
+}

@@ -1,0 +1,425 @@
+//! `cargo xtask bench users`: GetUser and UpsertUserByPhone through the users
+//! service over loopback gRPC, each next to the same SQL run straight against
+//! Postgres by a pool of the same size, in the same run.
+
+use std::{
+    fs::File,
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use mesh_proto::mesh::users::v1::{
+    GetUserRequest, UpsertUserByPhoneRequest, users_service_client::UsersServiceClient,
+};
+use sqlx::postgres::PgPoolOptions;
+use tonic::{Request, metadata::MetadataValue, transport::Channel};
+
+use super::{Measurement, Options, cpu_time, measure, peak_rss_mib, print_table};
+use crate::{
+    postgres::{self, Install, Postgres, Source},
+    process::die_with_parent,
+    setting,
+    tools::Paths,
+};
+
+/// Users seeded before measuring.
+const SEEDED: usize = 10_000;
+const TOKEN: &str = "bench-token";
+const DATABASE: &str = "mesh_bench_users";
+
+pub async fn run(options: &Options) -> Result<()> {
+    let paths = Paths::discover()?;
+    let source = Source::from_env(&paths)?;
+    crate::up::build(&paths)?;
+    let options = *options;
+    // Load and clients on a multi-threaded runtime of their own: xtask's own
+    // runtime is single-threaded, which would cap the load generator.
+    tokio::task::spawn_blocking(move || {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(bench(paths, source, options))
+    })
+    .await?
+}
+
+async fn bench(paths: Paths, source: Source, options: Options) -> Result<()> {
+    let (_server, admin_url) = match source {
+        Source::External(url) => (None, url),
+        Source::Local(binary) => {
+            let server = Postgres::throwaway(Install::prepare(&binary)?)?;
+            let url = server.url("postgres");
+            (Some(server), url)
+        }
+    };
+    if !postgres::create_database(&admin_url, DATABASE).await? {
+        bail!("database {DATABASE} already exists on that server: drop it first");
+    }
+    let outcome = measure_all(&paths, &admin_url, options).await;
+    drop_database(&admin_url).await;
+    outcome
+}
+
+async fn drop_database(admin_url: &str) {
+    if let Ok(mut conn) = postgres::connect(admin_url, None).await {
+        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)"
+        )))
+        .execute(&mut conn)
+        .await;
+    }
+}
+
+async fn measure_all(paths: &Paths, admin_url: &str, options: Options) -> Result<()> {
+    postgres::bootstrap(admin_url, DATABASE).await?;
+    let password = setting("MESH_DB_PASSWORD");
+    if let Some(password) = &password {
+        postgres::set_passwords(admin_url, &["mesh_users".into()], password).await?;
+    }
+    let service_url = postgres::with_login(admin_url, "mesh_users", password.as_deref(), DATABASE)?;
+
+    let mut service = Service::start(paths, &service_url, options.concurrency)?;
+    let channel = service.wait_serving().await?;
+    let seeded = seed(admin_url).await?;
+    let direct = PgPoolOptions::new()
+        .max_connections(options.concurrency as u32)
+        .connect_with(
+            service_url
+                .parse::<sqlx::postgres::PgConnectOptions>()?
+                .options([("search_path", "users,public")]),
+        )
+        .await?;
+    let client = UsersServiceClient::new(channel);
+    let seeded = Arc::new(seeded);
+    println!(
+        "xtask: measuring {} requests per workload, {} in flight",
+        options.requests, options.concurrency
+    );
+
+    let pid = service.child.id();
+    let rows = vec![
+        (
+            with_service_cpu(pid, get_user_grpc(&client, &seeded, options)).await?,
+            select_by_id(&direct, &seeded, options).await?,
+        ),
+        (
+            with_service_cpu(pid, upsert_known_grpc(&client, &seeded, options)).await?,
+            select_by_phone(&direct, &seeded, options).await?,
+        ),
+        (
+            with_service_cpu(pid, upsert_new_grpc(&client, options)).await?,
+            insert_new(&direct, options).await?,
+        ),
+    ];
+    let rss = peak_rss_mib(service.child.id());
+    service.stop();
+    print_table(
+        "cargo xtask bench users",
+        &rows,
+        &[
+            format!(
+                "users service (release) peak RSS: {}",
+                rss.map_or("unknown".into(), |mib| format!("{mib:.1} MiB"))
+            ),
+            format!(
+                "{SEEDED} users seeded; {} requests in flight; service pool and direct pool both {} connections; client, service and Postgres share the machine",
+                options.concurrency, options.concurrency
+            ),
+            "direct = the service's own SQL for that call, sent by sqlx straight to Postgres as the same role".into(),
+        ],
+    );
+    Ok(())
+}
+
+/// Runs a gRPC workload and records the CPU time the service spent on it
+/// (warm-up included, so the per-request figure errs high by about a tenth).
+async fn with_service_cpu(
+    pid: u32,
+    workload: impl std::future::Future<Output = Result<Measurement>>,
+) -> Result<Measurement> {
+    let before = cpu_time(pid);
+    let mut measurement = workload.await?;
+    measurement.service_cpu = before.zip(cpu_time(pid)).map(|(b, a)| a.saturating_sub(b));
+    Ok(measurement)
+}
+
+/// The users service as its own process, listening on a free port.
+struct Service {
+    child: Child,
+    addr: String,
+    log: std::path::PathBuf,
+}
+
+impl Service {
+    fn start(paths: &Paths, database_url: &str, pool: usize) -> Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let log = paths.tools.join("logs").join("bench-users.log");
+        std::fs::create_dir_all(log.parent().expect("has a parent"))?;
+        let file = File::create(&log)?;
+        let mut command = Command::new(paths.target.join("release").join("users"));
+        command
+            .env_remove("DATABASE_URL")
+            .env("USERS_ADDR", &addr)
+            .env("USERS_DATABASE_URL", database_url)
+            .env("USERS_DB_MAX_CONNECTIONS", pool.to_string())
+            .env("MESH_AUTH_TOKEN", TOKEN)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file);
+        die_with_parent(&mut command);
+        let child = command.spawn().context("starting target/release/users")?;
+        println!("xtask: users service (pid {}) on {addr}", child.id());
+        Ok(Self { child, addr, log })
+    }
+
+    async fn wait_serving(&mut self) -> Result<Channel> {
+        use tonic_health::pb::{
+            HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+        };
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(60) {
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "the users service exited ({status}); see {}",
+                    self.log.display()
+                );
+            }
+            if let Ok(channel) = Channel::from_shared(format!("http://{}", self.addr))?
+                .connect()
+                .await
+            {
+                let status = HealthClient::new(channel.clone())
+                    .check(HealthCheckRequest::default())
+                    .await
+                    .map(|r| r.into_inner().status());
+                if matches!(status, Ok(ServingStatus::Serving)) {
+                    return Ok(channel);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bail!(
+            "the users service was not SERVING within 60 s; see {}",
+            self.log.display()
+        )
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The seeded users' ids and phones, in insertion order.
+struct Seeded {
+    ids: Vec<uuid::Uuid>,
+    phones: Vec<String>,
+}
+
+impl Seeded {
+    /// Spreads the i-th request over all seeded users.
+    fn pick(&self, i: usize) -> usize {
+        i.wrapping_mul(7919) % self.ids.len()
+    }
+}
+
+async fn seed(admin_url: &str) -> Result<Seeded> {
+    let mut conn = postgres::connect(admin_url, Some(DATABASE)).await?;
+    let rows: Vec<(uuid::Uuid, String)> = sqlx::query_as(
+        "INSERT INTO users.users (id, phone, whatsapp_profile_name)
+         SELECT uuidv7(), '+5730' || lpad(i::text, 8, '0'), 'User ' || i
+         FROM generate_series(1, $1) AS i
+         RETURNING id, phone",
+    )
+    .bind(SEEDED as i32)
+    .fetch_all(&mut conn)
+    .await?;
+    sqlx::raw_sql("VACUUM ANALYZE users.users")
+        .execute(&mut conn)
+        .await?;
+    Ok(Seeded {
+        ids: rows.iter().map(|(id, _)| *id).collect(),
+        phones: rows.into_iter().map(|(_, phone)| phone).collect(),
+    })
+}
+
+fn authorized<T>(message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        MetadataValue::from_static("Bearer bench-token"),
+    );
+    request
+}
+
+type Client = UsersServiceClient<Channel>;
+
+async fn get_user_grpc(
+    client: &Client,
+    seeded: &Arc<Seeded>,
+    options: Options,
+) -> Result<Measurement> {
+    let (client, seeded) = (client.clone(), seeded.clone());
+    measure("GetUser", "gRPC", options, move |i| {
+        let (mut client, id) = (client.clone(), seeded.ids[seeded.pick(i)]);
+        async move {
+            client
+                .get_user(authorized(GetUserRequest {
+                    user_id: id.to_string(),
+                }))
+                .await?;
+            Ok(())
+        }
+    })
+    .await
+}
+
+async fn select_by_id(
+    pool: &sqlx::PgPool,
+    seeded: &Arc<Seeded>,
+    options: Options,
+) -> Result<Measurement> {
+    let (pool, seeded) = (pool.clone(), seeded.clone());
+    measure("GetUser", "Postgres", options, move |i| {
+        let (pool, id) = (pool.clone(), seeded.ids[seeded.pick(i)]);
+        async move {
+            sqlx::query("SELECT * FROM users WHERE id = $1")
+                .bind(id)
+                .fetch_one(&pool)
+                .await?;
+            Ok(())
+        }
+    })
+    .await
+}
+
+/// A known contact writing again: the path nearly every inbound message takes.
+async fn upsert_known_grpc(
+    client: &Client,
+    seeded: &Arc<Seeded>,
+    options: Options,
+) -> Result<Measurement> {
+    let (client, seeded) = (client.clone(), seeded.clone());
+    measure(
+        "UpsertUserByPhone (known contact)",
+        "gRPC",
+        options,
+        move |i| {
+            let index = seeded.pick(i);
+            let mut client = client.clone();
+            let request = UpsertUserByPhoneRequest {
+                phone: seeded.phones[index].trim_start_matches('+').to_owned(),
+                profile_name: format!("User {}", index + 1),
+            };
+            async move {
+                let answer = client.upsert_user_by_phone(authorized(request)).await?;
+                if answer.into_inner().created {
+                    bail!("a known contact was created again");
+                }
+                Ok(())
+            }
+        },
+    )
+    .await
+}
+
+async fn select_by_phone(
+    pool: &sqlx::PgPool,
+    seeded: &Arc<Seeded>,
+    options: Options,
+) -> Result<Measurement> {
+    let (pool, seeded) = (pool.clone(), seeded.clone());
+    measure(
+        "UpsertUserByPhone (known contact)",
+        "Postgres",
+        options,
+        move |i| {
+            let pool = pool.clone();
+            let phone = seeded.phones[seeded.pick(i)].clone();
+            async move {
+                sqlx::query("SELECT * FROM users WHERE phone = $1")
+                    .bind(phone)
+                    .fetch_one(&pool)
+                    .await?;
+                Ok(())
+            }
+        },
+    )
+    .await
+}
+
+/// Distinct new numbers per request index, apart from the seeded ones.
+fn new_phone(prefix: &str, i: usize) -> String {
+    format!("+{prefix}{i:09}")
+}
+
+async fn upsert_new_grpc(client: &Client, options: Options) -> Result<Measurement> {
+    let client = client.clone();
+    measure(
+        "UpsertUserByPhone (new contact)",
+        "gRPC",
+        options,
+        move |i| {
+            let mut client = client.clone();
+            async move {
+                let answer = client
+                    .upsert_user_by_phone(authorized(UpsertUserByPhoneRequest {
+                        phone: new_phone("44", i),
+                        profile_name: "New".into(),
+                    }))
+                    .await?;
+                if !answer.into_inner().created {
+                    bail!("a new contact was not created");
+                }
+                Ok(())
+            }
+        },
+    )
+    .await
+}
+
+async fn insert_new(pool: &sqlx::PgPool, options: Options) -> Result<Measurement> {
+    let pool = pool.clone();
+    measure(
+        "UpsertUserByPhone (new contact)",
+        "Postgres",
+        options,
+        move |i| {
+            let pool = pool.clone();
+            async move {
+                // The service's two statements for a new contact: the miss, then the insert.
+                let phone = new_phone("49", i);
+                let found = sqlx::query("SELECT * FROM users WHERE phone = $1")
+                    .bind(&phone)
+                    .fetch_optional(&pool)
+                    .await?;
+                if found.is_some() {
+                    bail!("{phone} already exists");
+                }
+                sqlx::query(
+                    "INSERT INTO users (id, phone, whatsapp_profile_name) VALUES ($1, $2, $3)
+                 ON CONFLICT (phone) DO NOTHING RETURNING *",
+                )
+                .bind(uuid::Uuid::now_v7())
+                .bind(&phone)
+                .bind("New")
+                .fetch_one(&pool)
+                .await?;
+                Ok(())
+            }
+        },
+    )
+    .await
+}
