@@ -134,6 +134,26 @@ async fn grpcurl_lists_describes_and_round_trips_a_user() {
     let fetched: serde_json::Value = serde_json::from_str(&fetched).unwrap();
     assert_eq!(fetched["user"]["phone"], "+573001234567");
 
+    // Error details decode through reflection too: the BadRequest names the field.
+    let invalid = grpcurl()
+        .args([
+            "-plaintext",
+            "-H",
+            &auth,
+            "-d",
+            r#"{"user":{"timezone":"Mars/Base"}}"#,
+            &addr,
+            "mesh.users.v1.UsersService/CreateUser",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&invalid.stderr);
+    assert!(stderr.contains("InvalidArgument"), "{stderr}");
+    assert!(
+        stderr.contains(r#""field":"user.timezone""#),
+        "BadRequest decoded: {stderr}"
+    );
+
     let refused = grpcurl()
         .args([
             "-plaintext",
