@@ -378,33 +378,34 @@ fn users_binary() -> Command {
     command
 }
 
-#[tokio::test]
-async fn the_binary_drains_and_exits_cleanly_on_sigterm() {
-    let db = TestDatabase::create().await;
-    let port = free_port();
-    let mut child = users_binary()
-        .env("USERS_ADDR", format!("127.0.0.1:{port}"))
+/// The users binary over `db`, with `env` added, once it is SERVING.
+async fn start_binary(db: &TestDatabase, env: &[(&str, &str)]) -> (std::process::Child, String) {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let child = users_binary()
+        .env("USERS_ADDR", &addr)
         .env("USERS_DATABASE_URL", db.service_url("users"))
         .env("MESH_AUTH_TOKEN", TOKEN)
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let addr = format!("127.0.0.1:{port}");
-    let mut connected = None;
     for _ in 0..100 {
         if let Ok(channel) = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
             .unwrap()
             .connect()
             .await
         {
-            connected = Some(channel);
-            break;
+            wait_serving(channel).await;
+            return (child, addr);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    wait_serving(connected.expect("the binary listens")).await;
+    panic!("the binary never listened on {addr}");
+}
 
+/// Sends SIGTERM and waits up to 15 s for a clean exit.
+async fn terminate(mut child: std::process::Child) {
     let killed = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -419,6 +420,92 @@ async fn the_binary_drains_and_exits_cleanly_on_sigterm() {
     }
     child.kill().unwrap();
     panic!("the service did not exit within 15 s of SIGTERM");
+}
+
+#[tokio::test]
+async fn the_binary_drains_and_exits_cleanly_on_sigterm() {
+    let db = TestDatabase::create().await;
+    let (child, _) = start_binary(&db, &[]).await;
+    terminate(child).await;
+}
+
+/// An OTLP/gRPC collector that keeps every span it is sent.
+#[derive(Clone, Default)]
+struct Collector(
+    std::sync::Arc<std::sync::Mutex<Vec<opentelemetry_proto::tonic::trace::v1::Span>>>,
+);
+
+#[tonic::async_trait]
+impl opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceService
+    for Collector
+{
+    async fn export(
+        &self,
+        request: tonic::Request<
+            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest,
+        >,
+    ) -> Result<
+        tonic::Response<
+            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse,
+        >,
+        tonic::Status,
+    > {
+        let spans = request
+            .into_inner()
+            .resource_spans
+            .into_iter()
+            .flat_map(|r| r.scope_spans)
+            .flat_map(|s| s.spans);
+        self.0.lock().unwrap().extend(spans);
+        Ok(tonic::Response::new(Default::default()))
+    }
+}
+
+/// With OTEL_EXPORTER_OTLP_ENDPOINT set, the binary exports its spans, and a
+/// call that came with a traceparent continues the caller's trace.
+#[tokio::test(flavor = "multi_thread")]
+async fn spans_are_exported_over_otlp_in_the_callers_trace() {
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer;
+    let collector = Collector::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let collector_addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(collector.clone()))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+
+    let db = TestDatabase::create().await;
+    let endpoint = format!("http://{collector_addr}");
+    let (child, addr) = start_binary(&db, &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)]).await;
+    let mut client = crate::harness::client(channel(addr.parse().unwrap()).await);
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let caller_span = "00f067aa0ba902b7";
+    let mut request = tonic::Request::new(GetUserRequest {
+        user_id: uuid::Uuid::now_v7().to_string(),
+    });
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{trace_id}-{caller_span}-01").parse().unwrap(),
+    );
+    let status = client.get_user(request).await.unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    // SIGTERM flushes the spans still batched.
+    terminate(child).await;
+
+    let spans = collector.0.lock().unwrap().clone();
+    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let request_span = spans
+        .iter()
+        .find(|s| s.name == "grpc.request" && hex(&s.trace_id) == trace_id)
+        .unwrap_or_else(|| panic!("no grpc.request span in the caller's trace among {spans:#?}"));
+    assert_eq!(hex(&request_span.parent_span_id), caller_span);
+    let children: Vec<&str> = spans
+        .iter()
+        .filter(|s| s.parent_span_id == request_span.span_id)
+        .map(|s| s.name.as_str())
+        .collect();
+    assert!(!children.is_empty(), "the database work is a child span");
 }
 
 #[test]
