@@ -247,10 +247,10 @@ fn decide(
     rollout: i32,
     targeted: bool,
 ) -> pb::FeatureDecision {
-    if !enabled {
-        pb::FeatureDecision::FlagDisabled
-    } else if targeted {
+    if targeted {
         pb::FeatureDecision::Targeted
+    } else if !enabled {
+        pb::FeatureDecision::FlagDisabled
     } else if (rollout_bucket(flag, user) as i32) < rollout {
         pb::FeatureDecision::InRollout
     } else {
@@ -296,6 +296,10 @@ mod tests {
         let user = Uuid::new_v4();
         assert_eq!(
             decide("f", user, false, 100, true),
+            pb::FeatureDecision::Targeted
+        );
+        assert_eq!(
+            decide("f", user, false, 100, false),
             pb::FeatureDecision::FlagDisabled
         );
         assert_eq!(

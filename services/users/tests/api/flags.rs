@@ -500,14 +500,17 @@ async fn list_with_a_bad_token_or_size_is_invalid() {
 // ---------------------------------------------------------------- IsFeatureEnabled
 
 #[tokio::test]
-async fn a_disabled_flag_is_off_for_everyone_even_its_targets() {
+async fn a_disabled_flag_is_on_only_for_its_targets() {
     let mut app = spawn_app().await;
     let target = Uuid::new_v4();
     create_flag(&mut app, flag("off", false, 100, &[target])).await;
 
-    for user in [target, Uuid::new_v4()] {
-        let answer = is_enabled(&mut app, "off", user).await;
-        assert!(!answer.enabled);
+    let answer = is_enabled(&mut app, "off", target).await;
+    assert!(answer.enabled, "targets always get the flag");
+    assert_eq!(answer.decision(), FeatureDecision::Targeted);
+    for _ in 0..20 {
+        let answer = is_enabled(&mut app, "off", Uuid::new_v4()).await;
+        assert!(!answer.enabled, "a disabled flag rolls out to nobody else");
         assert_eq!(answer.decision(), FeatureDecision::FlagDisabled);
     }
 }
