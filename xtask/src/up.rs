@@ -51,10 +51,11 @@ struct ServiceSpec {
     bin: &'static str,
     /// The variable holding its listen address (one of [`ADDRESSES`]).
     addr_env: &'static str,
-    /// An RPC and JSON body printed as a ready-to-paste grpcurl line. It must
-    /// work on every run, and the database is kept between runs: hence a
-    /// fixed `request_id`, so a repeat returns the first answer.
-    example: Option<(&'static str, &'static str)>,
+    /// RPCs and JSON bodies printed as ready-to-paste grpcurl lines, the same
+    /// as in README.md. They must work on every run, and the database is kept
+    /// between runs: hence a fixed `request_id`, so a repeated create returns
+    /// the first answer.
+    examples: &'static [(&'static str, &'static str)],
 }
 
 /// What `up` runs, in start order: one line per service with a binary.
@@ -64,10 +65,16 @@ const SERVICES: &[ServiceSpec] = &[ServiceSpec {
     package: "mesh-users",
     bin: "users",
     addr_env: "USERS_ADDR",
-    example: Some((
-        "mesh.users.v1.UsersService/CreateUser",
-        r#"{"user":{"phone":"+573001234567","display_name":"Ana"},"request_id":"xtask-up-example"}"#,
-    )),
+    examples: &[
+        (
+            "mesh.users.v1.UsersService/CreateUser",
+            r#"{"user":{"phone":"+573001234567","display_name":"Ana"},"request_id":"readme-example"}"#,
+        ),
+        (
+            "mesh.users.v1.UsersService/GetUserByPhone",
+            r#"{"phone":"573001234567"}"#,
+        ),
+    ],
 }];
 
 pub async fn run() -> Result<()> {
@@ -430,7 +437,8 @@ fn print_banner(mesh: &Mesh, env: &[(String, String)], admin_url: &str, grpcurl:
     for service in &mesh.services {
         let addr = dial_addr(&effective(env, service.spec.addr_env));
         println!("  grpcurl -plaintext {addr} list");
-        if let Some((method, body)) = service.spec.example {
+        println!("  grpcurl -plaintext {addr} grpc.health.v1.Health/Check");
+        for (method, body) in service.spec.examples {
             println!(
                 "  grpcurl -plaintext -H {} -d {} {addr} {method}",
                 shell_quote(&format!("authorization: Bearer {token}")),

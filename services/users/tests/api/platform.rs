@@ -80,11 +80,10 @@ fn run(command: &mut Command) -> String {
     String::from_utf8(output.stdout).unwrap()
 }
 
-/// grpcurl 1.8 is an independent client that speaks reflection v1alpha: what a
-/// newcomer types from the README must work as written. (Multi-threaded: the
-/// test blocks on grpcurl while the server answers it.)
+/// grpcurl 1.8 is an independent client that speaks reflection v1alpha.
+/// (Multi-threaded: the test blocks on grpcurl while the server answers it.)
 #[tokio::test(flavor = "multi_thread")]
-async fn grpcurl_lists_describes_and_round_trips_a_user() {
+async fn grpcurl_lists_describes_and_decodes_errors() {
     let app = spawn_app().await;
     let addr = app.addr.to_string();
     let listed = run(grpcurl().args(["-plaintext", &addr, "list"]));
@@ -109,31 +108,6 @@ async fn grpcurl_lists_describes_and_round_trips_a_user() {
     assert!(health.contains("rpc Check"), "{health}");
 
     let auth = format!("authorization: Bearer {TOKEN}");
-    let created = run(grpcurl().args([
-        "-plaintext",
-        "-H",
-        &auth,
-        "-d",
-        r#"{"user":{"phone":"+573001234567","display_name":"Ana"}}"#,
-        &addr,
-        "mesh.users.v1.UsersService/CreateUser",
-    ]));
-    let created: serde_json::Value = serde_json::from_str(&created).unwrap();
-    let id = created["user"]["id"].as_str().expect("an id").to_owned();
-    assert_eq!(created["user"]["displayName"], "Ana");
-
-    let fetched = run(grpcurl().args([
-        "-plaintext",
-        "-H",
-        &auth,
-        "-d",
-        &format!(r#"{{"user_id":"{id}"}}"#),
-        &addr,
-        "mesh.users.v1.UsersService/GetUser",
-    ]));
-    let fetched: serde_json::Value = serde_json::from_str(&fetched).unwrap();
-    assert_eq!(fetched["user"]["phone"], "+573001234567");
-
     // Error details decode through reflection too: the BadRequest names the field.
     let invalid = grpcurl()
         .args([
@@ -358,6 +332,81 @@ async fn the_drain_stops_waiting_at_its_deadline() {
         .expect("the cut request ends")
         .unwrap();
     assert!(cut.is_err(), "the cut request failed: {cut:?}");
+}
+
+/// The grpcurl lines of README.md's "Trying it with grpcurl" block, with line
+/// continuations joined.
+fn readme_grpcurl_lines() -> Vec<String> {
+    let readme = include_str!("../../../../README.md");
+    let section = readme
+        .split("## Trying it with grpcurl")
+        .nth(1)
+        .expect("README has the grpcurl section");
+    let block = section
+        .split("```sh\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("the section has a sh block");
+    block
+        .replace("\\\n", " ")
+        .lines()
+        .map(str::trim)
+        .filter(|line| line.starts_with("grpcurl "))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// What a newcomer pastes from the README works as written, against a server
+/// at the README's address and token (here swapped for the test's own), the
+/// create line as often as they paste it.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_readme_grpcurl_lines_work_as_written() {
+    let app = spawn_app().await;
+    let grpcurl = std::env::var("MESH_GRPCURL")
+        .expect("MESH_GRPCURL must name a grpcurl binary: run the tests with `cargo xtask test`");
+    let grpcurl_dir = std::path::Path::new(&grpcurl).parent().unwrap();
+    let path = format!(
+        "{}:{}",
+        grpcurl_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let lines = readme_grpcurl_lines();
+    assert!(lines.len() >= 5, "{lines:?}");
+
+    let mut created_id = None;
+    for line in lines {
+        let line = line
+            .replace("127.0.0.1:50051", &app.addr.to_string())
+            .replace("Bearer dev-token", &format!("Bearer {TOKEN}"))
+            .replace(
+                "<id from the answer above>",
+                created_id.as_deref().unwrap_or("missing"),
+            );
+        let repeats = if line.contains("/CreateUser") { 2 } else { 1 };
+        for _ in 0..repeats {
+            let output = Command::new("bash")
+                .args(["-c", &line])
+                .env("PATH", &path)
+                .output()
+                .unwrap();
+            assert!(
+                output.status.success(),
+                "{line}\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            if line.contains("/CreateUser") || line.contains("/GetUser") {
+                let answer: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+                let id = answer["user"]["id"].as_str().unwrap().to_owned();
+                assert_eq!(answer["user"]["phone"], "+573001234567");
+                if let Some(first) = &created_id {
+                    assert_eq!(&id, first, "every line answers the same user");
+                }
+                created_id = Some(id);
+            }
+        }
+    }
+    assert!(created_id.is_some());
+    assert_eq!(app.count("users").await, 1);
 }
 
 fn free_port() -> u16 {
