@@ -95,13 +95,18 @@ impl ServiceConfig {
 
 fn database_url(name: &str) -> Result<String, ConfigError> {
     let url = required(name, "a postgres:// URL with this service's own role")?;
+    let invalid = |reason: String| ConfigError::Invalid {
+        name: name.to_owned(),
+        value: redact_password(&url),
+        reason,
+    };
     if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-        return Err(ConfigError::Invalid {
-            name: name.to_owned(),
-            value: redact_password(&url),
-            reason: "expected a postgres:// or postgresql:// URL".into(),
-        });
+        return Err(invalid(
+            "expected a postgres:// or postgresql:// URL".into(),
+        ));
     }
+    url.parse::<sqlx::postgres::PgConnectOptions>()
+        .map_err(|e| invalid(e.to_string()))?;
     Ok(url)
 }
 

@@ -24,9 +24,21 @@ pub fn optional_timestamp(time: Option<DateTime<Utc>>) -> Option<Timestamp> {
     time.map(timestamp)
 }
 
+/// 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z: the range of
+/// google.protobuf.Timestamp, and within what Postgres stores.
+const MIN_SECONDS: i64 = -62_135_596_800;
+const MAX_SECONDS: i64 = 253_402_300_799;
+
 pub fn from_timestamp(field: &str, ts: &Timestamp) -> Result<DateTime<Utc>, FieldViolation> {
+    if !(MIN_SECONDS..=MAX_SECONDS).contains(&ts.seconds) {
+        return Err(FieldViolation::new(
+            field,
+            "must be between 0001-01-01 and 9999-12-31",
+        ));
+    }
     u32::try_from(ts.nanos)
         .ok()
+        .filter(|nanos| *nanos < 1_000_000_000)
         .and_then(|nanos| DateTime::from_timestamp(ts.seconds, nanos))
         .ok_or_else(|| FieldViolation::new(field, "is not a valid timestamp"))
 }
@@ -98,10 +110,23 @@ mod tests {
     fn timestamps_keep_nanoseconds_and_reject_bad_nanos() {
         let now = Utc::now();
         assert_eq!(from_timestamp("t", &timestamp(now)).unwrap(), now);
-        let bad = Timestamp {
-            seconds: 0,
-            nanos: -1,
-        };
-        assert!(from_timestamp("t", &bad).is_err());
+        for (seconds, nanos) in [
+            (0, -1),
+            (0, 1_000_000_000),
+            (MAX_SECONDS + 1, 0),
+            (MIN_SECONDS - 1, 0),
+        ] {
+            assert!(from_timestamp("t", &Timestamp { seconds, nanos }).is_err());
+        }
+        assert!(
+            from_timestamp(
+                "t",
+                &Timestamp {
+                    seconds: MAX_SECONDS,
+                    nanos: 0
+                }
+            )
+            .is_ok()
+        );
     }
 }

@@ -48,6 +48,23 @@ impl ApiError {
     pub fn internal(error: impl Into<anyhow::Error>) -> Self {
         Self::Internal(error.into())
     }
+
+    /// Gives a NOT_FOUND (such as a foreign key naming a missing parent) a
+    /// message that says what is missing; other errors pass through.
+    pub fn or_missing(self, message: impl FnOnce() -> String) -> Self {
+        match self {
+            Self::NotFound(_) => Self::NotFound(message()),
+            other => other,
+        }
+    }
+
+    /// Gives an ALREADY_EXISTS a message that says what conflicts.
+    pub fn or_conflict(self, message: impl FnOnce() -> String) -> Self {
+        match self {
+            Self::AlreadyExists(_) => Self::AlreadyExists(message()),
+            other => other,
+        }
+    }
 }
 
 impl From<FieldViolation> for ApiError {
@@ -160,6 +177,19 @@ impl From<sqlx::Error> for ApiError {
                     .unwrap_or_else(|| "reference".to_owned());
                 ApiError::NotFound(format!("no record matches this {key}"))
             }
+            // Postgres refuses U+0000 in text and jsonb: the caller's input, not our fault.
+            sqlx::Error::Database(db)
+                if matches!(db.code().as_deref(), Some("22021" | "22P05")) =>
+            {
+                ApiError::invalid(
+                    "request",
+                    "text must not contain the NUL character (U+0000)",
+                )
+            }
+            sqlx::Error::Database(db) if db.code().as_deref().is_some_and(is_transient) => {
+                tracing::warn!(error = %error, "transient database error");
+                ApiError::Unavailable("the database is busy or restarting; retry".into())
+            }
             sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
                 tracing::warn!(error = %error, "database unavailable");
                 ApiError::Unavailable("the database is unavailable; retry later".into())
@@ -167,6 +197,15 @@ impl From<sqlx::Error> for ApiError {
             _ => ApiError::Internal(error.into()),
         }
     }
+}
+
+/// SQLSTATEs after which the same call may well succeed: connection loss,
+/// server shutdown or start-up, exhausted resources, and serialization
+/// failures or deadlocks.
+fn is_transient(code: &str) -> bool {
+    code.starts_with("08")
+        || code.starts_with("53")
+        || matches!(code, "57P01" | "57P02" | "57P03" | "40001" | "40P01")
 }
 
 /// `Key (workspace_id, name)=(…) already exists.` -> `workspace_id, name`: the

@@ -36,6 +36,8 @@ pub fn decode_token(token: &str) -> Result<Option<String>, FieldViolation> {
         .ok()
         .and_then(|bytes| String::from_utf8(bytes).ok())
         .and_then(|text| text.strip_prefix(PREFIX).map(str::to_owned))
+        // Our keys never hold NUL, and Postgres would refuse it as text.
+        .filter(|key| !key.contains('\0'))
         .map(Some)
         .ok_or_else(foreign_token)
 }
@@ -84,6 +86,7 @@ mod tests {
         assert_eq!(decode_uuid_token("").unwrap(), None);
         assert!(decode_uuid_token("not-a-token").is_err());
         assert!(decode_uuid_token(&encode_token("not-a-uuid")).is_err());
+        assert!(decode_token(&encode_token("a\0b")).is_err());
     }
 
     #[test]

@@ -11,6 +11,8 @@ use opentelemetry::{
 };
 use opentelemetry_sdk::{propagation::TraceContextPropagator, trace::SdkTracerProvider};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::config::ConfigError;
 use tracing_subscriber::{
     EnvFilter, Layer, filter::LevelFilter, layer::SubscriberExt, util::SubscriberInitExt,
 };
@@ -50,11 +52,29 @@ pub fn init(service: &'static str) -> anyhow::Result<TelemetryGuard> {
     // RUST_LOG filters what is logged, not what is traced: spans at INFO and
     // above always reach the OpenTelemetry layer, so a quiet log level never
     // breaks a trace that runs through this service.
-    let log_filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let log_filter = match crate::config::optional("RUST_LOG") {
+        None => EnvFilter::new("info"),
+        Some(value) => EnvFilter::try_new(&value).map_err(|e| ConfigError::Invalid {
+            name: "RUST_LOG".into(),
+            value,
+            reason: e.to_string(),
+        })?,
+    };
     let otel = tracing_opentelemetry::layer()
         .with_tracer(tracer)
         .with_filter(LevelFilter::INFO);
-    let json = crate::config::optional("LOG_FORMAT").is_some_and(|f| f == "json");
+    let json = match crate::config::optional("LOG_FORMAT").as_deref() {
+        None | Some("text") => false,
+        Some("json") => true,
+        Some(other) => {
+            return Err(ConfigError::Invalid {
+                name: "LOG_FORMAT".into(),
+                value: other.into(),
+                reason: "expected text or json".into(),
+            }
+            .into());
+        }
+    };
     let registry = tracing_subscriber::registry().with(otel);
     if json {
         registry

@@ -100,10 +100,7 @@ pub async fn register(
     .bind(&device.push_token)
     .fetch_one(pool)
     .await
-    .map_err(|e| match ApiError::from(e) {
-        ApiError::NotFound(_) => ApiError::not_found(format!("no user with id {user}")),
-        other => other,
-    })?;
+    .map_err(|e| ApiError::from(e).or_missing(|| format!("no user with id {user}")))?;
     Ok(pb::RegisterDeviceResponse {
         device: Some(row.into()),
         created,

@@ -125,12 +125,7 @@ pub async fn create(
     .bind(&fields.target_user_ids)
     .fetch_one(pool)
     .await
-    .map_err(|e| match ApiError::from(e) {
-        ApiError::AlreadyExists(_) => {
-            ApiError::AlreadyExists(format!("a flag named {:?} already exists", flag.name))
-        }
-        other => other,
-    })?;
+    .map_err(|e| ApiError::from(e).or_conflict(|| format!("a flag named {:?} already exists", flag.name)))?;
     Ok(pb::CreateFeatureFlagResponse {
         flag: Some(row.into()),
     })

@@ -14,6 +14,7 @@ use uuid::Uuid;
 
 use crate::users::UserRow;
 
+const ALREADY_LINKED: &str = "this Telegram account is already linked to another user";
 const DEFAULT_TTL_SECONDS: i32 = 15 * 60;
 const MIN_TTL_SECONDS: i32 = 60;
 const MAX_TTL_SECONDS: i32 = 7 * 24 * 60 * 60;
@@ -55,10 +56,7 @@ pub async fn create(
     .bind(f64::from(ttl))
     .fetch_one(pool)
     .await
-    .map_err(|e| match ApiError::from(e) {
-        ApiError::NotFound(_) => ApiError::not_found(format!("no user with id {user}")),
-        other => other,
-    })?;
+    .map_err(|e| ApiError::from(e).or_missing(|| format!("no user with id {user}")))?;
     Ok(pb::CreateLinkTokenResponse {
         token,
         expire_time: Some(timestamp(expire_time)),
@@ -125,9 +123,7 @@ pub async fn redeem(
             .fetch_optional(&mut *tx)
             .await?;
     if owner.is_some_and(|owner| owner != token.user_id) {
-        return Err(ApiError::AlreadyExists(
-            "this Telegram account is already linked to another user".into(),
-        ));
+        return Err(ApiError::AlreadyExists(ALREADY_LINKED.into()));
     }
     let user: UserRow = sqlx::query_as(
         "UPDATE users SET telegram_user_id = $2, telegram_username = $3 WHERE id = $1 RETURNING *",
@@ -137,12 +133,7 @@ pub async fn redeem(
     .bind(request.telegram_username.trim_start_matches('@'))
     .fetch_one(&mut *tx)
     .await
-    .map_err(|e| match ApiError::from(e) {
-        ApiError::AlreadyExists(_) => ApiError::AlreadyExists(
-            "this Telegram account is already linked to another user".into(),
-        ),
-        other => other,
-    })?;
+    .map_err(|e| ApiError::from(e).or_conflict(|| ALREADY_LINKED.into()))?;
     sqlx::query(
         "UPDATE link_tokens SET redeem_time = now(), telegram_user_id = $2 WHERE token = $1",
     )

@@ -328,10 +328,7 @@ pub async fn complete_step(
     .bind(request.finish)
     .fetch_one(pool)
     .await
-    .map_err(|e| match ApiError::from(e) {
-        ApiError::NotFound(_) => ApiError::not_found(format!("no user with id {user}")),
-        other => other,
-    })?;
+    .map_err(|e| ApiError::from(e).or_missing(|| format!("no user with id {user}")))?;
     Ok(pb::CompleteOnboardingStepResponse {
         onboarding: Some(onboarding(user, Some(row))),
     })

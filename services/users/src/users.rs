@@ -15,6 +15,9 @@ use uuid::Uuid;
 
 use crate::validate;
 
+/// How far ahead of this server's clock a caller's message time may be.
+const MAX_CLOCK_SKEW: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
+
 /// Largest `preferences` document, as JSON text.
 const MAX_PREFERENCES_BYTES: usize = 16 * 1024;
 
@@ -524,10 +527,18 @@ pub async fn touch_last_message(
     request: pb::TouchLastMessageRequest,
 ) -> ApiResult<pb::TouchLastMessageResponse> {
     let id = user_id("user_id", &request.user_id)?;
+    let now = Utc::now();
     let at = match &request.message_time {
         Some(ts) => from_timestamp("message_time", ts)?,
-        None => Utc::now(),
+        None => now,
     };
+    // The clock only moves forward, so a time far ahead would stick: refuse it.
+    if at > now + MAX_CLOCK_SKEW {
+        return Err(ApiError::invalid(
+            "message_time",
+            "must not be more than 5 minutes in the future",
+        ));
+    }
     // Only ever forward: a late or repeated touch leaves the row untouched.
     let moved: Option<DateTime<Utc>> = sqlx::query_scalar(
         "UPDATE users SET last_message_time = $2

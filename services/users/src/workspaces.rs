@@ -93,10 +93,7 @@ pub async fn create_workspace(
             .bind(owner)
             .fetch_one(&mut *conn)
             .await
-            .map_err(|e| match ApiError::from(e) {
-                ApiError::NotFound(_) => ApiError::not_found(format!("no user with id {owner}")),
-                other => other,
-            })?;
+            .map_err(|e| ApiError::from(e).or_missing(|| format!("no user with id {owner}")))?;
             Ok(pb::CreateWorkspaceResponse {
                 workspace: Some(row.into()),
             })
@@ -197,14 +194,12 @@ pub async fn create_project(
             .bind(&project.description)
             .fetch_one(&mut *conn)
             .await
-            .map_err(|e| match ApiError::from(e) {
-                ApiError::NotFound(_) => {
-                    ApiError::not_found(format!("no workspace with id {workspace}"))
-                }
-                ApiError::AlreadyExists(_) => ApiError::AlreadyExists(format!(
-                    "workspace {workspace} already has a project named {name:?}"
-                )),
-                other => other,
+            .map_err(|e| {
+                ApiError::from(e)
+                    .or_missing(|| format!("no workspace with id {workspace}"))
+                    .or_conflict(|| {
+                        format!("workspace {workspace} already has a project named {name:?}")
+                    })
             })?;
             Ok(pb::CreateProjectResponse {
                 project: Some(row.into()),

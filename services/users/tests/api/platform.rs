@@ -559,6 +559,22 @@ async fn spans_are_exported_over_otlp_in_the_callers_trace() {
 
 #[test]
 fn bad_configuration_stops_start_up_naming_the_variable() {
+    let base = [
+        ("MESH_AUTH_TOKEN", "t"),
+        ("USERS_DATABASE_URL", "postgres://u@h/db"),
+    ];
+    for (name, value) in [
+        ("RUST_LOG", "info,[[["),
+        ("LOG_FORMAT", "xml"),
+        ("USERS_DATABASE_URL", "postgres://u@h:notaport/db"),
+        ("USERS_DB_MAX_CONNECTIONS", "0"),
+        ("MESH_DRAIN_SECONDS", "soon"),
+    ] {
+        let output = users_binary().envs(base).env(name, value).output().unwrap();
+        assert!(!output.status.success(), "{name}={value} should not start");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(name), "{name} not named in: {stderr}");
+    }
     let cases: [(&[(&str, &str)], &str); 4] = [
         (
             &[("USERS_DATABASE_URL", "postgres://u@h/db")],

@@ -544,7 +544,7 @@ async fn list_pages_through_everyone_and_filters() {
         ids.push(user.id);
     }
     touch(&mut app.client, &ids[1], 1_700_000_000).await;
-    touch(&mut app.client, &ids[2], 1_800_000_000).await;
+    touch(&mut app.client, &ids[2], 1_760_000_000).await;
     app.client
         .deactivate_user(DeactivateUserRequest {
             user_id: ids[4].clone(),
@@ -763,10 +763,10 @@ async fn delete_removes_the_user_and_what_hangs_off_it() {
 async fn touch_moves_the_last_message_time_forward_only() {
     let mut app = spawn_app().await;
     let user = with_phone(&mut app, "+573001234567").await;
-    let later = touch(&mut app.client, &user.id, 1_800_000_000).await;
-    assert_eq!(later.as_ref().unwrap().seconds, 1_800_000_000);
+    let later = touch(&mut app.client, &user.id, 1_760_000_000).await;
+    assert_eq!(later.as_ref().unwrap().seconds, 1_760_000_000);
     let earlier = touch(&mut app.client, &user.id, 1_700_000_000).await;
-    assert_eq!(earlier.unwrap().seconds, 1_800_000_000, "never moves back");
+    assert_eq!(earlier.unwrap().seconds, 1_760_000_000, "never moves back");
 
     let fresh = with_phone(&mut app, "+573007654321").await;
     let now = app
@@ -792,4 +792,125 @@ async fn touch_moves_the_last_message_time_forward_only() {
         .await
         .unwrap_err();
     assert_eq!(missing.code(), Code::NotFound);
+}
+
+#[tokio::test]
+async fn nul_characters_are_invalid_argument_and_write_nothing() {
+    let mut app = spawn_app().await;
+    let named = app
+        .client
+        .create_user(CreateUserRequest {
+            user: Some(User {
+                display_name: "An\0a".into(),
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(named.code(), Code::InvalidArgument, "{named:?}");
+    let in_json = app
+        .client
+        .create_user(CreateUserRequest {
+            user: Some(User {
+                preferences: Some(mesh_runtime::convert::json_to_struct(
+                    &serde_json::json!({"note": "a\u{0}b"}),
+                )),
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(in_json.code(), Code::InvalidArgument, "{in_json:?}");
+    assert_eq!(app.count("users").await, 0);
+}
+
+#[tokio::test]
+async fn user_id_arguments_are_checked_everywhere() {
+    let mut app = spawn_app().await;
+    let bad = || "not-a-uuid".to_owned();
+    let deactivate = app
+        .client
+        .deactivate_user(DeactivateUserRequest { user_id: bad() })
+        .await
+        .unwrap_err();
+    assert_eq!(bad_fields(&deactivate), ["user_id"]);
+    let delete = app
+        .client
+        .delete_user(DeleteUserRequest {
+            user_id: bad(),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad_fields(&delete), ["user_id"]);
+    let touch = app
+        .client
+        .touch_last_message(TouchLastMessageRequest {
+            user_id: bad(),
+            message_time: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad_fields(&touch), ["user_id"]);
+}
+
+#[tokio::test]
+async fn touch_refuses_impossible_and_future_times_and_keeps_the_clock() {
+    let mut app = spawn_app().await;
+    let user = with_phone(&mut app, "+573001234567").await;
+    touch(&mut app.client, &user.id, 1_760_000_000).await;
+    let future = chrono::Utc::now().timestamp() + 3600;
+    for (seconds, nanos) in [
+        (future, 0),
+        (253_402_300_800, 0),
+        (-62_135_596_801, 0),
+        (0, -1),
+    ] {
+        let status = app
+            .client
+            .touch_last_message(TouchLastMessageRequest {
+                user_id: user.id.clone(),
+                message_time: Some(Timestamp { seconds, nanos }),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(bad_fields(&status), ["message_time"], "{seconds}");
+    }
+    let stored = app
+        .client
+        .get_user(GetUserRequest {
+            user_id: user.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    assert_eq!(stored.last_message_time.unwrap().seconds, 1_760_000_000);
+}
+
+#[tokio::test]
+async fn a_delete_request_id_cannot_be_reused_for_another_user() {
+    let mut app = spawn_app().await;
+    let first = with_phone(&mut app, "+573001111111").await;
+    let second = with_phone(&mut app, "+573002222222").await;
+    app.client
+        .delete_user(DeleteUserRequest {
+            user_id: first.id,
+            request_id: "erase".into(),
+        })
+        .await
+        .unwrap();
+    let reused = app
+        .client
+        .delete_user(DeleteUserRequest {
+            user_id: second.id,
+            request_id: "erase".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad_fields(&reused), ["request_id"]);
+    assert_eq!(app.count("users").await, 1, "the second user is kept");
 }
