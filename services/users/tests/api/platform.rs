@@ -430,7 +430,7 @@ fn users_binary() -> Command {
 /// The users binary over `db`, with `env` added, once it is SERVING.
 async fn start_binary(db: &TestDatabase, env: &[(&str, &str)]) -> (std::process::Child, String) {
     let addr = format!("127.0.0.1:{}", free_port());
-    let child = users_binary()
+    let mut child = users_binary()
         .env("USERS_ADDR", &addr)
         .env("USERS_DATABASE_URL", db.service_url("users"))
         .env("MESH_AUTH_TOKEN", TOKEN)
@@ -450,6 +450,8 @@ async fn start_binary(db: &TestDatabase, env: &[(&str, &str)]) -> (std::process:
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("the binary never listened on {addr}");
 }
 
