@@ -4,22 +4,38 @@
 //! lock, then reads its answer. If the first call failed, nothing was stored
 //! and a retry does the work afresh.
 //!
-//! Each service's schema has the table (see its first migration):
-//! `idempotency_keys(operation, request_id, request, response, created_at)`.
+//! Each service's schema has the table (see the users migrations):
+//! `idempotency_keys(operation, request_id, request, response, user_id,
+//! create_time)`. Keys expire after [`RETENTION`] (the server bootstrap prunes
+//! them), and [`forget_user`] erases those about one user.
+
+use std::time::Duration;
 
 use prost::Message;
 use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
 
 use crate::{ApiError, ApiResult};
 
 pub const MAX_REQUEST_ID_LEN: usize = 128;
 
-/// Runs `work` once per (`operation`, `request_id`); an empty `request_id`
-/// means the caller did not ask for deduplication.
+/// How long a retry still gets the first answer.
+pub const RETENTION: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+
+/// Which call a stored answer belongs to.
+pub struct Key<'a> {
+    /// The RPC name.
+    pub operation: &'static str,
+    /// The caller's `request_id`; empty means no deduplication was asked for.
+    pub request_id: &'a str,
+    /// The user the answer is about, if any: erasing them erases it.
+    pub user_id: Option<Uuid>,
+}
+
+/// Runs `work` once per (`operation`, `request_id`).
 pub async fn run_once<Req, Resp, F>(
     pool: &PgPool,
-    operation: &str,
-    request_id: &str,
+    key: Key<'_>,
     request: &Req,
     work: F,
 ) -> ApiResult<Resp>
@@ -28,6 +44,11 @@ where
     Resp: Message + Default,
     F: AsyncFnOnce(&mut PgConnection) -> ApiResult<Resp>,
 {
+    let Key {
+        operation,
+        request_id,
+        user_id,
+    } = key;
     if request_id.chars().count() > MAX_REQUEST_ID_LEN {
         return Err(ApiError::invalid(
             "request_id",
@@ -43,12 +64,14 @@ where
 
     let fingerprint = request.encode_to_vec();
     let claimed = sqlx::query(
-        "INSERT INTO idempotency_keys (operation, request_id, request) VALUES ($1, $2, $3)
+        "INSERT INTO idempotency_keys (operation, request_id, request, user_id)
+         VALUES ($1, $2, $3, $4)
          ON CONFLICT DO NOTHING",
     )
     .bind(operation)
     .bind(request_id)
     .bind(&fingerprint)
+    .bind(user_id)
     .execute(&mut *tx)
     .await?
     .rows_affected()
@@ -87,4 +110,26 @@ where
         ))
     })?;
     Resp::decode(bytes.as_slice()).map_err(ApiError::internal)
+}
+
+/// Erases the stored answers about `user`, except those of `keep` (the
+/// erasing call's own, so that its retries still get their answer).
+pub async fn forget_user(conn: &mut PgConnection, user: Uuid, keep: &str) -> ApiResult<()> {
+    sqlx::query("DELETE FROM idempotency_keys WHERE user_id = $1 AND operation <> $2")
+        .bind(user)
+        .bind(keep)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Deletes the answers older than [`RETENTION`]; returns how many.
+pub async fn prune(pool: &PgPool) -> ApiResult<u64> {
+    Ok(
+        sqlx::query("DELETE FROM idempotency_keys WHERE create_time < now() - $1::interval")
+            .bind(format!("{} seconds", RETENTION.as_secs()))
+            .execute(pool)
+            .await?
+            .rows_affected(),
+    )
 }

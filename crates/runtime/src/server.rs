@@ -20,7 +20,7 @@ use tonic::{
 };
 use tonic_health::{ServingStatus, server::HealthReporter};
 
-use crate::{auth::BearerAuthLayer, config::ServiceConfig, db, telemetry};
+use crate::{auth::BearerAuthLayer, config::ServiceConfig, db, idempotency, telemetry};
 
 /// What distinguishes one service from another for the shared bootstrap.
 pub struct ServiceSpec {
@@ -32,6 +32,10 @@ pub struct ServiceSpec {
     pub file_descriptor_set: &'static [u8],
     pub migrator: &'static Migrator,
 }
+
+/// How often expired idempotency keys are deleted (every service's schema has
+/// the table; see mesh_runtime::idempotency).
+const PRUNE_INTERVAL: Duration = Duration::from_secs(60 * 60);
 
 /// How often the database is checked once the service is up.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
@@ -214,7 +218,16 @@ async fn keep_health(
     }
     db::migrate(&pool, spec.migrator).await?;
     let mut serving = false;
+    let mut last_prune: Option<std::time::Instant> = None;
     loop {
+        if serving && last_prune.is_none_or(|at| at.elapsed() >= PRUNE_INTERVAL) {
+            match idempotency::prune(&pool).await {
+                Ok(0) => {}
+                Ok(pruned) => tracing::info!(pruned, "expired idempotency keys deleted"),
+                Err(error) => tracing::warn!(%error, "pruning idempotency keys failed"),
+            }
+            last_prune = Some(std::time::Instant::now());
+        }
         let up = db::ping(&pool).await;
         if up != serving {
             let status = if up {

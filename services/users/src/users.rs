@@ -161,20 +161,21 @@ pub async fn create(
     };
     violations.into_result()?;
     let fields = fields.expect("validated");
-    idempotency::run_once(
-        pool,
-        "CreateUser",
-        &request.request_id,
-        &request,
-        async |conn| {
-            let row: UserRow = sqlx::query_as(
+    let id = Uuid::now_v7();
+    let key = idempotency::Key {
+        operation: "CreateUser",
+        request_id: &request.request_id,
+        user_id: Some(id),
+    };
+    idempotency::run_once(pool, key, &request, async |conn| {
+        let row: UserRow = sqlx::query_as(
             "INSERT INTO users (id, phone, whatsapp_profile_name, display_name, language, timezone,
                 preferences, companion_name, preferred_checkin_time, support_style,
                 telegram_user_id, telegram_username)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
              RETURNING *",
         )
-        .bind(Uuid::now_v7())
+        .bind(id)
         .bind(&fields.phone)
         .bind(&fields.whatsapp_profile_name)
         .bind(&fields.display_name)
@@ -188,11 +189,10 @@ pub async fn create(
         .bind(&fields.telegram_username)
         .fetch_one(&mut *conn)
         .await?;
-            Ok(pb::CreateUserResponse {
-                user: Some(row.into()),
-            })
-        },
-    )
+        Ok(pb::CreateUserResponse {
+            user: Some(row.into()),
+        })
+    })
     .await
 }
 
@@ -491,33 +491,34 @@ pub async fn delete(
     request: pb::DeleteUserRequest,
 ) -> ApiResult<pb::DeleteUserResponse> {
     let id = user_id("user_id", &request.user_id)?;
-    idempotency::run_once(
-        pool,
-        "DeleteUser",
-        &request.request_id,
-        &request,
-        async |conn| {
-            // Devices, preferences, onboarding, link tokens, workspaces and their
-            // projects go with the row (ON DELETE CASCADE); flag targets name the
-            // user by id only, so they are cleaned here.
-            let deleted = sqlx::query("DELETE FROM users WHERE id = $1")
-                .bind(id)
-                .execute(&mut *conn)
-                .await?
-                .rows_affected();
-            if deleted == 0 {
-                return Err(ApiError::not_found(format!("no user with id {id}")));
-            }
-            sqlx::query(
-                "UPDATE feature_flags SET target_user_ids = array_remove(target_user_ids, $1)
-             WHERE $1 = ANY (target_user_ids)",
-            )
+    let key = idempotency::Key {
+        operation: "DeleteUser",
+        request_id: &request.request_id,
+        user_id: Some(id),
+    };
+    idempotency::run_once(pool, key, &request, async |conn| {
+        // Devices, preferences, onboarding, link tokens, workspaces and their
+        // projects go with the row (ON DELETE CASCADE); flag targets name the
+        // user by id only, so they are cleaned here.
+        let deleted = sqlx::query("DELETE FROM users WHERE id = $1")
             .bind(id)
             .execute(&mut *conn)
-            .await?;
-            Ok(pb::DeleteUserResponse {})
-        },
-    )
+            .await?
+            .rows_affected();
+        if deleted == 0 {
+            return Err(ApiError::not_found(format!("no user with id {id}")));
+        }
+        sqlx::query(
+            "UPDATE feature_flags SET target_user_ids = array_remove(target_user_ids, $1)
+             WHERE $1 = ANY (target_user_ids)",
+        )
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+        // Stored answers of earlier calls (CreateUser's holds the phone and names).
+        idempotency::forget_user(conn, id, "DeleteUser").await?;
+        Ok(pb::DeleteUserResponse {})
+    })
     .await
 }
 

@@ -79,26 +79,25 @@ pub async fn create_workspace(
     ));
     violations.into_result()?;
     let (name, owner) = (name.expect("validated"), owner.expect("validated"));
-    idempotency::run_once(
-        pool,
-        "CreateWorkspace",
-        &request.request_id,
-        &request,
-        async |conn| {
-            let row: WorkspaceRow = sqlx::query_as(
-                "INSERT INTO workspaces (id, name, owner_user_id) VALUES ($1, $2, $3) RETURNING *",
-            )
-            .bind(Uuid::now_v7())
-            .bind(&name)
-            .bind(owner)
-            .fetch_one(&mut *conn)
-            .await
-            .map_err(|e| ApiError::from(e).or_missing(|| format!("no user with id {owner}")))?;
-            Ok(pb::CreateWorkspaceResponse {
-                workspace: Some(row.into()),
-            })
-        },
-    )
+    let key = idempotency::Key {
+        operation: "CreateWorkspace",
+        request_id: &request.request_id,
+        user_id: Some(owner),
+    };
+    idempotency::run_once(pool, key, &request, async |conn| {
+        let row: WorkspaceRow = sqlx::query_as(
+            "INSERT INTO workspaces (id, name, owner_user_id) VALUES ($1, $2, $3) RETURNING *",
+        )
+        .bind(Uuid::now_v7())
+        .bind(&name)
+        .bind(owner)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|e| ApiError::from(e).or_missing(|| format!("no user with id {owner}")))?;
+        Ok(pb::CreateWorkspaceResponse {
+            workspace: Some(row.into()),
+        })
+    })
     .await
 }
 
@@ -178,34 +177,35 @@ pub async fn create_project(
     ));
     violations.into_result()?;
     let (workspace, name) = (workspace.expect("validated"), name.expect("validated"));
-    idempotency::run_once(
-        pool,
-        "CreateProject",
-        &request.request_id,
-        &request,
-        async |conn| {
-            let row: ProjectRow = sqlx::query_as(
-                "INSERT INTO projects (id, workspace_id, name, description) VALUES ($1, $2, $3, $4)
+    // The stored answer is about the workspace owner: erasing them erases it.
+    let owner = find_workspace(pool, workspace).await?.owner_user_id;
+    let key = idempotency::Key {
+        operation: "CreateProject",
+        request_id: &request.request_id,
+        user_id: Some(owner),
+    };
+    idempotency::run_once(pool, key, &request, async |conn| {
+        let row: ProjectRow = sqlx::query_as(
+            "INSERT INTO projects (id, workspace_id, name, description) VALUES ($1, $2, $3, $4)
              RETURNING *",
-            )
-            .bind(Uuid::now_v7())
-            .bind(workspace)
-            .bind(&name)
-            .bind(&project.description)
-            .fetch_one(&mut *conn)
-            .await
-            .map_err(|e| {
-                ApiError::from(e)
-                    .or_missing(|| format!("no workspace with id {workspace}"))
-                    .or_conflict(|| {
-                        format!("workspace {workspace} already has a project named {name:?}")
-                    })
-            })?;
-            Ok(pb::CreateProjectResponse {
-                project: Some(row.into()),
-            })
-        },
-    )
+        )
+        .bind(Uuid::now_v7())
+        .bind(workspace)
+        .bind(&name)
+        .bind(&project.description)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|e| {
+            ApiError::from(e)
+                .or_missing(|| format!("no workspace with id {workspace}"))
+                .or_conflict(|| {
+                    format!("workspace {workspace} already has a project named {name:?}")
+                })
+        })?;
+        Ok(pb::CreateProjectResponse {
+            project: Some(row.into()),
+        })
+    })
     .await
 }
 

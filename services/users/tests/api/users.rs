@@ -914,3 +914,110 @@ async fn a_delete_request_id_cannot_be_reused_for_another_user() {
     assert_eq!(bad_fields(&reused), ["request_id"]);
     assert_eq!(app.count("users").await, 1, "the second user is kept");
 }
+
+#[tokio::test]
+async fn delete_erases_the_stored_answers_about_the_user() {
+    let mut app = spawn_app().await;
+    let create = CreateUserRequest {
+        user: Some(User {
+            phone: Some("+573001234567".into()),
+            display_name: "Ana".into(),
+            ..Default::default()
+        }),
+        request_id: "signup-1".into(),
+    };
+    let user = app
+        .client
+        .create_user(create.clone())
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    let workspace = app
+        .client
+        .create_workspace(CreateWorkspaceRequest {
+            workspace: Some(Workspace {
+                name: "Home".into(),
+                owner_user_id: user.id.clone(),
+                ..Default::default()
+            }),
+            request_id: "ws-1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .workspace
+        .unwrap();
+    app.client
+        .create_project(CreateProjectRequest {
+            project: Some(Project {
+                workspace_id: workspace.id,
+                name: "Diary".into(),
+                ..Default::default()
+            }),
+            request_id: "p-1".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(app.count("idempotency_keys").await, 3);
+
+    app.client
+        .delete_user(DeleteUserRequest {
+            user_id: user.id.clone(),
+            request_id: "erase-1".into(),
+        })
+        .await
+        .unwrap();
+    let mut admin = app.db.admin_connection().await;
+    let left: Vec<String> = sqlx::query_scalar("SELECT operation FROM users.idempotency_keys")
+        .fetch_all(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(
+        left,
+        ["DeleteUser"],
+        "only the erasure's own answer remains"
+    );
+
+    // The old request id no longer brings the erased user back.
+    let again = app
+        .client
+        .create_user(create)
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    assert_ne!(again.id, user.id);
+}
+
+#[tokio::test]
+async fn stored_answers_expire_after_the_retention() {
+    let app = spawn_app().await;
+    let mut admin = app.db.admin_connection().await;
+    sqlx::raw_sql(
+        "INSERT INTO users.idempotency_keys (operation, request_id, request, create_time)
+         VALUES ('CreateUser', 'old', '', now() - interval '8 days'),
+                ('CreateUser', 'recent', '', now() - interval '6 days')",
+    )
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .connect_with(
+            app.db
+                .service_url("users")
+                .parse::<sqlx::postgres::PgConnectOptions>()
+                .unwrap()
+                .options([("search_path", "users")]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(mesh_runtime::idempotency::prune(&pool).await.unwrap(), 1);
+    let left: Vec<String> = sqlx::query_scalar("SELECT request_id FROM users.idempotency_keys")
+        .fetch_all(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(left, ["recent"]);
+}
