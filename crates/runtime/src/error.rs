@@ -99,6 +99,17 @@ impl Violations {
         }
     }
 
+    /// Takes in the violations of a validation step that failed, if it failed.
+    pub fn merge<T>(&mut self, result: Result<T, Violations>) -> Option<T> {
+        match result {
+            Ok(value) => Some(value),
+            Err(other) => {
+                self.0.extend(other.0);
+                None
+            }
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
@@ -110,6 +121,12 @@ impl Violations {
         } else {
             Err(ApiError::InvalidArgument(self))
         }
+    }
+}
+
+impl From<Violations> for ApiError {
+    fn from(violations: Violations) -> Self {
+        Self::InvalidArgument(violations)
     }
 }
 

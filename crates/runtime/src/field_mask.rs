@@ -2,14 +2,16 @@
 
 use prost_types::FieldMask;
 
-use crate::{ApiError, ApiResult, Violations};
+use crate::Violations;
 
 /// The mask's paths, each checked against `allowed`, without repeats. An
 /// absent or empty mask is refused: an update that names nothing is a mistake.
-pub fn paths(mask: Option<&FieldMask>, allowed: &[&str]) -> ApiResult<Vec<String>> {
+/// The violations can be merged with the request's others
+/// ([`Violations::merge`]), or returned with `?`.
+pub fn paths(mask: Option<&FieldMask>, allowed: &[&str]) -> Result<Vec<String>, Violations> {
     let paths = mask.map(|m| m.paths.as_slice()).unwrap_or_default();
     if paths.is_empty() {
-        return Err(ApiError::invalid(
+        return Err(Violations::default().add(
             "update_mask",
             format!("name at least one field to update: {}", allowed.join(", ")),
         ));
@@ -29,8 +31,11 @@ pub fn paths(mask: Option<&FieldMask>, allowed: &[&str]) -> ApiResult<Vec<String
             out.push(path.clone());
         }
     }
-    violations.into_result()?;
-    Ok(out)
+    if violations.is_empty() {
+        Ok(out)
+    } else {
+        Err(violations)
+    }
 }
 
 #[cfg(test)]

@@ -32,6 +32,18 @@ pub struct Key<'a> {
     pub user_id: Option<Uuid>,
 }
 
+/// A `request_id` is optional, at most [`MAX_REQUEST_ID_LEN`] characters.
+/// Handlers check it with their other fields, so every bad field is named.
+pub fn check_request_id(request_id: &str) -> Result<(), crate::FieldViolation> {
+    if request_id.chars().count() > MAX_REQUEST_ID_LEN || request_id.contains('\0') {
+        return Err(crate::FieldViolation::new(
+            "request_id",
+            format!("must be at most {MAX_REQUEST_ID_LEN} characters, without NUL"),
+        ));
+    }
+    Ok(())
+}
+
 /// Runs `work` once per (`operation`, `request_id`).
 pub async fn run_once<Req, Resp, F>(
     pool: &PgPool,
@@ -49,12 +61,7 @@ where
         request_id,
         user_id,
     } = key;
-    if request_id.chars().count() > MAX_REQUEST_ID_LEN {
-        return Err(ApiError::invalid(
-            "request_id",
-            format!("must be at most {MAX_REQUEST_ID_LEN} characters"),
-        ));
-    }
+    check_request_id(request_id)?;
     let mut tx = pool.begin().await?;
     if request_id.is_empty() {
         let response = work(&mut tx).await?;

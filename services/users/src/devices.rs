@@ -11,7 +11,7 @@ use mesh_runtime::{
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::users::{self, user_id};
+use crate::users;
 
 #[derive(sqlx::FromRow)]
 struct DeviceRow {
@@ -156,8 +156,11 @@ pub async fn deregister(
     pool: &PgPool,
     request: pb::DeregisterDeviceRequest,
 ) -> ApiResult<pb::DeregisterDeviceResponse> {
-    let user = user_id("user_id", &request.user_id)?;
-    device_id("device_id", &request.device_id)?;
+    let mut violations = Violations::default();
+    let user = violations.check(parse_uuid("user_id", &request.user_id));
+    violations.check(device_id("device_id", &request.device_id));
+    violations.into_result()?;
+    let user = user.expect("validated");
     let deleted = sqlx::query("DELETE FROM devices WHERE user_id = $1 AND device_id = $2")
         .bind(user)
         .bind(&request.device_id)

@@ -139,11 +139,13 @@ pub async fn update(
     let Some(flag) = request.flag else {
         return Err(ApiError::invalid("flag", "is required"));
     };
-    let name = flag_name("flag.name", &flag.name);
-    let paths = field_mask::paths(request.update_mask.as_ref(), &UPDATABLE)?;
-    let path_refs: Vec<&str> = paths.iter().map(String::as_str).collect();
     let mut violations = Violations::default();
-    violations.check(name);
+    violations.check(flag_name("flag.name", &flag.name));
+    let paths = violations
+        .merge(field_mask::paths(request.update_mask.as_ref(), &UPDATABLE))
+        .unwrap_or_default();
+    let path_refs: Vec<&str> = paths.iter().map(String::as_str).collect();
+    // With a bad mask, no value is checked (paths is empty) and the mask is named.
     let fields = validate_fields(&flag, &path_refs, violations)?;
 
     let mut query = QueryBuilder::<Postgres>::new("UPDATE feature_flags SET ");

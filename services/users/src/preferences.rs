@@ -5,7 +5,7 @@ use chrono::{DateTime, NaiveTime, Utc};
 use mesh_proto::mesh::users::v1 as pb;
 use mesh_runtime::{
     ApiError, ApiResult, Violations,
-    convert::{optional_timestamp, timestamp},
+    convert::{optional_timestamp, parse_uuid, timestamp},
     field_mask,
 };
 use sqlx::PgPool;
@@ -148,8 +148,8 @@ fn apply(
     row: &mut PreferencesRow,
     input: &pb::AgentPreferences,
     paths: &[String],
-) -> ApiResult<()> {
-    let mut violations = Violations::default();
+    violations: &mut Violations,
+) {
     for path in paths {
         let field = format!("preferences.{path}");
         match path.as_str() {
@@ -202,7 +202,6 @@ fn apply(
             _ => unreachable!("field_mask::paths admits only UPDATABLE"),
         }
     }
-    violations.into_result()
 }
 
 #[tracing::instrument(skip_all)]
@@ -213,17 +212,28 @@ pub async fn update(
     let Some(input) = request.preferences else {
         return Err(ApiError::invalid("preferences", "is required"));
     };
-    let user = user_id("preferences.user_id", &input.user_id)?;
-    let paths = field_mask::paths(request.update_mask.as_ref(), &UPDATABLE)?;
-    // Validate before looking the user up: bad input is INVALID_ARGUMENT
-    // whether or not the user exists (the apply in the transaction cannot fail).
-    apply(&mut PreferencesRow::defaults(), &input, &paths)?;
+    // Validate everything before looking the user up: bad input is
+    // INVALID_ARGUMENT whether or not the user exists, and the apply in the
+    // transaction below cannot fail.
+    let mut violations = Violations::default();
+    let user = violations.check(parse_uuid("preferences.user_id", &input.user_id));
+    let paths = violations
+        .merge(field_mask::paths(request.update_mask.as_ref(), &UPDATABLE))
+        .unwrap_or_default();
+    apply(
+        &mut PreferencesRow::defaults(),
+        &input,
+        &paths,
+        &mut violations,
+    );
+    violations.into_result()?;
+    let user = user.expect("validated");
 
     let mut tx = pool.begin().await?;
     let mut row = load(&mut tx, user, true)
         .await?
         .unwrap_or_else(PreferencesRow::defaults);
-    apply(&mut row, &input, &paths)?;
+    apply(&mut row, &input, &paths, &mut Violations::default());
     let stored: PreferencesRow = sqlx::query_as(
         "INSERT INTO agent_preferences (user_id, enabled_agents, notification_frequency,
             quiet_hours_start, quiet_hours_end, data_sharing_consent, transparency_level,
@@ -306,10 +316,7 @@ pub async fn complete_step(
     request: pb::CompleteOnboardingStepRequest,
 ) -> ApiResult<pb::CompleteOnboardingStepResponse> {
     let mut violations = Violations::default();
-    let user = violations.check(mesh_runtime::convert::parse_uuid(
-        "user_id",
-        &request.user_id,
-    ));
+    let user = violations.check(parse_uuid("user_id", &request.user_id));
     violations.check(validate::identifier("step", &request.step, 64, "_"));
     violations.into_result()?;
     let user = user.expect("validated");

@@ -159,6 +159,7 @@ pub async fn create(
             None
         }
     };
+    violations.check(idempotency::check_request_id(&request.request_id));
     violations.into_result()?;
     let fields = fields.expect("validated");
     let id = Uuid::now_v7();
@@ -275,9 +276,12 @@ pub async fn upsert_by_phone(
     pool: &PgPool,
     request: pb::UpsertUserByPhoneRequest,
 ) -> ApiResult<pb::UpsertUserByPhoneResponse> {
-    let phone = phone_argument(&request.phone)?;
+    let mut violations = Violations::default();
+    let phone = violations.check(validate::phone("phone", &request.phone));
     let name = request.profile_name.trim();
-    validate::max_chars("profile_name", name, 200)?;
+    violations.check(validate::max_chars("profile_name", name, 200));
+    violations.into_result()?;
+    let phone = phone.expect("validated");
 
     let (row, created) = match find_by_phone(pool, &phone).await? {
         Some(row) => (refresh_profile_name(pool, row, name).await?, false),
@@ -313,13 +317,14 @@ async fn refresh_profile_name(pool: &PgPool, row: UserRow, name: &str) -> ApiRes
     if name.is_empty() || row.whatsapp_profile_name == name {
         return Ok(row);
     }
-    Ok(
-        sqlx::query_as("UPDATE users SET whatsapp_profile_name = $2 WHERE id = $1 RETURNING *")
-            .bind(row.id)
-            .bind(name)
-            .fetch_one(pool)
-            .await?,
-    )
+    sqlx::query_as("UPDATE users SET whatsapp_profile_name = $2 WHERE id = $1 RETURNING *")
+        .bind(row.id)
+        .bind(name)
+        .fetch_optional(pool)
+        .await?
+        // Deleted between our read and this write: the caller may retry and
+        // get a new user, but must not get the erased one back.
+        .ok_or_else(|| ApiError::Unavailable("the user was deleted meanwhile; retry".into()))
 }
 
 const UPDATABLE: [&str; 10] = [
@@ -343,14 +348,19 @@ pub async fn update(
     let Some(user) = request.user else {
         return Err(ApiError::invalid("user", "is required"));
     };
-    let id = user_id("user.id", &user.id)?;
-    let paths = field_mask::paths(request.update_mask.as_ref(), &UPDATABLE)?;
-    // Fields outside the mask are ignored, so only the masked ones are validated.
-    let masked = masked_user(&user, &paths);
     let mut violations = Violations::default();
-    let fields = UserFields::validate(&masked, &mut violations);
+    let id = violations.check(parse_uuid("user.id", &user.id));
+    let paths = violations.merge(field_mask::paths(request.update_mask.as_ref(), &UPDATABLE));
+    // Fields outside the mask are ignored, so only the masked ones are validated.
+    let fields = paths
+        .as_ref()
+        .and_then(|paths| UserFields::validate(&masked_user(&user, paths), &mut violations));
     violations.into_result()?;
-    let fields = fields.expect("validated");
+    let (id, paths, fields) = (
+        id.expect("validated"),
+        paths.expect("validated"),
+        fields.expect("validated"),
+    );
 
     let mut query = QueryBuilder::<Postgres>::new("UPDATE users SET ");
     let mut set = query.separated(", ");
@@ -490,7 +500,11 @@ pub async fn delete(
     pool: &PgPool,
     request: pb::DeleteUserRequest,
 ) -> ApiResult<pb::DeleteUserResponse> {
-    let id = user_id("user_id", &request.user_id)?;
+    let mut violations = Violations::default();
+    let id = violations.check(parse_uuid("user_id", &request.user_id));
+    violations.check(idempotency::check_request_id(&request.request_id));
+    violations.into_result()?;
+    let id = id.expect("validated");
     let key = idempotency::Key {
         operation: "DeleteUser",
         request_id: &request.request_id,

@@ -77,6 +77,7 @@ pub async fn create_workspace(
         "workspace.owner_user_id",
         &workspace.owner_user_id,
     ));
+    violations.check(idempotency::check_request_id(&request.request_id));
     violations.into_result()?;
     let (name, owner) = (name.expect("validated"), owner.expect("validated"));
     let key = idempotency::Key {
@@ -175,6 +176,7 @@ pub async fn create_project(
         &project.description,
         2000,
     ));
+    violations.check(idempotency::check_request_id(&request.request_id));
     violations.into_result()?;
     let (workspace, name) = (workspace.expect("validated"), name.expect("validated"));
     // The stored answer is about the workspace owner: erasing them erases it.

@@ -1021,3 +1021,68 @@ async fn stored_answers_expire_after_the_retention() {
         .unwrap();
     assert_eq!(left, ["recent"]);
 }
+
+#[tokio::test]
+async fn every_bad_field_is_named_in_one_answer() {
+    let mut app = spawn_app().await;
+    let upsert = app
+        .client
+        .upsert_user_by_phone(UpsertUserByPhoneRequest {
+            phone: "12".into(),
+            profile_name: "x".repeat(201),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad_fields(&upsert), ["phone", "profile_name"]);
+
+    let update = app
+        .client
+        .update_user(UpdateUserRequest {
+            user: Some(User {
+                id: "nope".into(),
+                ..Default::default()
+            }),
+            update_mask: mask(&["id"]),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad_fields(&update), ["user.id", "update_mask"]);
+
+    let update_values = app
+        .client
+        .update_user(UpdateUserRequest {
+            user: Some(User {
+                id: "nope".into(),
+                timezone: "Nowhere/City".into(),
+                ..Default::default()
+            }),
+            update_mask: mask(&["timezone"]),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad_fields(&update_values), ["user.id", "user.timezone"]);
+
+    let create = app
+        .client
+        .create_user(CreateUserRequest {
+            user: Some(User {
+                language: "zz".into(),
+                ..Default::default()
+            }),
+            request_id: "r".repeat(129),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad_fields(&create), ["user.language", "request_id"]);
+
+    let delete = app
+        .client
+        .delete_user(DeleteUserRequest {
+            user_id: "nope".into(),
+            request_id: "r".repeat(129),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad_fields(&delete), ["user_id", "request_id"]);
+    assert_eq!(app.count("users").await, 0);
+}
