@@ -38,9 +38,6 @@ pub const THROWAWAY_SETTINGS: &[&str] = &[
     "max_connections=500",
 ];
 
-/// The SQL that gives one database its service roles, schemas and extensions.
-pub const BOOTSTRAP_SQL: &str = include_str!("../../migrations/bootstrap.sql");
-
 /// Where a subcommand's database server comes from.
 pub enum Source {
     /// DATABASE_URL: a superuser URL of a server someone else runs.
@@ -528,39 +525,25 @@ pub async fn create_database(admin_url: &str, database: &str) -> Result<bool> {
 /// Runs migrations/bootstrap.sql in `database` as the superuser of `admin_url`.
 pub async fn bootstrap(admin_url: &str, database: &str) -> Result<()> {
     let mut conn = connect(admin_url, Some(database)).await?;
-    raw_sql(BOOTSTRAP_SQL)
-        .execute(&mut conn)
+    mesh_runtime::setup::bootstrap(&mut conn)
         .await
         .context("running migrations/bootstrap.sql")?;
     conn.close().await?;
     Ok(())
 }
 
-/// Sets one password on every role, for servers that do not trust loopback.
-pub async fn set_passwords(admin_url: &str, roles: &[String], password: &str) -> Result<()> {
+/// Sets one password on every service role, for servers that do not trust loopback.
+pub async fn set_passwords(admin_url: &str, password: &str) -> Result<()> {
     let mut conn = connect(admin_url, None).await?;
-    for role in roles {
-        let sql = format!(
-            "ALTER ROLE {} PASSWORD {}",
-            quote_ident(role),
-            quote_literal(password)
-        );
-        raw_sql(AssertSqlSafe(sql))
-            .execute(&mut conn)
-            .await
-            .with_context(|| format!("setting the password of role {role}"))?;
-    }
+    mesh_runtime::setup::set_role_passwords(&mut conn, password)
+        .await
+        .context("setting the service roles' passwords")?;
     conn.close().await?;
     Ok(())
 }
 
 fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-/// A standard-conforming string literal (backslashes are plain characters).
-fn quote_literal(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
 }
 
 /// A postgres:// URL cut into the parts xtask rewrites.
@@ -624,18 +607,7 @@ pub fn with_database(url: &str, database: &str) -> Result<String> {
 
 /// Hides the password of a URL, for printing.
 pub fn redact(url: &str) -> String {
-    let Ok(parts) = split_url(url) else {
-        return url.to_owned();
-    };
-    let Some(login) = parts.login else {
-        return url.to_owned();
-    };
-    let Some((user, _)) = login.split_once(':') else {
-        return url.to_owned();
-    };
-    // The login starts right after "://" and ends at its '@'.
-    let after_login = &url[parts.scheme.len() + 3 + login.len() + 1..];
-    format!("{}://{user}:***@{after_login}", parts.scheme)
+    mesh_runtime::config::redact_password(url)
 }
 
 /// Percent-encodes everything but RFC 3986 unreserved characters.
@@ -703,7 +675,6 @@ mod tests {
 
     #[test]
     fn quotes_sql() {
-        assert_eq!(quote_literal("it's"), "'it''s'");
         assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
     }
 

@@ -48,7 +48,10 @@ pub async fn run(args: &[String]) -> Result<()> {
             (Some(server), url)
         }
     };
-    let outcome = cargo_test(&paths, &url, &grpcurl, args, &mut signals).await;
+    // On a throwaway server the tests need not drop their databases: the
+    // whole cluster goes (dropping forces a checkpoint each, which is slow).
+    let throwaway = server.is_some();
+    let outcome = cargo_test(&paths, &url, &grpcurl, throwaway, args, &mut signals).await;
     // Stop the server before reporting, whatever happened to the tests.
     drop(server);
     let tally = outcome?;
@@ -180,6 +183,7 @@ async fn cargo_test(
     paths: &Paths,
     url: &str,
     grpcurl: &Path,
+    throwaway: bool,
     args: &[String],
     signals: &mut Signals,
 ) -> Result<Tally> {
@@ -187,6 +191,9 @@ async fn cargo_test(
     // and the tests' results (stdout) then arrive in the order written.
     let (reader, writer) = std::io::pipe().context("creating a pipe for cargo test")?;
     let mut command = cargo_test_command(paths, url, grpcurl, args);
+    if throwaway {
+        command.env("MESH_TEST_SERVER_IS_THROWAWAY", "1");
+    }
     command.stdout(writer.try_clone()?).stderr(writer);
     println!("xtask: cargo test {}", describe(args));
     let spawned = command.spawn().context("running cargo test");

@@ -177,8 +177,7 @@ async fn prepare_database(admin_url: &str) -> Result<()> {
     }
     postgres::bootstrap(admin_url, DATABASE).await?;
     if let Some(password) = setting("MESH_DB_PASSWORD") {
-        let roles: Vec<String> = DB_CONTEXTS.iter().map(|c| format!("mesh_{c}")).collect();
-        postgres::set_passwords(admin_url, &roles, &password).await?;
+        postgres::set_passwords(admin_url, &password).await?;
     }
     Ok(())
 }

@@ -14,6 +14,7 @@ pub mod field_mask;
 pub mod idempotency;
 pub mod pagination;
 pub mod server;
+pub mod setup;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;

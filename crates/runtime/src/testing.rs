@@ -10,8 +10,6 @@ use sqlx::{
     postgres::{PgConnectOptions, PgConnection as Conn},
 };
 
-const BOOTSTRAP_SQL: &str = include_str!("../../../migrations/bootstrap.sql");
-
 /// One database, created for one test.
 pub struct TestDatabase {
     admin: PgConnectOptions,
@@ -37,12 +35,13 @@ impl TestDatabase {
         let mut database = Conn::connect_with(&admin.clone().database(&name))
             .await
             .expect("connect to the test database");
-        sqlx::raw_sql(BOOTSTRAP_SQL)
-            .execute(&mut database)
+        crate::setup::bootstrap(&mut database)
             .await
             .expect("migrations/bootstrap.sql applies");
         if let Ok(password) = std::env::var("MESH_DB_PASSWORD") {
-            set_role_passwords(&mut database, &password).await;
+            crate::setup::set_role_passwords(&mut database, &password)
+                .await
+                .expect("set the role passwords");
         }
         Self { admin, name }
     }
@@ -68,14 +67,38 @@ impl TestDatabase {
     }
 }
 
-async fn set_role_passwords(database: &mut PgConnection, password: &str) {
-    for service in ["users", "conversations", "memory", "scheduler", "billing"] {
-        let literal = password.replace('\'', "''");
-        database
-            .execute(AssertSqlSafe(format!(
-                "ALTER ROLE mesh_{service} PASSWORD '{literal}'"
-            )))
-            .await
-            .expect("set the role password");
+impl Drop for TestDatabase {
+    /// Drops the database, so that tests against a long-lived server
+    /// (DATABASE_URL) leave nothing behind. FORCE ends the connections the
+    /// test's service may still hold. `cargo xtask test` on its own throwaway
+    /// server skips this (MESH_TEST_SERVER_IS_THROWAWAY): the cluster goes
+    /// whole, and each drop forces a checkpoint.
+    fn drop(&mut self) {
+        if std::env::var_os("MESH_TEST_SERVER_IS_THROWAWAY").is_some() {
+            return;
+        }
+        let admin = self.admin.clone();
+        let name = self.name.clone();
+        // Drop cannot await; a thread with its own runtime works whether or
+        // not the test's runtime is still running.
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            runtime.block_on(async move {
+                let mut server = Conn::connect_with(&admin).await.ok()?;
+                server
+                    .execute(AssertSqlSafe(format!(
+                        r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#
+                    )))
+                    .await
+                    .ok()
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Some(_))) {
+            eprintln!("could not drop test database {}", self.name);
+        }
     }
 }

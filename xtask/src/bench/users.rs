@@ -76,7 +76,7 @@ async fn measure_all(paths: &Paths, admin_url: &str, options: Options) -> Result
     postgres::bootstrap(admin_url, DATABASE).await?;
     let password = setting("MESH_DB_PASSWORD");
     if let Some(password) = &password {
-        postgres::set_passwords(admin_url, &["mesh_users".into()], password).await?;
+        postgres::set_passwords(admin_url, password).await?;
     }
     let service_url = postgres::with_login(admin_url, "mesh_users", password.as_deref(), DATABASE)?;
 
