@@ -125,7 +125,7 @@ async fn start_all(
     for spec in SERVICES {
         mesh.services.push(start(paths, spec, env, &logs)?);
         let service = mesh.services.last_mut().expect("just pushed");
-        wait_healthy(grpcurl, service).await?;
+        wait_healthy(grpcurl, service, env).await?;
     }
     Ok(())
 }
@@ -290,8 +290,12 @@ fn start(
 }
 
 /// Polls the service's gRPC health with grpcurl until it reports SERVING.
-async fn wait_healthy(grpcurl: &Path, service: &mut Service) -> Result<()> {
-    let addr = dial_addr(&setting_or_default(service.spec.addr_env));
+async fn wait_healthy(
+    grpcurl: &Path,
+    service: &mut Service,
+    env: &[(String, String)],
+) -> Result<()> {
+    let addr = dial_addr(&effective(env, service.spec.addr_env));
     let started = Instant::now();
     loop {
         if let Some(status) = service.child.try_wait()? {
@@ -317,16 +321,6 @@ async fn wait_healthy(grpcurl: &Path, service: &mut Service) -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-}
-
-fn setting_or_default(name: &str) -> String {
-    setting(name).unwrap_or_else(|| {
-        ADDRESSES
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, addr)| (*addr).to_owned())
-            .unwrap_or_default()
-    })
 }
 
 /// A listen address made dialable: a wildcard host means "this machine".
