@@ -609,3 +609,82 @@ fn bad_configuration_stops_start_up_naming_the_variable() {
         );
     }
 }
+
+/// A self-signed certificate for localhost and 127.0.0.1, made with the
+/// openssl command line; returns (cert path, key path, cert PEM).
+fn self_signed_certificate() -> (std::path::PathBuf, std::path::PathBuf, Vec<u8>) {
+    let dir = std::env::temp_dir().join(format!("mesh-tls-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let status = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        // An end-entity certificate: rustls refuses a CA used as a server certificate.
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl runs");
+    assert!(status.success());
+    let pem = std::fs::read(&cert).unwrap();
+    (cert, key, pem)
+}
+
+#[tokio::test]
+async fn with_tls_configured_the_service_speaks_only_tls() {
+    let (cert, key, pem) = self_signed_certificate();
+    let db = TestDatabase::create().await;
+    let mut config = config(&db);
+    config.tls = Some(mesh_runtime::config::TlsFiles {
+        cert_path: cert.to_string_lossy().into_owned(),
+        key_path: key.to_string_lossy().into_owned(),
+    });
+    let app = mesh_users::build(&config).await.unwrap();
+    let port = app.local_addr().port();
+    tokio::spawn(app.run_until(std::future::pending()));
+
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(pem))
+        .domain_name("localhost");
+    let channel = tonic::transport::Endpoint::from_shared(format!("https://localhost:{port}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .expect("a TLS connection");
+    wait_serving(channel.clone()).await;
+    let mut client = crate::harness::client(channel);
+    let user = client
+        .create_user(CreateUserRequest {
+            user: Some(User::default()),
+            request_id: String::new(),
+        })
+        .await
+        .expect("an authenticated call over TLS");
+    assert!(!user.into_inner().user.unwrap().id.is_empty());
+
+    // A plaintext client gets nowhere.
+    let plaintext = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+        .unwrap()
+        .connect()
+        .await;
+    if let Ok(channel) = plaintext {
+        let status = HealthClient::new(channel)
+            .check(HealthCheckRequest::default())
+            .await;
+        assert!(status.is_err(), "plaintext must not be answered");
+    }
+    std::fs::remove_dir_all(cert.parent().unwrap()).unwrap();
+}
