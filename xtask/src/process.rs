@@ -165,8 +165,9 @@ pub fn pump_lines(
     })
 }
 
-/// Removes terminal colour sequences (`ESC [ ... letter`): the services
-/// colour their logs even into a pipe, and a log file should be plain text.
+/// Removes terminal colour sequences (`ESC [ ... letter`): a log file should
+/// be plain text whatever a child prints (the mesh's services colour only on a
+/// terminal, but RUST_LOG-style tools and future children may not).
 fn strip_ansi(line: &str) -> String {
     let mut plain = String::with_capacity(line.len());
     let mut chars = line.chars();

@@ -120,10 +120,6 @@ impl Application {
         self.local_addr
     }
 
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-
     /// Serves until SIGTERM or SIGINT, then drains.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         self.run_until(shutdown_signal()).await
