@@ -11,6 +11,7 @@
 //! local server, process.rs holds the signal and child-process plumbing.
 
 mod bench;
+mod health;
 mod postgres;
 mod process;
 mod test;

@@ -98,7 +98,7 @@ pub async fn run() -> Result<()> {
     prepare_database(&admin_url).await?;
     let env = service_env(&admin_url)?;
     tokio::select! {
-        started = start_all(&mut mesh, &paths, &env, &grpcurl) => started?,
+        started = start_all(&mut mesh, &paths, &env) => started?,
         signal = signals.recv() => {
             println!("xtask: {signal} during start-up: stopping");
             return Ok(());
@@ -114,18 +114,13 @@ pub async fn run() -> Result<()> {
 }
 
 /// Starts the services in table order, each once the previous is healthy.
-async fn start_all(
-    mesh: &mut Mesh,
-    paths: &Paths,
-    env: &[(String, String)],
-    grpcurl: &Path,
-) -> Result<()> {
+async fn start_all(mesh: &mut Mesh, paths: &Paths, env: &[(String, String)]) -> Result<()> {
     let logs = paths.tools.join("logs");
     std::fs::create_dir_all(&logs)?;
     for spec in SERVICES {
         mesh.services.push(start(paths, spec, env, &logs)?);
         let service = mesh.services.last_mut().expect("just pushed");
-        wait_healthy(grpcurl, service, env).await?;
+        wait_healthy(service, env).await?;
     }
     Ok(())
 }
@@ -289,12 +284,8 @@ fn start(
     })
 }
 
-/// Polls the service's gRPC health with grpcurl until it reports SERVING.
-async fn wait_healthy(
-    grpcurl: &Path,
-    service: &mut Service,
-    env: &[(String, String)],
-) -> Result<()> {
+/// Polls the service's gRPC health until it reports SERVING.
+async fn wait_healthy(service: &mut Service, env: &[(String, String)]) -> Result<()> {
     let addr = dial_addr(&effective(env, service.spec.addr_env));
     let started = Instant::now();
     loop {
@@ -306,7 +297,7 @@ async fn wait_healthy(
                 tail(&service.log, 30)
             );
         }
-        if is_serving(grpcurl, &addr).await {
+        if crate::health::serving_channel(&addr).await.is_some() {
             println!("xtask: {} is SERVING on {addr}", service.spec.name);
             return Ok(());
         }
@@ -332,19 +323,6 @@ fn dial_addr(addr: &str) -> String {
     } else {
         addr.to_owned()
     }
-}
-
-async fn is_serving(grpcurl: &Path, addr: &str) -> bool {
-    let output = tokio::process::Command::new(grpcurl)
-        .args(["-plaintext", "-connect-timeout", "1", "-max-time", "2"])
-        .arg(addr)
-        .arg("grpc.health.v1.Health/Check")
-        .stdin(Stdio::null())
-        .output()
-        .await;
-    output.is_ok_and(|o| {
-        o.status.success() && String::from_utf8_lossy(&o.stdout).contains(r#""status": "SERVING""#)
-    })
 }
 
 /// Resolves when a running service exits on its own, with what it said last.

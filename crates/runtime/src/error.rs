@@ -251,6 +251,20 @@ mod tests {
     }
 
     #[test]
+    fn retryable_sqlstates_are_told_from_the_rest() {
+        // Connection loss, shutdown/start-up, too many connections, serialization, deadlock.
+        for code in [
+            "08006", "08001", "57P01", "57P03", "53300", "40001", "40P01",
+        ] {
+            assert!(is_transient(code), "{code}");
+        }
+        // Unique and foreign-key violations, syntax errors, permission denied.
+        for code in ["23505", "23503", "42601", "42501", "22021"] {
+            assert!(!is_transient(code), "{code}");
+        }
+    }
+
+    #[test]
     fn invalid_argument_carries_bad_request_details() {
         let status: Status = ApiError::InvalidArgument(
             Violations::default()

@@ -88,9 +88,10 @@ pub async fn redeem(
             "must be a link token (A-Z a-z 0-9 _ -, at most 64 characters)",
         );
     }
-    if request.telegram_user_id <= 0 {
-        violations.push("telegram_user_id", "must be a positive Telegram user id");
-    }
+    violations.check(crate::validate::telegram_user_id(
+        "telegram_user_id",
+        request.telegram_user_id,
+    ));
     violations.check(crate::validate::max_chars(
         "telegram_username",
         &request.telegram_username,

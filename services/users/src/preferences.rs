@@ -11,7 +11,7 @@ use mesh_runtime::{
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::{users::user_id, validate};
+use crate::validate;
 
 #[derive(sqlx::FromRow)]
 struct PreferencesRow {
@@ -121,7 +121,7 @@ pub async fn get(
     pool: &PgPool,
     request: pb::GetAgentPreferencesRequest,
 ) -> ApiResult<pb::GetAgentPreferencesResponse> {
-    let user = user_id("user_id", &request.user_id)?;
+    let user = parse_uuid("user_id", &request.user_id)?;
     let mut conn = pool.acquire().await?;
     let row = load(&mut conn, user, false)
         .await?
@@ -288,7 +288,7 @@ pub async fn get_onboarding(
     pool: &PgPool,
     request: pb::GetOnboardingRequest,
 ) -> ApiResult<pb::GetOnboardingResponse> {
-    let user = user_id("user_id", &request.user_id)?;
+    let user = parse_uuid("user_id", &request.user_id)?;
     let (found, completed_steps, complete_time): (
         bool,
         Option<Vec<String>>,

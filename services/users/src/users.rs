@@ -113,11 +113,8 @@ impl UserFields {
         ] {
             violations.check(validate::max_chars(field, value, max));
         }
-        if user.telegram_user_id.is_some_and(|id| id <= 0) {
-            violations.push(
-                "user.telegram_user_id",
-                "must be a positive Telegram user id",
-            );
+        if let Some(id) = user.telegram_user_id {
+            violations.check(validate::telegram_user_id("user.telegram_user_id", id));
         }
         let preferences = user
             .preferences
@@ -206,13 +203,8 @@ pub async fn find(pool: &PgPool, id: Uuid) -> ApiResult<UserRow> {
         .ok_or_else(|| ApiError::not_found(format!("no user with id {id}")))
 }
 
-/// Parses a `user_id` request field.
-pub fn user_id(field: &str, raw: &str) -> ApiResult<Uuid> {
-    Ok(parse_uuid(field, raw)?)
-}
-
 pub async fn get(pool: &PgPool, request: pb::GetUserRequest) -> ApiResult<pb::GetUserResponse> {
-    let id = user_id("user_id", &request.user_id)?;
+    let id = parse_uuid("user_id", &request.user_id)?;
     Ok(pb::GetUserResponse {
         user: Some(find(pool, id).await?.into()),
     })
@@ -226,15 +218,11 @@ async fn find_by_phone(pool: &PgPool, phone: &str) -> ApiResult<Option<UserRow>>
         .await?)
 }
 
-fn phone_argument(raw: &str) -> ApiResult<String> {
-    Ok(validate::phone("phone", raw)?)
-}
-
 pub async fn get_by_phone(
     pool: &PgPool,
     request: pb::GetUserByPhoneRequest,
 ) -> ApiResult<pb::GetUserByPhoneResponse> {
-    let phone = phone_argument(&request.phone)?;
+    let phone = validate::phone("phone", &request.phone)?;
     let row = find_by_phone(pool, &phone)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no user with phone {phone}")))?;
@@ -248,12 +236,7 @@ pub async fn get_by_telegram_id(
     pool: &PgPool,
     request: pb::GetUserByTelegramIdRequest,
 ) -> ApiResult<pb::GetUserByTelegramIdResponse> {
-    if request.telegram_user_id <= 0 {
-        return Err(ApiError::invalid(
-            "telegram_user_id",
-            "must be a positive Telegram user id",
-        ));
-    }
+    validate::telegram_user_id("telegram_user_id", request.telegram_user_id)?;
     let row: UserRow = sqlx::query_as("SELECT * FROM users WHERE telegram_user_id = $1")
         .bind(request.telegram_user_id)
         .fetch_optional(pool)
@@ -301,7 +284,7 @@ pub async fn upsert_by_phone(
                 None => {
                     let row = find_by_phone(pool, &phone)
                         .await?
-                        .ok_or_else(|| ApiError::internal(anyhow::anyhow!("user vanished")))?;
+                        .ok_or_else(deleted_meanwhile)?;
                     (refresh_profile_name(pool, row, name).await?, false)
                 }
             }
@@ -313,6 +296,12 @@ pub async fn upsert_by_phone(
     })
 }
 
+/// The user was deleted between two statements of an upsert: the caller may
+/// retry (and get a new user), but must not get the erased one back.
+fn deleted_meanwhile() -> ApiError {
+    ApiError::Unavailable("the user was deleted meanwhile; retry".into())
+}
+
 async fn refresh_profile_name(pool: &PgPool, row: UserRow, name: &str) -> ApiResult<UserRow> {
     if name.is_empty() || row.whatsapp_profile_name == name {
         return Ok(row);
@@ -322,9 +311,7 @@ async fn refresh_profile_name(pool: &PgPool, row: UserRow, name: &str) -> ApiRes
         .bind(name)
         .fetch_optional(pool)
         .await?
-        // Deleted between our read and this write: the caller may retry and
-        // get a new user, but must not get the erased one back.
-        .ok_or_else(|| ApiError::Unavailable("the user was deleted meanwhile; retry".into()))
+        .ok_or_else(deleted_meanwhile)
 }
 
 const UPDATABLE: [&str; 10] = [
@@ -483,7 +470,7 @@ pub async fn deactivate(
     pool: &PgPool,
     request: pb::DeactivateUserRequest,
 ) -> ApiResult<pb::DeactivateUserResponse> {
-    let id = user_id("user_id", &request.user_id)?;
+    let id = parse_uuid("user_id", &request.user_id)?;
     let row: UserRow =
         sqlx::query_as("UPDATE users SET is_active = false WHERE id = $1 RETURNING *")
             .bind(id)
@@ -541,7 +528,7 @@ pub async fn touch_last_message(
     pool: &PgPool,
     request: pb::TouchLastMessageRequest,
 ) -> ApiResult<pb::TouchLastMessageResponse> {
-    let id = user_id("user_id", &request.user_id)?;
+    let id = parse_uuid("user_id", &request.user_id)?;
     let now = Utc::now();
     let at = match &request.message_time {
         Some(ts) => from_timestamp("message_time", ts)?,

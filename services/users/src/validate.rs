@@ -30,6 +30,18 @@ pub fn phone(field: &str, raw: &str) -> Result<String, FieldViolation> {
     }
 }
 
+/// A Telegram user id: positive (they can need 52 bits, hence i64).
+pub fn telegram_user_id(field: &str, id: i64) -> Result<i64, FieldViolation> {
+    if id > 0 {
+        Ok(id)
+    } else {
+        Err(FieldViolation::new(
+            field,
+            "must be a positive Telegram user id",
+        ))
+    }
+}
+
 /// ISO 639-1 code, any case -> lower case; empty -> `default`.
 pub fn language(field: &str, raw: &str, default: &str) -> Result<String, FieldViolation> {
     if raw.is_empty() {

@@ -179,9 +179,6 @@ impl Service {
     }
 
     async fn wait_serving(&mut self) -> Result<Channel> {
-        use tonic_health::pb::{
-            HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-        };
         let started = Instant::now();
         while started.elapsed() < Duration::from_secs(60) {
             if let Some(status) = self.child.try_wait()? {
@@ -190,17 +187,8 @@ impl Service {
                     self.log.display()
                 );
             }
-            if let Ok(channel) = Channel::from_shared(format!("http://{}", self.addr))?
-                .connect()
-                .await
-            {
-                let status = HealthClient::new(channel.clone())
-                    .check(HealthCheckRequest::default())
-                    .await
-                    .map(|r| r.into_inner().status());
-                if matches!(status, Ok(ServingStatus::Serving)) {
-                    return Ok(channel);
-                }
+            if let Some(channel) = crate::health::serving_channel(&self.addr).await {
+                return Ok(channel);
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

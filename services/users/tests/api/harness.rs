@@ -106,17 +106,7 @@ pub async fn wait_serving(channel: Channel) {
 impl TestApp {
     /// Creates a user with every field at its default; returns its id.
     pub async fn new_user(&mut self) -> String {
-        self.client
-            .create_user(mesh_proto::mesh::users::v1::CreateUserRequest {
-                user: Some(Default::default()),
-                request_id: String::new(),
-            })
-            .await
-            .expect("create a user")
-            .into_inner()
-            .user
-            .expect("a user")
-            .id
+        create_user(&mut self.client, Default::default()).await.id
     }
 
     /// Rows in `users.<table>` right now, counted as the superuser.
@@ -129,6 +119,23 @@ impl TestApp {
         .await
         .unwrap()
     }
+}
+
+/// Creates `user` through `client`, which must succeed; returns it as stored.
+pub async fn create_user(
+    client: &mut Client,
+    user: mesh_proto::mesh::users::v1::User,
+) -> mesh_proto::mesh::users::v1::User {
+    client
+        .create_user(mesh_proto::mesh::users::v1::CreateUserRequest {
+            user: Some(user),
+            request_id: String::new(),
+        })
+        .await
+        .expect("create a user")
+        .into_inner()
+        .user
+        .expect("a user")
 }
 
 /// The field paths a BadRequest status names.

@@ -290,21 +290,15 @@ async fn an_unknown_token_is_not_found() {
 #[tokio::test]
 async fn a_telegram_account_of_another_user_is_already_exists_and_changes_nothing() {
     let mut app = spawn_app().await;
-    let owner = app
-        .client
-        .create_user(CreateUserRequest {
-            user: Some(User {
-                telegram_user_id: Some(5005),
-                telegram_username: "owner".into(),
-                ..Default::default()
-            }),
-            request_id: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .user
-        .unwrap();
+    let owner = crate::harness::create_user(
+        &mut app.client,
+        User {
+            telegram_user_id: Some(5005),
+            telegram_username: "owner".into(),
+            ..Default::default()
+        },
+    )
+    .await;
     let user = app.new_user().await;
     let token = create_token(&mut app, &user, 0).await.token;
     let user_before = get_user(&mut app, &user).await;

@@ -15,7 +15,7 @@ use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 
-use crate::harness::{TOKEN, channel, config, spawn_app, wait_serving};
+use crate::harness::{TOKEN, channel, config, create_user, spawn_app, wait_serving};
 
 #[tokio::test]
 async fn calls_without_the_right_token_are_refused_before_the_handler() {
@@ -245,17 +245,7 @@ async fn block_user_row(db: &TestDatabase, user_id: &str) -> sqlx::PgConnection 
 #[tokio::test]
 async fn stopping_lets_in_flight_requests_finish() {
     let mut app = spawn_app().await;
-    let user = app
-        .client
-        .create_user(CreateUserRequest {
-            user: Some(User::default()),
-            request_id: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .user
-        .unwrap();
+    let user = create_user(&mut app.client, User::default()).await;
     let mut lock = block_user_row(&app.db, &user.id).await;
     let mut client = app.client.clone();
     let id = user.id.clone();
@@ -302,16 +292,7 @@ async fn the_drain_stops_waiting_at_its_deadline() {
     let addr = addr_rx.await.unwrap();
     wait_serving(channel(addr).await).await;
     let mut client = crate::harness::client(channel(addr).await);
-    let user = client
-        .create_user(CreateUserRequest {
-            user: Some(User::default()),
-            request_id: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .user
-        .unwrap();
+    let user = create_user(&mut client, User::default()).await;
     let _lock = block_user_row(&db, &user.id).await;
     let in_flight = tokio::spawn(async move {
         client
@@ -666,14 +647,9 @@ async fn with_tls_configured_the_service_speaks_only_tls() {
         .expect("a TLS connection");
     wait_serving(channel.clone()).await;
     let mut client = crate::harness::client(channel);
-    let user = client
-        .create_user(CreateUserRequest {
-            user: Some(User::default()),
-            request_id: String::new(),
-        })
-        .await
-        .expect("an authenticated call over TLS");
-    assert!(!user.into_inner().user.unwrap().id.is_empty());
+    // An authenticated call over TLS.
+    let user = create_user(&mut client, User::default()).await;
+    assert!(!user.id.is_empty());
 
     // A plaintext client gets nowhere.
     let plaintext = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))

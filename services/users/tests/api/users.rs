@@ -3,7 +3,7 @@ use mesh_proto::mesh::users::v1::*;
 use prost_types::{FieldMask, Timestamp};
 use tonic::Code;
 
-use crate::harness::{Client, TestApp, bad_fields, spawn_app};
+use crate::harness::{Client, TestApp, bad_fields, create_user, spawn_app};
 
 fn mask(paths: &[&str]) -> Option<FieldMask> {
     Some(FieldMask {
@@ -11,21 +11,8 @@ fn mask(paths: &[&str]) -> Option<FieldMask> {
     })
 }
 
-async fn create(client: &mut Client, user: User) -> User {
-    client
-        .create_user(CreateUserRequest {
-            user: Some(user),
-            request_id: String::new(),
-        })
-        .await
-        .expect("create user")
-        .into_inner()
-        .user
-        .unwrap()
-}
-
 async fn with_phone(app: &mut TestApp, phone: &str) -> User {
-    create(
+    create_user(
         &mut app.client,
         User {
             phone: Some(phone.into()),
@@ -41,7 +28,7 @@ async fn create_then_get_round_trips_every_field() {
     let preferences = mesh_runtime::convert::json_to_struct(&serde_json::json!({
         "voice": "calm", "emoji": false, "topics": ["sleep", "work"]
     }));
-    let created = create(
+    let created = create_user(
         &mut app.client,
         User {
             phone: Some("573001234567".into()),
@@ -89,7 +76,7 @@ async fn create_then_get_round_trips_every_field() {
 #[tokio::test]
 async fn a_user_created_with_nothing_gets_the_defaults() {
     let mut app = spawn_app().await;
-    let user = create(&mut app.client, User::default()).await;
+    let user = create_user(&mut app.client, User::default()).await;
     assert_eq!(user.language, "es");
     assert_eq!(user.timezone, "America/Bogota");
     assert_eq!(user.phone, None);
@@ -158,7 +145,7 @@ async fn a_taken_phone_or_telegram_id_is_already_exists() {
         telegram_user_id: Some(42),
         ..Default::default()
     };
-    create(&mut app.client, telegram.clone()).await;
+    create_user(&mut app.client, telegram.clone()).await;
     let status = app
         .client
         .create_user(CreateUserRequest {
@@ -256,7 +243,7 @@ async fn get_by_phone_accepts_wa_id_and_e164() {
 #[tokio::test]
 async fn get_by_telegram_id() {
     let mut app = spawn_app().await;
-    let user = create(
+    let user = create_user(
         &mut app.client,
         User {
             telegram_user_id: Some(777),
@@ -381,7 +368,7 @@ async fn upsert_refuses_bad_phones_and_long_names() {
 #[tokio::test]
 async fn update_changes_only_the_masked_fields() {
     let mut app = spawn_app().await;
-    let user = create(
+    let user = create_user(
         &mut app.client,
         User {
             display_name: "Ana".into(),

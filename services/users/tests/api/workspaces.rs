@@ -298,16 +298,8 @@ async fn reusing_a_request_id_for_a_different_workspace_is_invalid() {
 async fn concurrent_creates_with_one_request_id_make_one_workspace() {
     let app = spawn_app().await;
     let mut client = app.client.clone();
-    let owner = client
-        .create_user(CreateUserRequest {
-            user: Some(User::default()),
-            request_id: String::new(),
-        })
+    let owner = crate::harness::create_user(&mut client, User::default())
         .await
-        .unwrap()
-        .into_inner()
-        .user
-        .unwrap()
         .id;
 
     let request = workspace_request(&owner, "Shared", "concurrent-create");
