@@ -4,6 +4,11 @@
 //! that every service registers with server reflection.
 
 pub mod mesh {
+    pub mod conversations {
+        pub mod v1 {
+            tonic::include_proto!("mesh.conversations.v1");
+        }
+    }
     pub mod users {
         pub mod v1 {
             tonic::include_proto!("mesh.users.v1");

@@ -9,7 +9,7 @@
 //! database stops answering), and on SIGTERM/SIGINT drains in-flight requests
 //! for at most the configured grace period.
 
-use std::{future::Future, net::SocketAddr, time::Duration};
+use std::{future::Future, net::SocketAddr, pin::Pin, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use sqlx::{PgPool, migrate::Migrator};
@@ -19,6 +19,7 @@ use tonic::{
     transport::{Identity, Server, ServerTlsConfig},
 };
 use tonic_health::{ServingStatus, server::HealthReporter};
+use tokio_util::sync::CancellationToken;
 
 use crate::{auth::BearerAuthLayer, config::ServiceConfig, db, idempotency, telemetry};
 
@@ -33,9 +34,25 @@ pub struct ServiceSpec {
     pub migrator: &'static Migrator,
 }
 
-/// How often expired idempotency keys are deleted (every service's schema has
-/// the table; see mesh_runtime::idempotency).
-const PRUNE_INTERVAL: Duration = Duration::from_secs(60 * 60);
+/// How often the housekeeping jobs run (expired idempotency keys are always
+/// one: every service's schema has the table; see mesh_runtime::idempotency).
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(60 * 60);
+
+/// What a service's routes are built from.
+pub struct ServiceContext {
+    pub pool: PgPool,
+    /// Cancelled when the server starts draining: long-lived work (streams,
+    /// background loops) ends then instead of holding the drain to its deadline.
+    pub shutdown: CancellationToken,
+}
+
+type HousekeepingFuture = Pin<Box<dyn Future<Output = anyhow::Result<u64>> + Send>>;
+
+/// A periodic clean-up: returns how many rows it removed.
+struct Housekeeping {
+    what: &'static str,
+    run: Arc<dyn Fn(PgPool) -> HousekeepingFuture + Send + Sync>,
+}
 
 /// How often the database is checked once the service is up.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
@@ -50,15 +67,18 @@ pub struct Application {
     pool: PgPool,
     spec: &'static ServiceSpec,
     drain_grace: Duration,
+    shutdown: CancellationToken,
+    housekeeping: Vec<Housekeeping>,
 }
 
 impl Application {
     /// Binds `config.addr` (port 0 picks a free port) and prepares the server;
-    /// `routes` receives the pool and returns the service's gRPC routes.
+    /// `routes` receives the pool and the shutdown token and returns the
+    /// service's gRPC routes.
     pub async fn build(
         config: &ServiceConfig,
         spec: &'static ServiceSpec,
-        routes: impl FnOnce(PgPool) -> Routes,
+        routes: impl FnOnce(ServiceContext) -> Routes,
     ) -> anyhow::Result<Self> {
         let pool = db::lazy_pool(
             &config.database_url,
@@ -84,7 +104,11 @@ impl Application {
             reflection(tonic_reflection::server::Builder::configure()).build_v1()?;
         let reflection_v1alpha =
             reflection(tonic_reflection::server::Builder::configure()).build_v1alpha()?;
-        let routes = routes(pool.clone())
+        let shutdown = CancellationToken::new();
+        let routes = routes(ServiceContext {
+            pool: pool.clone(),
+            shutdown: shutdown.clone(),
+        })
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha);
@@ -113,7 +137,30 @@ impl Application {
             pool,
             spec,
             drain_grace: config.drain_grace,
+            shutdown,
+            housekeeping: vec![Housekeeping {
+                what: "expired idempotency keys",
+                run: Arc::new(|pool| {
+                    Box::pin(async move { Ok(idempotency::prune(&pool).await?) })
+                }),
+            }],
         })
+    }
+
+    /// Adds a clean-up the service runs hourly once it is serving (on every
+    /// replica: the job must be safe to run concurrently). `what` names what
+    /// it deletes, for the log.
+    #[must_use]
+    pub fn with_housekeeping<F, Fut>(mut self, what: &'static str, job: F) -> Self
+    where
+        F: Fn(PgPool) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = anyhow::Result<u64>> + Send + 'static,
+    {
+        self.housekeeping.push(Housekeeping {
+            what,
+            run: Arc::new(move |pool| Box::pin(job(pool))),
+        });
+        self
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -138,6 +185,8 @@ impl Application {
             pool,
             spec,
             drain_grace,
+            shutdown,
+            housekeeping,
         } = self;
         let mut builder = Server::builder().trace_fn(telemetry::request_span);
         if let Some(tls) = tls {
@@ -154,7 +203,12 @@ impl Application {
                 },
             );
         let mut server = tokio::spawn(serve);
-        let mut readiness = tokio::spawn(keep_health(pool.clone(), health.clone(), spec));
+        let mut readiness = tokio::spawn(keep_health(
+            pool.clone(),
+            health.clone(),
+            spec,
+            housekeeping,
+        ));
         tracing::info!(service = spec.name, %local_addr, "listening");
 
         tokio::select! {
@@ -171,6 +225,7 @@ impl Application {
         }
 
         readiness.abort();
+        shutdown.cancel();
         for name in health_names(spec) {
             health
                 .set_service_status(name, ServingStatus::NotServing)
@@ -205,6 +260,7 @@ async fn keep_health(
     pool: PgPool,
     health: HealthReporter,
     spec: &'static ServiceSpec,
+    housekeeping: Vec<Housekeeping>,
 ) -> anyhow::Result<()> {
     let mut delay = Duration::from_millis(100);
     while !db::ping(&pool).await {
@@ -216,11 +272,13 @@ async fn keep_health(
     let mut serving = false;
     let mut last_prune: Option<std::time::Instant> = None;
     loop {
-        if serving && last_prune.is_none_or(|at| at.elapsed() >= PRUNE_INTERVAL) {
-            match idempotency::prune(&pool).await {
-                Ok(0) => {}
-                Ok(pruned) => tracing::info!(pruned, "expired idempotency keys deleted"),
-                Err(error) => tracing::warn!(%error, "pruning idempotency keys failed"),
+        if serving && last_prune.is_none_or(|at| at.elapsed() >= HOUSEKEEPING_INTERVAL) {
+            for job in &housekeeping {
+                match (job.run)(pool.clone()).await {
+                    Ok(0) => {}
+                    Ok(deleted) => tracing::info!(deleted, what = job.what, "housekeeping"),
+                    Err(error) => tracing::warn!(%error, what = job.what, "housekeeping failed"),
+                }
             }
             last_prune = Some(std::time::Instant::now());
         }

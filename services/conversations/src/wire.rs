@@ -1,0 +1,137 @@
+//! The wire enums and the text the database stores for them, in one place.
+//!
+//! Each mapping gives `name(i32) -> Option<&str>` (None for UNSPECIFIED or an
+//! unknown number), `parse(&str) -> pb enum` and `require(field, i32)`, which
+//! names the allowed values when the caller sent something else.
+
+use mesh_runtime::FieldViolation;
+
+macro_rules! text_enum {
+    ($module:ident, $pb:ident, $prefix:literal { $($variant:ident => $text:literal),+ $(,)? }) => {
+        pub mod $module {
+            use mesh_proto::mesh::conversations::v1::$pb;
+            use super::FieldViolation;
+
+            pub const NAMES: &[&str] = &[$($text),+];
+
+            pub fn name(value: i32) -> Option<&'static str> {
+                match $pb::try_from(value).ok()? {
+                    $($pb::$variant => Some($text),)+
+                    _ => None,
+                }
+            }
+
+            pub fn parse(text: &str) -> $pb {
+                match text {
+                    $($text => $pb::$variant,)+
+                    _ => $pb::Unspecified,
+                }
+            }
+
+            /// The stored name of `value`, which must be one of the named values.
+            pub fn require(field: &str, value: i32) -> Result<&'static str, FieldViolation> {
+                name(value).ok_or_else(|| {
+                    FieldViolation::new(
+                        field,
+                        format!(
+                            "must be one of {}",
+                            NAMES.iter().map(|n| format!("{}{}", $prefix, n.to_uppercase()))
+                                .collect::<Vec<_>>().join(", ")
+                        ),
+                    )
+                })
+            }
+
+            /// Like [`require`], but UNSPECIFIED means "none given".
+            pub fn optional(field: &str, value: i32) -> Result<Option<&'static str>, FieldViolation> {
+                if value == 0 { Ok(None) } else { require(field, value).map(Some) }
+            }
+        }
+    };
+}
+
+text_enum!(channel, Channel, "CHANNEL_" {
+    Whatsapp => "whatsapp", Telegram => "telegram", Web => "web", App => "app",
+});
+text_enum!(conversation_status, ConversationStatus, "CONVERSATION_STATUS_" {
+    Active => "active", Closed => "closed", Archived => "archived",
+});
+text_enum!(direction, MessageDirection, "MESSAGE_DIRECTION_" {
+    Inbound => "inbound", Outbound => "outbound",
+});
+text_enum!(role, MessageRole, "MESSAGE_ROLE_" {
+    User => "user", Assistant => "assistant", System => "system",
+});
+text_enum!(message_type, MessageType, "MESSAGE_TYPE_" {
+    Text => "text", Image => "image", Audio => "audio", Sticker => "sticker",
+    Video => "video", Document => "document", Location => "location",
+    Interactive => "interactive", Button => "button", Reaction => "reaction",
+    Order => "order", Contacts => "contacts", System => "system",
+    Unknown => "unknown", Template => "template",
+});
+text_enum!(delivery_status, DeliveryStatus, "DELIVERY_STATUS_" {
+    Pending => "pending", Accepted => "accepted", Sent => "sent",
+    Delivered => "delivered", Read => "read", Played => "played", Failed => "failed",
+});
+text_enum!(flow_type, FlowType, "FLOW_TYPE_" {
+    Navigate => "navigate", DataExchange => "data_exchange",
+});
+text_enum!(flow_status, FlowSessionStatus, "FLOW_SESSION_STATUS_" {
+    Pending => "pending", InProgress => "in_progress", Completed => "completed",
+    Expired => "expired", Failed => "failed",
+});
+text_enum!(call_direction, CallDirection, "CALL_DIRECTION_" {
+    Inbound => "inbound", Outbound => "outbound",
+});
+text_enum!(call_status, CallStatus, "CALL_STATUS_" {
+    Ringing => "ringing", Answered => "answered", Completed => "completed",
+    Missed => "missed", Rejected => "rejected", Failed => "failed",
+});
+text_enum!(interaction_type, InteractionType, "INTERACTION_TYPE_" {
+    CtaTap => "cta_tap", ButtonReply => "button_reply", ListReply => "list_reply",
+    FlowCompletion => "flow_completion", CallAccepted => "call_accepted",
+    CallRejected => "call_rejected",
+});
+text_enum!(execution_status, ExecutionStatus, "EXECUTION_STATUS_" {
+    Success => "success", Error => "error", Timeout => "timeout",
+});
+text_enum!(webhook_source, WebhookSource, "WEBHOOK_SOURCE_" {
+    Whatsapp => "whatsapp", Telegram => "telegram", Lemonsqueezy => "lemonsqueezy",
+});
+text_enum!(webhook_status, WebhookFailureStatus, "WEBHOOK_FAILURE_STATUS_" {
+    Pending => "pending", Retrying => "retrying", Resolved => "resolved", Abandoned => "abandoned",
+});
+
+/// At most `max` characters (the contract counts characters, not bytes) and no NUL,
+/// which Postgres text refuses.
+pub fn text(field: &str, value: &str, max: usize) -> Result<(), FieldViolation> {
+    if value.contains('\0') {
+        return Err(FieldViolation::new(field, "must not contain NUL"));
+    }
+    if value.chars().count() > max {
+        return Err(FieldViolation::new(field, format!("must be at most {max} characters")));
+    }
+    Ok(())
+}
+
+/// Like [`text`], and not empty.
+pub fn required_text(field: &str, value: &str, max: usize) -> Result<(), FieldViolation> {
+    if value.is_empty() {
+        return Err(FieldViolation::new(field, "is required"));
+    }
+    text(field, value, max)
+}
+
+/// An optional UUID: empty means none.
+pub fn optional_uuid(field: &str, value: &str) -> Result<Option<uuid::Uuid>, FieldViolation> {
+    if value.is_empty() {
+        Ok(None)
+    } else {
+        mesh_runtime::convert::parse_uuid(field, value).map(Some)
+    }
+}
+
+/// Empty text as NULL.
+pub fn non_empty(value: &str) -> Option<&str> {
+    (!value.is_empty()).then_some(value)
+}

@@ -1,0 +1,270 @@
+//! Spawns the conversations service (and the users service it asks for
+//! recipients) on port 0 over a fresh database, and gives tests real gRPC
+//! clients with the bearer token.
+
+use std::{net::SocketAddr, time::Duration};
+
+use mesh_conversations::{
+    Config,
+    config::{TelegramConfig, WhatsAppConfig},
+};
+use mesh_proto::mesh::{
+    conversations::v1::{
+        self as pb, conversations_service_client::ConversationsServiceClient,
+    },
+    users::v1::{self as users_pb, users_service_client::UsersServiceClient},
+};
+use mesh_runtime::{config::ServiceConfig, testing::TestDatabase};
+use tonic::{
+    Request, Status,
+    service::interceptor::InterceptedService,
+    transport::{Channel, Endpoint},
+};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+pub const TOKEN: &str = "test-token";
+/// What the fake providers expect as credentials.
+pub const WHATSAPP_TOKEN: &str = "wa-test-token";
+pub const WHATSAPP_PHONE_NUMBER_ID: &str = "106540352242922";
+pub const TELEGRAM_BOT_TOKEN: &str = "123456:test-bot-token";
+
+type Auth = fn(Request<()>) -> Result<Request<()>, Status>;
+pub type Client = ConversationsServiceClient<InterceptedService<Channel, Auth>>;
+pub type UsersClient = UsersServiceClient<InterceptedService<Channel, Auth>>;
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub client: Client,
+    pub users: UsersClient,
+    pub db: TestDatabase,
+    /// Ends the conversations service (drain included) when sent or dropped.
+    pub stop: Option<tokio::sync::oneshot::Sender<()>>,
+    pub server: tokio::task::JoinHandle<anyhow::Result<()>>,
+    _users_stop: tokio::sync::oneshot::Sender<()>,
+}
+
+fn bearer(mut request: Request<()>) -> Result<Request<()>, Status> {
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+    Ok(request)
+}
+
+fn service_config(db: &TestDatabase, service: &str) -> ServiceConfig {
+    ServiceConfig {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        database_url: db.service_url(service),
+        db_max_connections: 10,
+        auth_token: TOKEN.into(),
+        drain_grace: Duration::from_secs(5),
+        tls: None,
+    }
+}
+
+/// The configuration tests start from: providers at unreachable local
+/// addresses (tests with a fake provider point them at it).
+pub fn config(db: &TestDatabase, users_addr: SocketAddr) -> Config {
+    Config {
+        service: service_config(db, "conversations"),
+        idle_gap: mesh_conversations::config::DEFAULT_IDLE_GAP,
+        event_retention: mesh_conversations::config::DEFAULT_EVENT_RETENTION,
+        users_url: format!("http://{users_addr}"),
+        provider_timeout: Duration::from_secs(5),
+        whatsapp: WhatsAppConfig {
+            api_base: "http://127.0.0.1:9".into(),
+            api_version: "v21.0".into(),
+            access_token: Some(WHATSAPP_TOKEN.into()),
+            phone_number_id: Some(WHATSAPP_PHONE_NUMBER_ID.into()),
+        },
+        telegram: TelegramConfig {
+            api_base: "http://127.0.0.1:9".into(),
+            bot_token: Some(TELEGRAM_BOT_TOKEN.into()),
+        },
+    }
+}
+
+/// The conversations and users services on a fresh database, both SERVING.
+pub async fn spawn_app() -> TestApp {
+    spawn_with(|_| {}).await
+}
+
+/// Like [`spawn_app`], with the configuration adjusted by `adjust`.
+pub async fn spawn_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
+    let db = TestDatabase::create().await;
+    let (users_addr, users_stop) = spawn_users(&db).await;
+    let mut config = config(&db, users_addr);
+    adjust(&mut config);
+    let (addr, stop, server) = spawn_conversations(&config).await;
+    TestApp {
+        addr,
+        client: client(channel(addr).await),
+        users: UsersServiceClient::with_interceptor(channel(users_addr).await, bearer as Auth),
+        db,
+        stop: Some(stop),
+        server,
+        _users_stop: users_stop,
+    }
+}
+
+async fn spawn_users(db: &TestDatabase) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    let app = mesh_users::build(&service_config(db, "users"))
+        .await
+        .expect("build users");
+    let addr = app.local_addr();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(app.run_until(async {
+        let _ = stopped.await;
+    }));
+    wait_serving(channel(addr).await).await;
+    (addr, stop)
+}
+
+/// Another conversations service (a replica, or a restart) per `config`, SERVING.
+pub async fn spawn_conversations(
+    config: &Config,
+) -> (
+    SocketAddr,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
+    let app = mesh_conversations::build(config).await.expect("build");
+    let addr = app.local_addr();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until(async {
+        let _ = stopped.await;
+    }));
+    wait_serving(channel(addr).await).await;
+    (addr, stop, server)
+}
+
+/// An authenticated client over `channel`.
+pub fn client(channel: Channel) -> Client {
+    ConversationsServiceClient::with_interceptor(channel, bearer as Auth)
+}
+
+pub async fn channel(addr: SocketAddr) -> Channel {
+    Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .expect("connect to the service")
+}
+
+/// Polls gRPC health until the whole server reports SERVING.
+pub async fn wait_serving(channel: Channel) {
+    let mut health = HealthClient::new(channel);
+    for _ in 0..300 {
+        let status = health
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .map(|r| r.into_inner().status());
+        if matches!(status, Ok(ServingStatus::Serving)) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the service never reported SERVING");
+}
+
+impl TestApp {
+    /// Creates a user in the users service with a fresh phone number and
+    /// Telegram id; returns it.
+    pub async fn new_user(&mut self) -> users_pb::User {
+        let unique = rand::random::<u32>() as u64;
+        self.users
+            .create_user(users_pb::CreateUserRequest {
+                user: Some(users_pb::User {
+                    phone: Some(format!("+57300{:07}", unique % 10_000_000)),
+                    telegram_user_id: Some(1_000_000 + unique as i64),
+                    ..Default::default()
+                }),
+                request_id: String::new(),
+            })
+            .await
+            .expect("create a user")
+            .into_inner()
+            .user
+            .expect("a user")
+    }
+
+    /// The user's active conversation on `channel` (created when needed).
+    pub async fn conversation(&mut self, user_id: &str, channel: pb::Channel) -> pb::Conversation {
+        self.client
+            .get_or_create_active_conversation(pb::GetOrCreateActiveConversationRequest {
+                user_id: user_id.into(),
+                channel: channel as i32,
+                ..Default::default()
+            })
+            .await
+            .expect("get or create a conversation")
+            .into_inner()
+            .conversation
+            .expect("a conversation")
+    }
+
+    /// Records an inbound user text message; returns the response.
+    pub async fn inbound(
+        &mut self,
+        conversation_id: &str,
+        text: &str,
+        provider_message_id: &str,
+    ) -> pb::RecordInboundMessageResponse {
+        self.client
+            .record_inbound_message(inbound_request(conversation_id, text, provider_message_id))
+            .await
+            .expect("record an inbound message")
+            .into_inner()
+    }
+
+    /// Rows in `conversations.<table>` right now, counted as the superuser.
+    pub async fn count(&self, table: &str) -> i64 {
+        let mut conn = self.db.admin_connection().await;
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*) FROM conversations.{table}"
+        )))
+        .fetch_one(&mut conn)
+        .await
+        .unwrap()
+    }
+}
+
+/// A RecordInboundMessage request for a user text message.
+pub fn inbound_request(
+    conversation_id: &str,
+    text: &str,
+    provider_message_id: &str,
+) -> pb::RecordInboundMessageRequest {
+    pb::RecordInboundMessageRequest {
+        conversation_id: conversation_id.into(),
+        message: Some(pb::Message {
+            r#type: pb::MessageType::Text as i32,
+            role: pb::MessageRole::User as i32,
+            content: text.into(),
+            provider_message_id: provider_message_id.into(),
+            ..Default::default()
+        }),
+        referral: None,
+    }
+}
+
+/// A WhatsApp-style message id, unique per call.
+pub fn wamid() -> String {
+    format!("wamid.HBgM{}", uuid::Uuid::new_v4().simple())
+}
+
+/// The field paths a BadRequest status names.
+pub fn bad_fields(status: &Status) -> Vec<String> {
+    use tonic_types::StatusExt;
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    status
+        .get_details_bad_request()
+        .expect("INVALID_ARGUMENT carries BadRequest details")
+        .field_violations
+        .into_iter()
+        .map(|v| v.field)
+        .collect()
+}

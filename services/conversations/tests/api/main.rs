@@ -1,0 +1,5 @@
+//! Integration tests of mesh.conversations.v1.ConversationsService: a real
+//! gRPC channel to the service on port 0, over real Postgres, a fresh database
+//! per test; the providers are local fake servers speaking their wire format.
+
+mod harness;
