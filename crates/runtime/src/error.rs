@@ -29,6 +29,10 @@ pub enum ApiError {
         message: String,
         retry_after: Option<Duration>,
     },
+    /// A position (such as a stream cursor) outside the range the service
+    /// still holds; another position may well work.
+    #[error("{0}")]
+    OutOfRange(String),
     /// A dependency is down; the caller should retry.
     #[error("{0}")]
     Unavailable(String),
@@ -160,6 +164,7 @@ impl From<ApiError> for Status {
                 message,
                 ErrorDetails::with_retry_info(retry_after),
             ),
+            ApiError::OutOfRange(message) => Status::out_of_range(message),
             ApiError::Unavailable(message) => Status::with_error_details(
                 Code::Unavailable,
                 message,
@@ -262,6 +267,13 @@ mod tests {
         for code in ["23505", "23503", "42601", "42501", "22021"] {
             assert!(!is_transient(code), "{code}");
         }
+    }
+
+    #[test]
+    fn out_of_range_keeps_its_code_and_message() {
+        let status: Status = ApiError::OutOfRange("cursor too old".into()).into();
+        assert_eq!(status.code(), Code::OutOfRange);
+        assert_eq!(status.message(), "cursor too old");
     }
 
     #[test]

@@ -120,14 +120,17 @@ where
 }
 
 /// Erases the stored answers about `user`, except those of `keep` (the
-/// erasing call's own, so that its retries still get their answer).
-pub async fn forget_user(conn: &mut PgConnection, user: Uuid, keep: &str) -> ApiResult<()> {
-    sqlx::query("DELETE FROM idempotency_keys WHERE user_id = $1 AND operation <> $2")
-        .bind(user)
-        .bind(keep)
-        .execute(conn)
-        .await?;
-    Ok(())
+/// erasing call's own, so that its retries still get their answer); returns
+/// how many.
+pub async fn forget_user(conn: &mut PgConnection, user: Uuid, keep: &str) -> ApiResult<u64> {
+    Ok(
+        sqlx::query("DELETE FROM idempotency_keys WHERE user_id = $1 AND operation <> $2")
+            .bind(user)
+            .bind(keep)
+            .execute(conn)
+            .await?
+            .rows_affected(),
+    )
 }
 
 /// Deletes the answers older than [`RETENTION`]; returns how many.

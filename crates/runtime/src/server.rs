@@ -14,12 +14,12 @@ use std::{future::Future, net::SocketAddr, pin::Pin, sync::Arc, time::Duration};
 use anyhow::Context as _;
 use sqlx::{PgPool, migrate::Migrator};
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 use tonic::{
     service::Routes,
     transport::{Identity, Server, ServerTlsConfig},
 };
 use tonic_health::{ServingStatus, server::HealthReporter};
-use tokio_util::sync::CancellationToken;
 
 use crate::{auth::BearerAuthLayer, config::ServiceConfig, db, idempotency, telemetry};
 
@@ -109,9 +109,9 @@ impl Application {
             pool: pool.clone(),
             shutdown: shutdown.clone(),
         })
-            .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha);
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha);
 
         let tls = match &config.tls {
             None => None,
@@ -140,9 +140,7 @@ impl Application {
             shutdown,
             housekeeping: vec![Housekeeping {
                 what: "expired idempotency keys",
-                run: Arc::new(|pool| {
-                    Box::pin(async move { Ok(idempotency::prune(&pool).await?) })
-                }),
+                run: Arc::new(|pool| Box::pin(async move { Ok(idempotency::prune(&pool).await?) })),
             }],
         })
     }
@@ -197,7 +195,21 @@ impl Application {
             .layer(auth)
             .add_routes(routes)
             .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                // tonic sets TCP_NODELAY only on connections it accepts itself.
+                // Without it, a small write that follows another (a streamed
+                // message after a response on the same connection) waits for
+                // the peer's delayed ACK: tens of milliseconds.
+                tokio_stream::StreamExt::map(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    |accepted| {
+                        if let Ok(stream) = &accepted
+                            && let Err(error) = stream.set_nodelay(true)
+                        {
+                            tracing::debug!(%error, "cannot set TCP_NODELAY");
+                        }
+                        accepted
+                    },
+                ),
                 async {
                     let _ = drain_rx.await;
                 },
