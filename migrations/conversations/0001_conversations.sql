@@ -63,8 +63,10 @@ CREATE TABLE messages (
     reply_to_provider_message_id text,
     metadata                     jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(metadata) = 'object'),
     provider_time                timestamptz,
-    create_time                  timestamptz NOT NULL DEFAULT now(),
-    delivery_status              text CHECK (delivery_rank(delivery_status) > 0),
+    -- The clock, not the transaction's start: appends are serialised on the
+    -- conversation, so create_time then follows the sequence numbers.
+    create_time                  timestamptz NOT NULL DEFAULT clock_timestamp(),
+    delivery_status              text CHECK (delivery_status IS NULL OR delivery_rank(delivery_status) > 0),
     sent_time                    timestamptz,
     delivered_time               timestamptz,
     read_time                    timestamptz,
@@ -132,8 +134,12 @@ CREATE TABLE messaging_windows (
 -- commit, so it is gapless and in commit order: a reader that has seen seq N
 -- has seen every event before it.
 CREATE TABLE event_head (
-    only_row boolean PRIMARY KEY DEFAULT true CHECK (only_row),
-    last_seq bigint NOT NULL
+    only_row       boolean PRIMARY KEY DEFAULT true CHECK (only_row),
+    last_seq       bigint NOT NULL,
+    -- Retention deletes a prefix of the stream: every event up to this seq.
+    -- Set before the rows go, so a reader behind it knows it missed some
+    -- (OUT_OF_RANGE) rather than skipping them; PurgeUser's holes are not counted.
+    pruned_through bigint NOT NULL DEFAULT 0
 );
 INSERT INTO event_head (last_seq) VALUES (0);
 
@@ -165,6 +171,9 @@ CREATE TABLE flow_sessions (
     update_time     timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX flow_sessions_user ON flow_sessions (user_id);
+-- Every nullable reference below has an index, so that deleting a
+-- conversation or message (PurgeUser) cascades without scanning the table.
+CREATE INDEX flow_sessions_conversation ON flow_sessions (conversation_id) WHERE conversation_id IS NOT NULL;
 CREATE TRIGGER flow_sessions_update_time BEFORE UPDATE ON flow_sessions
     FOR EACH ROW EXECUTE FUNCTION set_update_time();
 
@@ -184,6 +193,7 @@ CREATE TABLE call_logs (
     create_time      timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX call_logs_user ON call_logs (user_id, id);
+CREATE INDEX call_logs_conversation ON call_logs (conversation_id) WHERE conversation_id IS NOT NULL;
 
 CREATE TABLE interactions (
     id              uuid PRIMARY KEY,
@@ -198,6 +208,8 @@ CREATE TABLE interactions (
     create_time     timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX interactions_user ON interactions (user_id, id);
+CREATE INDEX interactions_conversation ON interactions (conversation_id) WHERE conversation_id IS NOT NULL;
+CREATE INDEX interactions_message ON interactions (message_id) WHERE message_id IS NOT NULL;
 
 CREATE TABLE user_locations (
     id          uuid PRIMARY KEY,
@@ -210,14 +222,15 @@ CREATE TABLE user_locations (
     create_time timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX user_locations_user ON user_locations (user_id, id);
+CREATE INDEX user_locations_message ON user_locations (message_id) WHERE message_id IS NOT NULL;
 
 CREATE TABLE tool_executions (
     id              uuid PRIMARY KEY,
     conversation_id uuid NOT NULL REFERENCES conversations (id) ON DELETE CASCADE,
     message_id      uuid REFERENCES messages (id) ON DELETE CASCADE,
     tool_name       text NOT NULL,
-    input           jsonb NOT NULL DEFAULT '{}',
-    output          jsonb NOT NULL DEFAULT '{}',
+    input           jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(input) = 'object'),
+    output          jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(output) = 'object'),
     status          text NOT NULL CHECK (status IN ('success', 'error', 'timeout')),
     latency_ms      int NOT NULL DEFAULT 0 CHECK (latency_ms >= 0),
     tokens          int NOT NULL DEFAULT 0 CHECK (tokens >= 0),
@@ -225,6 +238,7 @@ CREATE TABLE tool_executions (
     create_time     timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX tool_executions_conversation ON tool_executions (conversation_id, id);
+CREATE INDEX tool_executions_message ON tool_executions (message_id) WHERE message_id IS NOT NULL;
 
 CREATE TABLE agent_executions (
     id              uuid PRIMARY KEY,
@@ -241,6 +255,7 @@ CREATE TABLE agent_executions (
     create_time     timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX agent_executions_conversation ON agent_executions (conversation_id, id);
+CREATE INDEX agent_executions_message ON agent_executions (message_id) WHERE message_id IS NOT NULL;
 
 CREATE TABLE webhook_failures (
     id                  uuid PRIMARY KEY,
@@ -249,11 +264,12 @@ CREATE TABLE webhook_failures (
     phone               text,
     user_id             uuid,
     provider_message_id text,
-    raw_payload         bytea NOT NULL,
+    -- At most 3 MiB: the request and its answer fit a 4 MiB gRPC message.
+    raw_payload         bytea NOT NULL CHECK (octet_length(raw_payload) BETWEEN 1 AND 3145728),
     error               text NOT NULL,
     status              text NOT NULL DEFAULT 'pending'
                         CHECK (status IN ('pending', 'retrying', 'resolved', 'abandoned')),
-    retry_count         int NOT NULL DEFAULT 0,
+    retry_count         int NOT NULL DEFAULT 0 CHECK (retry_count >= 0),
     resolution          text NOT NULL DEFAULT '',
     create_time         timestamptz NOT NULL DEFAULT now(),
     update_time         timestamptz NOT NULL DEFAULT now()

@@ -53,7 +53,11 @@ impl Config {
             DEFAULT_EVENT_RETENTION.as_secs() / 3600,
         )?;
         if retention_hours == 0 {
-            return Err(invalid("CONVERSATIONS_EVENT_RETENTION_HOURS", "0", "must be at least 1"));
+            return Err(invalid(
+                "CONVERSATIONS_EVENT_RETENTION_HOURS",
+                "0",
+                "must be at least 1",
+            ));
         }
         let users_url = config::optional("CONVERSATIONS_USERS_URL")
             .unwrap_or_else(|| "http://127.0.0.1:50051".into());

@@ -1,12 +1,224 @@
-use mesh_proto::mesh::conversations::v1 as pb;
-use mesh_runtime::{ApiError, ApiResult};
-use sqlx::PgPool;
+//! Delivery statuses of outbound messages, which only move forward:
+//! pending < accepted < sent < delivered < read < played, and failed is final
+//! (the order is the database's `delivery_rank`). Providers send statuses out
+//! of order and sometimes before we have stored the message's provider id, so
+//! a status for an unknown id is deferred and applied when the id appears.
 
-#[tracing::instrument(skip_all)]
-pub async fn update(_pool: &PgPool, _request: pb::UpdateDeliveryStatusRequest) -> ApiResult<pb::UpdateDeliveryStatusResponse> {
-    Err(ApiError::Unavailable("not built yet".into()))
+use chrono::{DateTime, Utc};
+use mesh_proto::mesh::conversations::v1 as pb;
+use mesh_runtime::{ApiResult, Violations, convert::from_timestamp};
+use sqlx::{PgConnection, PgPool};
+
+use crate::{events, messages::MessageRow, wire};
+
+/// How long a status waits for its message.
+const DEFERRED_RETENTION_DAYS: i32 = 7;
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Status {
+    pub status: String,
+    pub status_time: DateTime<Utc>,
+    pub error_code: Option<String>,
+    pub error_title: Option<String>,
+    pub error_message: Option<String>,
+    pub pricing_category: Option<String>,
 }
 
-pub async fn prune_deferred(_pool: &PgPool) -> anyhow::Result<u64> {
-    Ok(0)
+#[tracing::instrument(skip_all)]
+pub async fn update(
+    pool: &PgPool,
+    request: pb::UpdateDeliveryStatusRequest,
+) -> ApiResult<pb::UpdateDeliveryStatusResponse> {
+    let mut violations = Violations::default();
+    let channel = violations.check(wire::channel::require("channel", request.channel));
+    violations.check(wire::required_text(
+        "provider_message_id",
+        &request.provider_message_id,
+        256,
+    ));
+    let status = match pb::DeliveryStatus::try_from(request.status) {
+        Ok(
+            pb::DeliveryStatus::Sent
+            | pb::DeliveryStatus::Delivered
+            | pb::DeliveryStatus::Read
+            | pb::DeliveryStatus::Played
+            | pb::DeliveryStatus::Failed,
+        ) => wire::delivery_status::name(request.status),
+        _ => {
+            violations.push(
+                "status",
+                "must be DELIVERY_STATUS_SENT, _DELIVERED, _READ, _PLAYED or _FAILED",
+            );
+            None
+        }
+    };
+    let status_time = match &request.status_time {
+        Some(t) => violations.check(from_timestamp("status_time", t)),
+        None => Some(Utc::now()),
+    };
+    violations.check(wire::text("error_code", &request.error_code, 64));
+    violations.check(wire::text("error_title", &request.error_title, 1024));
+    violations.check(wire::text("error_message", &request.error_message, 4096));
+    violations.check(wire::text(
+        "pricing_category",
+        &request.pricing_category,
+        64,
+    ));
+    violations.into_result()?;
+    let channel = channel.expect("validated");
+    let status = Status {
+        status: status.expect("validated").to_owned(),
+        status_time: status_time.expect("validated"),
+        error_code: wire::non_empty(&request.error_code).map(str::to_owned),
+        error_title: wire::non_empty(&request.error_title).map(str::to_owned),
+        error_message: wire::non_empty(&request.error_message).map(str::to_owned),
+        pricing_category: wire::non_empty(&request.pricing_category).map(str::to_owned),
+    };
+
+    let mut tx = pool.begin().await?;
+    lock_provider_id(&mut tx, channel, &request.provider_message_id).await?;
+    let message: Option<MessageRow> = sqlx::query_as(
+        // NO KEY: rows that reference the message (feedback, interactions) stay insertable.
+        "SELECT * FROM messages WHERE channel = $1 AND provider_message_id = $2 FOR NO KEY UPDATE",
+    )
+    .bind(channel)
+    .bind(&request.provider_message_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(message) = message else {
+        // The first report of each status is kept; a repeat changes nothing.
+        sqlx::query(
+            "INSERT INTO deferred_statuses (channel, provider_message_id, status, status_time,
+                error_code, error_title, error_message, pricing_category)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+        )
+        .bind(channel)
+        .bind(&request.provider_message_id)
+        .bind(&status.status)
+        .bind(status.status_time)
+        .bind(&status.error_code)
+        .bind(&status.error_title)
+        .bind(&status.error_message)
+        .bind(&status.pricing_category)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        return Ok(pb::UpdateDeliveryStatusResponse {
+            message: None,
+            applied: false,
+            deferred: true,
+        });
+    };
+    let (message, applied) = apply(&mut tx, message, &status).await?;
+    tx.commit().await?;
+    Ok(pb::UpdateDeliveryStatusResponse {
+        message: Some(message.into_proto()),
+        applied,
+        deferred: false,
+    })
+}
+
+/// Serialises "store a status for this provider id" against "give a message
+/// this provider id" for the rest of the transaction, so a status arriving
+/// while its message is being stored is either seen by the message's writer
+/// or finds the message: never neither.
+pub async fn lock_provider_id(
+    conn: &mut PgConnection,
+    channel: &str,
+    provider_id: &str,
+) -> ApiResult<()> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind(format!("{channel}:{provider_id}"))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Moves `message` to `status` if that is forward; emits the change.
+async fn apply(
+    conn: &mut PgConnection,
+    message: MessageRow,
+    status: &Status,
+) -> ApiResult<(MessageRow, bool)> {
+    let updated: Option<MessageRow> = sqlx::query_as(
+        "UPDATE messages SET
+            delivery_status = $2,
+            sent_time = CASE WHEN $2 = 'sent' THEN $3 ELSE sent_time END,
+            delivered_time = CASE WHEN $2 = 'delivered' THEN $3 ELSE delivered_time END,
+            read_time = CASE WHEN $2 = 'read' THEN $3 ELSE read_time END,
+            played_time = CASE WHEN $2 = 'played' THEN $3 ELSE played_time END,
+            failed_time = CASE WHEN $2 = 'failed' THEN $3 ELSE failed_time END,
+            error_code = CASE WHEN $2 = 'failed' THEN $4 ELSE error_code END,
+            error_title = CASE WHEN $2 = 'failed' THEN $5 ELSE error_title END,
+            error_message = CASE WHEN $2 = 'failed' THEN $6 ELSE error_message END,
+            pricing_category = COALESCE($7, pricing_category)
+         WHERE id = $1 AND direction = 'outbound'
+           AND delivery_rank($2) > delivery_rank(delivery_status)
+         RETURNING *",
+    )
+    .bind(message.id)
+    .bind(&status.status)
+    .bind(status.status_time)
+    .bind(&status.error_code)
+    .bind(&status.error_title)
+    .bind(&status.error_message)
+    .bind(&status.pricing_category)
+    .fetch_optional(&mut *conn)
+    .await?;
+    match updated {
+        None => Ok((message, false)),
+        Some(updated) => {
+            events::emit(
+                conn,
+                events::message_event(
+                    pb::EventType::DeliveryStatusChanged,
+                    &updated.clone().into_proto(),
+                ),
+            )
+            .await?;
+            Ok((updated, true))
+        }
+    }
+}
+
+/// Applies the statuses that arrived for `message`'s provider id before the
+/// message had it, in the order they move forward, and forgets them. Call it
+/// in the transaction that gives the message its provider id.
+pub async fn apply_deferred(
+    conn: &mut PgConnection,
+    mut message: MessageRow,
+) -> ApiResult<MessageRow> {
+    let Some(provider_id) = message.provider_message_id.clone() else {
+        return Ok(message);
+    };
+    lock_provider_id(conn, &message.channel, &provider_id).await?;
+    let waiting: Vec<Status> = sqlx::query_as(
+        "DELETE FROM deferred_statuses WHERE channel = $1 AND provider_message_id = $2
+         RETURNING status, status_time, error_code, error_title, error_message, pricing_category",
+    )
+    .bind(&message.channel)
+    .bind(&provider_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut waiting = waiting;
+    waiting.sort_by_key(|s| rank(&s.status));
+    for status in &waiting {
+        message = apply(conn, message, status).await?.0;
+    }
+    Ok(message)
+}
+
+fn rank(status: &str) -> i32 {
+    wire::delivery_status::parse(status) as i32
+}
+
+/// Deletes deferred statuses whose message never appeared.
+pub async fn prune_deferred(pool: &PgPool) -> anyhow::Result<u64> {
+    Ok(sqlx::query(
+        "DELETE FROM deferred_statuses WHERE create_time < now() - make_interval(days => $1)",
+    )
+    .bind(DEFERRED_RETENTION_DAYS)
+    .execute(pool)
+    .await?
+    .rows_affected())
 }

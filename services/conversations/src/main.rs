@@ -7,5 +7,8 @@ use mesh_runtime::telemetry;
 async fn main() -> anyhow::Result<()> {
     let _telemetry = telemetry::init("conversations")?;
     let config = mesh_conversations::Config::from_env(mesh_conversations::DEFAULT_ADDR)?;
-    mesh_conversations::build(&config).await?.run_until_stopped().await
+    mesh_conversations::build(&config)
+        .await?
+        .run_until_stopped()
+        .await
 }

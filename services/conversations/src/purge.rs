@@ -1,8 +1,100 @@
+//! Erasing one user from this context (GDPR / HIPAA): every row about them,
+//! counted by table, in one transaction.
+
 use mesh_proto::mesh::conversations::v1 as pb;
-use mesh_runtime::{ApiError, ApiResult};
+use mesh_runtime::{
+    ApiResult, Violations,
+    convert::parse_uuid,
+    idempotency::{self, Key},
+};
 use sqlx::PgPool;
 
+/// Tables holding a `user_id`, in the order they are emptied: what hangs
+/// off messages and conversations first (each count is what that table
+/// lost, not what cascaded), then messages and conversations, then what
+/// concurrent writers may still have added while the purge waited for them
+/// (windows, events).
+const USER_TABLES: &[&str] = &[
+    "message_feedback",
+    "interactions",
+    "user_locations",
+    "call_logs",
+    "flow_sessions",
+    "messages",
+    "conversations",
+    "webhook_failures",
+    "messaging_windows",
+    "events",
+];
+
+const OPERATION: &str = "PurgeUser";
+
 #[tracing::instrument(skip_all)]
-pub async fn purge_user(_pool: &PgPool, _request: pb::PurgeUserRequest) -> ApiResult<pb::PurgeUserResponse> {
-    Err(ApiError::Unavailable("not built yet".into()))
+pub async fn purge_user(
+    pool: &PgPool,
+    request: pb::PurgeUserRequest,
+) -> ApiResult<pb::PurgeUserResponse> {
+    let mut violations = Violations::default();
+    let user = violations.check(parse_uuid("user_id", &request.user_id));
+    if !request.phone.is_empty() && !is_e164(&request.phone) {
+        violations.push("phone", "must be E.164, such as +573001234567");
+    }
+    violations.check(idempotency::check_request_id(&request.request_id));
+    violations.into_result()?;
+    let user = user.expect("validated");
+    let key = Key {
+        operation: OPERATION,
+        request_id: &request.request_id,
+        user_id: Some(user),
+    };
+    idempotency::run_once(pool, key, &request, async |conn| {
+        // Writers lock a conversation before anything else of it: taking the
+        // user's conversations first keeps the same order (no deadlock) and
+        // holds off appends until the purge commits.
+        sqlx::query("SELECT id FROM conversations WHERE user_id = $1 ORDER BY id FOR UPDATE")
+            .bind(user)
+            .execute(&mut *conn)
+            .await?;
+        let mut deleted = std::collections::HashMap::new();
+        // Executions hang off conversations, not users: count them before the cascade.
+        for table in ["tool_executions", "agent_executions"] {
+            let n = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DELETE FROM {table} WHERE conversation_id IN (SELECT id FROM conversations WHERE user_id = $1)"
+            )))
+            .bind(user)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+            deleted.insert(table.to_owned(), n as i64);
+        }
+        for table in USER_TABLES {
+            // The names are the constants above, not input.
+            let n = sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table} WHERE user_id = $1")))
+                .bind(user)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected();
+            deleted.insert((*table).to_owned(), n as i64);
+        }
+        if !request.phone.is_empty() {
+            let n = sqlx::query("DELETE FROM webhook_failures WHERE phone = $1")
+                .bind(&request.phone)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected();
+            *deleted.entry("webhook_failures".to_owned()).or_default() += n as i64;
+        }
+        // Stored answers of earlier calls about the user (they hold their data too).
+        let n = idempotency::forget_user(conn, user, OPERATION).await?;
+        deleted.insert("idempotency_keys".to_owned(), n as i64);
+        Ok(pb::PurgeUserResponse { deleted })
+    })
+    .await
+}
+
+fn is_e164(phone: &str) -> bool {
+    let digits = phone.strip_prefix('+').unwrap_or("");
+    (8..=15).contains(&digits.len())
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && !digits.starts_with('0')
 }

@@ -1,33 +1,41 @@
-use mesh_proto::mesh::conversations::v1 as pb;
-use mesh_runtime::{ApiError, ApiResult};
-use sqlx::PgPool;
+//! What happened around a conversation, recorded for the user's history:
+//! calls, taps on interactive content, shared locations. Each is one user's;
+//! the conversation and message a record names must be that user's too.
 
-#[tracing::instrument(skip_all)]
-pub async fn record_call(_pool: &PgPool, _request: pb::RecordCallRequest) -> ApiResult<pb::RecordCallResponse> {
-    Err(ApiError::Unavailable("not built yet".into()))
+mod calls;
+mod interactions;
+mod locations;
+pub(crate) mod parents;
+
+pub use calls::{list_calls, record_call};
+pub use interactions::{list_interactions, record_interaction};
+pub use locations::{list_locations, record_location};
+
+use mesh_runtime::{FieldViolation, Violations, pagination};
+use uuid::Uuid;
+
+/// A list request's `page_size` and `page_token`, checked. Every list here
+/// pages by id (UUID v7), oldest first.
+pub(crate) struct Page {
+    pub size: i64,
+    pub after: Option<Uuid>,
 }
 
-#[tracing::instrument(skip_all)]
-pub async fn list_calls(_pool: &PgPool, _request: pb::ListCallsRequest) -> ApiResult<pb::ListCallsResponse> {
-    Err(ApiError::Unavailable("not built yet".into()))
+impl Page {
+    pub fn check(violations: &mut Violations, page_size: i32, page_token: &str) -> Option<Self> {
+        let size = violations.check(pagination::page_size(page_size));
+        let after = violations.check(pagination::decode_uuid_token(page_token));
+        Some(Self {
+            size: size?,
+            after: after?,
+        })
+    }
 }
 
-#[tracing::instrument(skip_all)]
-pub async fn record_interaction(_pool: &PgPool, _request: pb::RecordInteractionRequest) -> ApiResult<pb::RecordInteractionResponse> {
-    Err(ApiError::Unavailable("not built yet".into()))
-}
-
-#[tracing::instrument(skip_all)]
-pub async fn list_interactions(_pool: &PgPool, _request: pb::ListInteractionsRequest) -> ApiResult<pb::ListInteractionsResponse> {
-    Err(ApiError::Unavailable("not built yet".into()))
-}
-
-#[tracing::instrument(skip_all)]
-pub async fn record_location(_pool: &PgPool, _request: pb::RecordLocationRequest) -> ApiResult<pb::RecordLocationResponse> {
-    Err(ApiError::Unavailable("not built yet".into()))
-}
-
-#[tracing::instrument(skip_all)]
-pub async fn list_locations(_pool: &PgPool, _request: pb::ListLocationsRequest) -> ApiResult<pb::ListLocationsResponse> {
-    Err(ApiError::Unavailable("not built yet".into()))
+/// Counts (latency, tokens, seconds) are never negative.
+pub(crate) fn non_negative(field: &str, value: i32) -> Result<(), FieldViolation> {
+    if value < 0 {
+        return Err(FieldViolation::new(field, "must not be negative"));
+    }
+    Ok(())
 }

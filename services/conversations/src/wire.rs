@@ -8,6 +8,8 @@ use mesh_runtime::FieldViolation;
 
 macro_rules! text_enum {
     ($module:ident, $pb:ident, $prefix:literal { $($variant:ident => $text:literal),+ $(,)? }) => {
+        // Every mapping offers the same functions; not every caller needs all.
+        #[allow(dead_code)]
         pub mod $module {
             use mesh_proto::mesh::conversations::v1::$pb;
             use super::FieldViolation;
@@ -109,7 +111,10 @@ pub fn text(field: &str, value: &str, max: usize) -> Result<(), FieldViolation> 
         return Err(FieldViolation::new(field, "must not contain NUL"));
     }
     if value.chars().count() > max {
-        return Err(FieldViolation::new(field, format!("must be at most {max} characters")));
+        return Err(FieldViolation::new(
+            field,
+            format!("must be at most {max} characters"),
+        ));
     }
     Ok(())
 }
@@ -134,4 +139,41 @@ pub fn optional_uuid(field: &str, value: &str) -> Result<Option<uuid::Uuid>, Fie
 /// Empty text as NULL.
 pub fn non_empty(value: &str) -> Option<&str> {
     (!value.is_empty()).then_some(value)
+}
+
+/// The most a free-form JSON field (metadata, payloads, tool input) may hold.
+pub const MAX_JSON_BYTES: usize = 64 * 1024;
+
+/// A free-form protobuf Struct as a JSON object (`{}` when unset): at most
+/// [`MAX_JSON_BYTES`] as JSON, and without U+0000, which Postgres' jsonb
+/// refuses (it would otherwise surface as an error naming no field).
+pub fn json_object(
+    field: &str,
+    value: Option<&prost_types::Struct>,
+) -> Result<serde_json::Value, FieldViolation> {
+    let json = value.map_or_else(
+        || serde_json::json!({}),
+        mesh_runtime::convert::struct_to_json,
+    );
+    let text = json.to_string();
+    if has_nul(&json) {
+        return Err(FieldViolation::new(
+            field,
+            "must not contain the NUL character (U+0000)",
+        ));
+    }
+    if text.len() > MAX_JSON_BYTES {
+        return Err(FieldViolation::new(field, "must be at most 64 KiB as JSON"));
+    }
+    Ok(json)
+}
+
+/// Whether a key or string anywhere in `value` holds U+0000.
+fn has_nul(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::String(s) => s.contains('\0'),
+        serde_json::Value::Array(items) => items.iter().any(has_nul),
+        serde_json::Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
+    }
 }

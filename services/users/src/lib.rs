@@ -41,9 +41,7 @@ pub const DEFAULT_ADDR: &str = "127.0.0.1:50051";
 /// Builds the users service from its configuration.
 pub async fn build(config: &ServiceConfig) -> anyhow::Result<Application> {
     Application::build(config, &SPEC, |context| {
-        Routes::new(UsersServiceServer::new(UsersApi {
-            pool: context.pool,
-        }))
+        Routes::new(UsersServiceServer::new(UsersApi { pool: context.pool }))
     })
     .await
 }

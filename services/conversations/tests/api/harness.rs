@@ -9,9 +9,7 @@ use mesh_conversations::{
     config::{TelegramConfig, WhatsAppConfig},
 };
 use mesh_proto::mesh::{
-    conversations::v1::{
-        self as pb, conversations_service_client::ConversationsServiceClient,
-    },
+    conversations::v1::{self as pb, conversations_service_client::ConversationsServiceClient},
     users::v1::{self as users_pb, users_service_client::UsersServiceClient},
 };
 use mesh_runtime::{config::ServiceConfig, testing::TestDatabase};
@@ -267,4 +265,121 @@ pub fn bad_fields(status: &Status) -> Vec<String> {
         .into_iter()
         .map(|v| v.field)
         .collect()
+}
+
+// ---- Helpers for the conversations/messages/delivery/windows/purge tests ----
+
+/// A user id nobody has used yet (the service does not check user ids).
+pub fn fresh_user() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+/// The bad fields of an INVALID_ARGUMENT, sorted (the order is not part of
+/// the contract).
+pub fn sorted_bad_fields(status: &Status) -> Vec<String> {
+    let mut fields = bad_fields(status);
+    fields.sort();
+    fields
+}
+
+/// `time` as a protobuf Timestamp.
+pub fn ts(time: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: time.timestamp(),
+        nanos: time.timestamp_subsec_nanos() as i32,
+    }
+}
+
+/// A protobuf Timestamp as a time.
+pub fn time_of(timestamp: &prost_types::Timestamp) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp(timestamp.seconds, timestamp.nanos as u32)
+        .expect("a valid timestamp")
+}
+
+/// `ago` before now, to the microsecond (what Postgres keeps), so that a time
+/// sent and read back compares equal.
+pub fn micros_ago(ago: chrono::Duration) -> chrono::DateTime<chrono::Utc> {
+    use chrono::SubsecRound;
+    (chrono::Utc::now() - ago).trunc_subsecs(6)
+}
+
+/// When the local day of `now` began in `zone`, in UTC.
+pub fn local_midnight(
+    zone: chrono_tz::Tz,
+    now: chrono::DateTime<chrono::Utc>,
+) -> chrono::DateTime<chrono::Utc> {
+    use chrono::TimeZone;
+    let day = now.with_timezone(&zone).date_naive();
+    [
+        chrono::NaiveTime::MIN,
+        chrono::NaiveTime::from_hms_opt(1, 0, 0).unwrap(),
+    ]
+    .into_iter()
+    .find_map(|t| zone.from_local_datetime(&day.and_time(t)).earliest())
+    .expect("the local day has a start")
+    .with_timezone(&chrono::Utc)
+}
+
+/// An outbound message as SendMessage stores it, written as the superuser
+/// (SendMessage needs a provider): the conversation's next sequence number,
+/// its message_count bumped.
+pub struct Outbound<'a> {
+    pub content: &'a str,
+    pub provider_message_id: Option<&'a str>,
+    pub delivery_status: &'a str,
+    pub proactive: bool,
+    /// Now when unset.
+    pub create_time: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl Default for Outbound<'_> {
+    fn default() -> Self {
+        Self {
+            content: "an answer",
+            provider_message_id: None,
+            delivery_status: "accepted",
+            proactive: false,
+            create_time: None,
+        }
+    }
+}
+
+impl TestApp {
+    /// Stores `outbound` in `conversation_id`; returns the message id.
+    pub async fn insert_outbound(&self, conversation_id: &str, outbound: Outbound<'_>) -> String {
+        let mut conn = self.db.admin_connection().await;
+        let id: uuid::Uuid = sqlx::query_scalar(
+            "WITH c AS (
+                UPDATE conversations.conversations
+                   SET message_count = message_count + 1, last_message_time = now()
+                 WHERE id = $1::uuid RETURNING id, user_id, channel, message_count)
+             INSERT INTO conversations.messages (id, conversation_id, user_id, channel,
+                sequence_number, direction, role, type, content, provider_message_id,
+                delivery_status, proactive, create_time)
+             SELECT $2, c.id, c.user_id, c.channel, c.message_count, 'outbound', 'assistant',
+                'text', $3, $4, $5, $6, COALESCE($7, now())
+             FROM c RETURNING id",
+        )
+        .bind(conversation_id)
+        .bind(uuid::Uuid::now_v7())
+        .bind(outbound.content)
+        .bind(outbound.provider_message_id)
+        .bind(outbound.delivery_status)
+        .bind(outbound.proactive)
+        .bind(outbound.create_time)
+        .fetch_one(&mut conn)
+        .await
+        .expect("insert an outbound message");
+        id.to_string()
+    }
+
+    /// Rows of `conversations.events` of `kind` (e.g. "message_received").
+    pub async fn count_events(&self, kind: &str) -> i64 {
+        let mut conn = self.db.admin_connection().await;
+        sqlx::query_scalar("SELECT count(*) FROM conversations.events WHERE type = $1")
+            .bind(kind)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap()
+    }
 }
