@@ -60,22 +60,43 @@ struct ServiceSpec {
 
 /// What `up` runs, in start order: one line per service with a binary.
 /// (The gateway speaks HTTP, so it will also need an HTTP health probe.)
-const SERVICES: &[ServiceSpec] = &[ServiceSpec {
-    name: "users",
-    package: "mesh-users",
-    bin: "users",
-    addr_env: "USERS_ADDR",
-    examples: &[
-        (
-            "mesh.users.v1.UsersService/CreateUser",
-            r#"{"user":{"phone":"+573001234567","display_name":"Ana"},"request_id":"readme-example"}"#,
-        ),
-        (
-            "mesh.users.v1.UsersService/GetUserByPhone",
-            r#"{"phone":"573001234567"}"#,
-        ),
-    ],
-}];
+const SERVICES: &[ServiceSpec] = &[
+    ServiceSpec {
+        name: "users",
+        package: "mesh-users",
+        bin: "users",
+        addr_env: "USERS_ADDR",
+        examples: &[
+            (
+                "mesh.users.v1.UsersService/CreateUser",
+                r#"{"user":{"phone":"+573001234567","display_name":"Ana"},"request_id":"readme-example"}"#,
+            ),
+            (
+                "mesh.users.v1.UsersService/GetUserByPhone",
+                r#"{"phone":"573001234567"}"#,
+            ),
+        ],
+    },
+    // After users: it asks the users service for recipients (CONVERSATIONS_USERS_URL).
+    ServiceSpec {
+        name: "conversations",
+        package: "mesh-conversations",
+        bin: "conversations",
+        addr_env: "CONVERSATIONS_ADDR",
+        examples: &[
+            // User ids are not checked here: README's fixed one gives the
+            // same active conversation on every run.
+            (
+                "mesh.conversations.v1.ConversationsService/GetOrCreateActiveConversation",
+                r#"{"user_id":"0196f1c2-7a5e-7c3a-9d1e-3f2b8c4d5e6f","channel":"CHANNEL_WHATSAPP"}"#,
+            ),
+            (
+                "mesh.conversations.v1.ConversationsService/GetMessagingWindow",
+                r#"{"user_id":"0196f1c2-7a5e-7c3a-9d1e-3f2b8c4d5e6f"}"#,
+            ),
+        ],
+    },
+];
 
 pub async fn run() -> Result<()> {
     let paths = Paths::discover()?;
@@ -191,6 +212,14 @@ fn service_env(admin_url: &str) -> Result<Vec<(String, String)>> {
     for (name, addr) in ADDRESSES {
         default(name, (*addr).to_owned());
     }
+    // Unset provider credentials (WHATSAPP_ACCESS_TOKEN, TELEGRAM_BOT_TOKEN,
+    // ...) stay unset: sends on that channel are refused rather than reaching
+    // a real provider from a dev machine; set them to send for real.
+    let users_addr = setting("USERS_ADDR").unwrap_or_else(|| address_default("USERS_ADDR"));
+    default(
+        "CONVERSATIONS_USERS_URL",
+        format!("http://{}", dial_addr(&users_addr)),
+    );
     let password = setting("MESH_DB_PASSWORD");
     for context in DB_CONTEXTS {
         let url = postgres::with_login(
@@ -202,6 +231,14 @@ fn service_env(admin_url: &str) -> Result<Vec<(String, String)>> {
         default(&format!("{}_DATABASE_URL", context.to_uppercase()), url);
     }
     Ok(env)
+}
+
+fn address_default(name: &str) -> String {
+    ADDRESSES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, addr)| (*addr).to_owned())
+        .unwrap_or_default()
 }
 
 /// The value a service sees for `name`: xtask's own, else the default.

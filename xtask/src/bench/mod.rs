@@ -3,10 +3,13 @@
 //! done straight against Postgres in the same run, so the ratio between them
 //! can be read. Prints a Markdown table and the machine it ran on.
 
+mod conversations;
 mod users;
 
 use std::{
+    fs::File,
     future::Future,
+    process::{Child, Command, Stdio},
     sync::{
         Arc,
         atomic::{AtomicUsize, Ordering},
@@ -14,18 +17,27 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use hdrhistogram::Histogram;
+use tonic::transport::Channel;
+
+use crate::{process::die_with_parent, tools::Paths};
+
+/// The bearer token the benches' services are started with.
+pub const TOKEN: &str = "bench-token";
 
 /// Runs the named benchmark.
 pub async fn run(args: &[String]) -> Result<()> {
     let Some((name, rest)) = args.split_first() else {
-        bail!("usage: cargo xtask bench <name> [--requests N] [--concurrency C]; names: users");
+        bail!(
+            "usage: cargo xtask bench <name> [--requests N] [--concurrency C]; names: users, conversations"
+        );
     };
     let options = Options::parse(rest)?;
     match name.as_str() {
         "users" => users::run(&options).await,
-        other => bail!("unknown bench {other:?}; names: users"),
+        "conversations" => conversations::run(&options).await,
+        other => bail!("unknown bench {other:?}; names: users, conversations"),
     }
 }
 
@@ -156,6 +168,94 @@ where
         errors += worker_errors;
     }
     Ok((total, errors))
+}
+
+/// Runs a gRPC workload and records the CPU time the service spent on it
+/// (warm-up included, so the per-request figure errs high by about a tenth).
+pub async fn with_service_cpu(
+    pid: u32,
+    workload: impl Future<Output = Result<Measurement>>,
+) -> Result<Measurement> {
+    let before = cpu_time(pid);
+    let mut measurement = workload.await?;
+    measurement.service_cpu = before.zip(cpu_time(pid)).map(|(b, a)| a.saturating_sub(b));
+    Ok(measurement)
+}
+
+/// A release-built service as its own process, listening on a free port,
+/// its output in `.tools/logs/bench-<name>.log`; killed when dropped.
+pub struct Service {
+    pub child: Child,
+    pub addr: String,
+    name: &'static str,
+    log: std::path::PathBuf,
+}
+
+impl Service {
+    /// Starts target/release/`name` with `<NAME>_ADDR`, the bench token and `env`.
+    pub fn start(paths: &Paths, name: &'static str, env: &[(&str, String)]) -> Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let log = paths.tools.join("logs").join(format!("bench-{name}.log"));
+        std::fs::create_dir_all(log.parent().expect("has a parent"))?;
+        let file = File::create(&log)?;
+        let mut command = Command::new(paths.target.join("release").join(name));
+        command
+            .env_remove("DATABASE_URL")
+            .env(format!("{}_ADDR", name.to_uppercase()), &addr)
+            .env("MESH_AUTH_TOKEN", TOKEN)
+            .env("RUST_LOG", "warn")
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file);
+        die_with_parent(&mut command);
+        let child = command
+            .spawn()
+            .with_context(|| format!("starting target/release/{name}"))?;
+        println!("xtask: {name} service (pid {}) on {addr}", child.id());
+        Ok(Self {
+            child,
+            addr,
+            name,
+            log,
+        })
+    }
+
+    pub async fn wait_serving(&mut self) -> Result<Channel> {
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(60) {
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "the {} service exited ({status}); see {}",
+                    self.name,
+                    self.log.display()
+                );
+            }
+            if let Some(channel) = crate::health::serving_channel(&self.addr).await {
+                return Ok(channel);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bail!(
+            "the {} service was not SERVING within 60 s; see {}",
+            self.name,
+            self.log.display()
+        )
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
 
 /// Microseconds from 1 µs to 60 s at 3 significant digits. Fixed bounds: an

@@ -2,31 +2,24 @@
 //! service over loopback gRPC, each next to the same SQL run straight against
 //! Postgres by a pool of the same size, in the same run.
 
-use std::{
-    fs::File,
-    process::{Child, Command, Stdio},
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::sync::Arc;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use mesh_proto::mesh::users::v1::{
     GetUserRequest, UpsertUserByPhoneRequest, users_service_client::UsersServiceClient,
 };
 use sqlx::postgres::PgPoolOptions;
 use tonic::{Request, metadata::MetadataValue, transport::Channel};
 
-use super::{Measurement, Options, cpu_time, measure, peak_rss_mib, print_table};
+use super::{Measurement, Options, Service, measure, peak_rss_mib, print_table, with_service_cpu};
 use crate::{
     postgres::{self, Install, Postgres, Source},
-    process::die_with_parent,
     setting,
     tools::Paths,
 };
 
 /// Users seeded before measuring.
 const SEEDED: usize = 10_000;
-const TOKEN: &str = "bench-token";
 const DATABASE: &str = "mesh_bench_users";
 
 pub async fn run(options: &Options) -> Result<()> {
@@ -80,7 +73,14 @@ async fn measure_all(paths: &Paths, admin_url: &str, options: Options) -> Result
     }
     let service_url = postgres::with_login(admin_url, "mesh_users", password.as_deref(), DATABASE)?;
 
-    let mut service = Service::start(paths, &service_url, options.concurrency)?;
+    let mut service = Service::start(
+        paths,
+        "users",
+        &[
+            ("USERS_DATABASE_URL", service_url.clone()),
+            ("USERS_DB_MAX_CONNECTIONS", options.concurrency.to_string()),
+        ],
+    )?;
     let channel = service.wait_serving().await?;
     let seeded = seed(admin_url).await?;
     let direct = PgPoolOptions::new()
@@ -131,83 +131,6 @@ async fn measure_all(paths: &Paths, admin_url: &str, options: Options) -> Result
         ],
     );
     Ok(())
-}
-
-/// Runs a gRPC workload and records the CPU time the service spent on it
-/// (warm-up included, so the per-request figure errs high by about a tenth).
-async fn with_service_cpu(
-    pid: u32,
-    workload: impl std::future::Future<Output = Result<Measurement>>,
-) -> Result<Measurement> {
-    let before = cpu_time(pid);
-    let mut measurement = workload.await?;
-    measurement.service_cpu = before.zip(cpu_time(pid)).map(|(b, a)| a.saturating_sub(b));
-    Ok(measurement)
-}
-
-/// The users service as its own process, listening on a free port.
-struct Service {
-    child: Child,
-    addr: String,
-    log: std::path::PathBuf,
-}
-
-impl Service {
-    fn start(paths: &Paths, database_url: &str, pool: usize) -> Result<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let addr = format!("127.0.0.1:{port}");
-        let log = paths.tools.join("logs").join("bench-users.log");
-        std::fs::create_dir_all(log.parent().expect("has a parent"))?;
-        let file = File::create(&log)?;
-        let mut command = Command::new(paths.target.join("release").join("users"));
-        command
-            .env_remove("DATABASE_URL")
-            .env("USERS_ADDR", &addr)
-            .env("USERS_DATABASE_URL", database_url)
-            .env("USERS_DB_MAX_CONNECTIONS", pool.to_string())
-            .env("MESH_AUTH_TOKEN", TOKEN)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(file.try_clone()?)
-            .stderr(file);
-        die_with_parent(&mut command);
-        let child = command.spawn().context("starting target/release/users")?;
-        println!("xtask: users service (pid {}) on {addr}", child.id());
-        Ok(Self { child, addr, log })
-    }
-
-    async fn wait_serving(&mut self) -> Result<Channel> {
-        let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(60) {
-            if let Some(status) = self.child.try_wait()? {
-                bail!(
-                    "the users service exited ({status}); see {}",
-                    self.log.display()
-                );
-            }
-            if let Some(channel) = crate::health::serving_channel(&self.addr).await {
-                return Ok(channel);
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        bail!(
-            "the users service was not SERVING within 60 s; see {}",
-            self.log.display()
-        )
-    }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        self.stop();
-    }
 }
 
 /// The seeded users' ids and phones, in insertion order.
