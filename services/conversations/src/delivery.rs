@@ -168,17 +168,21 @@ async fn apply(
     match updated {
         None => Ok((message, false)),
         Some(updated) => {
-            events::emit(
-                conn,
-                events::message_event(
-                    pb::EventType::DeliveryStatusChanged,
-                    &updated.clone().into_proto(),
-                ),
-            )
-            .await?;
+            status_changed(conn, &updated).await?;
             Ok((updated, true))
         }
     }
+}
+
+/// Tells the watchers of `message` that its delivery status changed; call it
+/// in the transaction that changed it.
+pub async fn status_changed(conn: &mut PgConnection, message: &MessageRow) -> ApiResult<()> {
+    let event = events::message_event(
+        pb::EventType::DeliveryStatusChanged,
+        &message.clone().into_proto(),
+    );
+    events::emit(conn, event).await?;
+    Ok(())
 }
 
 /// Applies the statuses that arrived for `message`'s provider id before the

@@ -6,12 +6,12 @@ use mesh_proto::mesh::conversations::v1 as pb;
 use mesh_runtime::{
     ApiError, ApiResult, Violations,
     convert::{json_to_struct, parse_uuid, timestamp},
-    idempotency, pagination,
+    idempotency,
 };
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool, postgres::PgRow};
 use uuid::Uuid;
 
-use crate::records::{Page, non_negative, parents};
+use crate::records::{list_args, list_page, non_negative, parents};
 use crate::wire;
 
 const MAX_NAME: usize = 200;
@@ -86,10 +86,32 @@ impl From<AgentRow> for pb::AgentExecution {
     }
 }
 
-/// The conversation and message an execution belongs to, checked once its
-/// fields are valid: NOT_FOUND when either is missing. Gives the
-/// conversation's user, whom the stored idempotent answer is about.
-async fn parent(pool: &PgPool, conversation: Uuid, message: Option<Uuid>) -> ApiResult<Uuid> {
+/// The ids of the conversation and message an execution belongs to, checked.
+fn parent_ids(
+    violations: &mut Violations,
+    conversation_id: &str,
+    message_id: &str,
+) -> Option<(Uuid, Option<Uuid>)> {
+    let conversation = violations.check(parse_uuid("execution.conversation_id", conversation_id));
+    let message = violations.check(wire::optional_uuid("execution.message_id", message_id));
+    Some((conversation?, message?))
+}
+
+/// Runs `insert` once per `request_id` of `operation`, after checking the
+/// conversation and message the execution belongs to: NOT_FOUND when either
+/// is missing. The stored answer is about the conversation's user.
+async fn record_once<Req, Resp>(
+    pool: &PgPool,
+    operation: &'static str,
+    request: &Req,
+    request_id: &str,
+    (conversation, message): (Uuid, Option<Uuid>),
+    insert: impl AsyncFnOnce(&mut PgConnection) -> ApiResult<Resp>,
+) -> ApiResult<Resp>
+where
+    Req: prost::Message,
+    Resp: prost::Message + Default,
+{
     let user = parents::conversation_user(pool, conversation).await?;
     if let Some(message) = message {
         parents::message(
@@ -101,14 +123,24 @@ async fn parent(pool: &PgPool, conversation: Uuid, message: Option<Uuid>) -> Api
         )
         .await?;
     }
-    Ok(user)
+    let key = idempotency::Key {
+        operation,
+        request_id,
+        user_id: Some(user),
+    };
+    idempotency::run_once(pool, key, request, insert).await
 }
 
 /// A foreign key refused the insert: the conversation or message was deleted
-/// after [`parent`] found it.
+/// after [`record_once`] found it.
 fn gone(error: sqlx::Error) -> ApiError {
     ApiError::from(error).or_missing(|| "the conversation or message no longer exists".into())
 }
+
+const INSERT_TOOL: &str = "
+    INSERT INTO tool_executions (id, conversation_id, message_id, tool_name, input, output,
+        status, latency_ms, tokens, error)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING *";
 
 #[tracing::instrument(skip_all)]
 pub async fn record_tool(
@@ -119,14 +151,11 @@ pub async fn record_tool(
         return Err(ApiError::invalid("execution", "is required"));
     };
     let mut violations = Violations::default();
-    let conversation = violations.check(parse_uuid(
-        "execution.conversation_id",
+    let parents = parent_ids(
+        &mut violations,
         &execution.conversation_id,
-    ));
-    let message = violations.check(wire::optional_uuid(
-        "execution.message_id",
         &execution.message_id,
-    ));
+    );
     violations.check(wire::required_text(
         "execution.tool_name",
         &execution.tool_name,
@@ -149,43 +178,42 @@ pub async fn record_tool(
     ));
     violations.check(idempotency::check_request_id(&request.request_id));
     violations.into_result()?;
-    let (conversation, message) = (
-        conversation.expect("validated"),
-        message.expect("validated"),
-    );
+    let (conversation, message) = parents.expect("validated");
     let (input, output) = (input.expect("validated"), output.expect("validated"));
 
-    let user = parent(pool, conversation, message).await?;
-    let key = idempotency::Key {
-        operation: "RecordToolExecution",
-        request_id: &request.request_id,
-        user_id: Some(user),
-    };
-    idempotency::run_once(pool, key, &request, async |conn| {
-        let row: ToolRow = sqlx::query_as(
-            "INSERT INTO tool_executions (id, conversation_id, message_id, tool_name, input, output,
-                status, latency_ms, tokens, error)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING *",
-        )
-        .bind(Uuid::now_v7())
-        .bind(conversation)
-        .bind(message)
-        .bind(&execution.tool_name)
-        .bind(&input)
-        .bind(&output)
-        .bind(status)
-        .bind(execution.latency_ms)
-        .bind(execution.tokens)
-        .bind(&execution.error)
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(gone)?;
-        Ok(pb::RecordToolExecutionResponse {
-            execution: Some(row.into()),
-        })
-    })
+    record_once(
+        pool,
+        "RecordToolExecution",
+        &request,
+        &request.request_id,
+        (conversation, message),
+        async |conn| {
+            let row: ToolRow = sqlx::query_as(INSERT_TOOL)
+                .bind(Uuid::now_v7())
+                .bind(conversation)
+                .bind(message)
+                .bind(&execution.tool_name)
+                .bind(&input)
+                .bind(&output)
+                .bind(status)
+                .bind(execution.latency_ms)
+                .bind(execution.tokens)
+                .bind(&execution.error)
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(gone)?;
+            Ok(pb::RecordToolExecutionResponse {
+                execution: Some(row.into()),
+            })
+        },
+    )
     .await
 }
+
+const INSERT_AGENT: &str = "
+    INSERT INTO agent_executions (id, conversation_id, message_id, agent_name, model,
+        status, latency_ms, input_tokens, output_tokens, error, metadata)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING *";
 
 #[tracing::instrument(skip_all)]
 pub async fn record_agent(
@@ -196,14 +224,11 @@ pub async fn record_agent(
         return Err(ApiError::invalid("execution", "is required"));
     };
     let mut violations = Violations::default();
-    let conversation = violations.check(parse_uuid(
-        "execution.conversation_id",
+    let parents = parent_ids(
+        &mut violations,
         &execution.conversation_id,
-    ));
-    let message = violations.check(wire::optional_uuid(
-        "execution.message_id",
         &execution.message_id,
-    ));
+    );
     violations.check(wire::required_text(
         "execution.agent_name",
         &execution.agent_name,
@@ -230,52 +255,61 @@ pub async fn record_agent(
     ));
     violations.check(idempotency::check_request_id(&request.request_id));
     violations.into_result()?;
-    let (conversation, message, metadata) = (
-        conversation.expect("validated"),
-        message.expect("validated"),
-        metadata.expect("validated"),
-    );
+    let ((conversation, message), metadata) =
+        (parents.expect("validated"), metadata.expect("validated"));
 
-    let user = parent(pool, conversation, message).await?;
-    let key = idempotency::Key {
-        operation: "RecordAgentExecution",
-        request_id: &request.request_id,
-        user_id: Some(user),
-    };
-    idempotency::run_once(pool, key, &request, async |conn| {
-        let row: AgentRow = sqlx::query_as(
-            "INSERT INTO agent_executions (id, conversation_id, message_id, agent_name, model,
-                status, latency_ms, input_tokens, output_tokens, error, metadata)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING *",
-        )
-        .bind(Uuid::now_v7())
-        .bind(conversation)
-        .bind(message)
-        .bind(&execution.agent_name)
-        .bind(&execution.model)
-        .bind(status)
-        .bind(execution.latency_ms)
-        .bind(execution.input_tokens)
-        .bind(execution.output_tokens)
-        .bind(&execution.error)
-        .bind(&metadata)
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(gone)?;
-        Ok(pb::RecordAgentExecutionResponse {
-            execution: Some(row.into()),
-        })
-    })
+    record_once(
+        pool,
+        "RecordAgentExecution",
+        &request,
+        &request.request_id,
+        (conversation, message),
+        async |conn| {
+            let row: AgentRow = sqlx::query_as(INSERT_AGENT)
+                .bind(Uuid::now_v7())
+                .bind(conversation)
+                .bind(message)
+                .bind(&execution.agent_name)
+                .bind(&execution.model)
+                .bind(status)
+                .bind(execution.latency_ms)
+                .bind(execution.input_tokens)
+                .bind(execution.output_tokens)
+                .bind(&execution.error)
+                .bind(&metadata)
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(gone)?;
+            Ok(pb::RecordAgentExecutionResponse {
+                execution: Some(row.into()),
+            })
+        },
+    )
     .await
 }
 
-/// A list request's conversation and page, checked.
-fn list_args(conversation_id: &str, page_size: i32, page_token: &str) -> ApiResult<(Uuid, Page)> {
-    let mut violations = Violations::default();
-    let conversation = violations.check(parse_uuid("conversation_id", conversation_id));
-    let page = Page::check(&mut violations, page_size, page_token);
-    violations.into_result()?;
-    Ok((conversation.expect("validated"), page.expect("validated")))
+/// A page of one conversation's executions, which `sql` lists as
+/// [`list_page`] says; an empty page of a conversation that does not exist is
+/// NOT_FOUND.
+async fn list<R, T>(
+    pool: &PgPool,
+    sql: &'static str,
+    conversation_id: &str,
+    page_size: i32,
+    page_token: &str,
+    id: impl Fn(&R) -> Uuid,
+) -> ApiResult<(Vec<T>, String)>
+where
+    R: for<'r> sqlx::FromRow<'r, PgRow> + Send + Unpin + Into<T>,
+{
+    let (conversation, page) =
+        list_args("conversation_id", conversation_id, page_size, page_token)?;
+    let (executions, next_page_token) = list_page(pool, sql, conversation, &page, id).await?;
+    if executions.is_empty() {
+        // An empty page: tell "nothing recorded" from "no such conversation".
+        parents::conversation_user(pool, conversation).await?;
+    }
+    Ok((executions, next_page_token))
 }
 
 #[tracing::instrument(skip_all)]
@@ -283,27 +317,18 @@ pub async fn list_tools(
     pool: &PgPool,
     request: pb::ListToolExecutionsRequest,
 ) -> ApiResult<pb::ListToolExecutionsResponse> {
-    let (conversation, page) = list_args(
+    let (executions, next_page_token) = list(
+        pool,
+        "SELECT * FROM tool_executions WHERE conversation_id = $1 AND ($2::uuid IS NULL OR id > $2)
+         ORDER BY id LIMIT $3",
         &request.conversation_id,
         request.page_size,
         &request.page_token,
-    )?;
-    let mut rows: Vec<ToolRow> = sqlx::query_as(
-        "SELECT * FROM tool_executions WHERE conversation_id = $1 AND ($2::uuid IS NULL OR id > $2)
-         ORDER BY id LIMIT $3",
+        |r: &ToolRow| r.id,
     )
-    .bind(conversation)
-    .bind(page.after)
-    .bind(page.size + 1)
-    .fetch_all(pool)
     .await?;
-    if rows.is_empty() {
-        // An empty page: tell "nothing recorded" from "no such conversation".
-        parents::conversation_user(pool, conversation).await?;
-    }
-    let next_page_token = pagination::next_page(&mut rows, page.size, |r| r.id.to_string());
     Ok(pb::ListToolExecutionsResponse {
-        executions: rows.into_iter().map(Into::into).collect(),
+        executions,
         next_page_token,
     })
 }
@@ -313,27 +338,18 @@ pub async fn list_agents(
     pool: &PgPool,
     request: pb::ListAgentExecutionsRequest,
 ) -> ApiResult<pb::ListAgentExecutionsResponse> {
-    let (conversation, page) = list_args(
+    let (executions, next_page_token) = list(
+        pool,
+        "SELECT * FROM agent_executions WHERE conversation_id = $1 AND ($2::uuid IS NULL OR id > $2)
+         ORDER BY id LIMIT $3",
         &request.conversation_id,
         request.page_size,
         &request.page_token,
-    )?;
-    let mut rows: Vec<AgentRow> = sqlx::query_as(
-        "SELECT * FROM agent_executions WHERE conversation_id = $1 AND ($2::uuid IS NULL OR id > $2)
-         ORDER BY id LIMIT $3",
+        |r: &AgentRow| r.id,
     )
-    .bind(conversation)
-    .bind(page.after)
-    .bind(page.size + 1)
-    .fetch_all(pool)
     .await?;
-    if rows.is_empty() {
-        // An empty page: tell "nothing recorded" from "no such conversation".
-        parents::conversation_user(pool, conversation).await?;
-    }
-    let next_page_token = pagination::next_page(&mut rows, page.size, |r| r.id.to_string());
     Ok(pb::ListAgentExecutionsResponse {
-        executions: rows.into_iter().map(Into::into).collect(),
+        executions,
         next_page_token,
     })
 }

@@ -7,12 +7,11 @@ use mesh_proto::mesh::conversations::v1 as pb;
 use mesh_runtime::{
     ApiError, ApiResult, Violations,
     convert::{from_timestamp, json_to_struct, optional_timestamp, parse_uuid, timestamp},
-    pagination,
 };
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::{Page, non_negative, parents};
+use super::{list_args, list_page, non_negative, parents};
 use crate::wire;
 
 #[derive(sqlx::FromRow)]
@@ -173,23 +172,23 @@ pub async fn list_calls(
     pool: &PgPool,
     request: pb::ListCallsRequest,
 ) -> ApiResult<pb::ListCallsResponse> {
-    let mut violations = Violations::default();
-    let user = violations.check(parse_uuid("user_id", &request.user_id));
-    let page = Page::check(&mut violations, request.page_size, &request.page_token);
-    violations.into_result()?;
-    let (user, page) = (user.expect("validated"), page.expect("validated"));
-    let mut rows: Vec<CallRow> = sqlx::query_as(
+    let (user, page) = list_args(
+        "user_id",
+        &request.user_id,
+        request.page_size,
+        &request.page_token,
+    )?;
+    let (calls, next_page_token) = list_page(
+        pool,
         "SELECT * FROM call_logs WHERE user_id = $1 AND ($2::uuid IS NULL OR id > $2)
          ORDER BY id LIMIT $3",
+        user,
+        &page,
+        |r: &CallRow| r.id,
     )
-    .bind(user)
-    .bind(page.after)
-    .bind(page.size + 1)
-    .fetch_all(pool)
     .await?;
-    let next_page_token = pagination::next_page(&mut rows, page.size, |r| r.id.to_string());
     Ok(pb::ListCallsResponse {
-        calls: rows.into_iter().map(Into::into).collect(),
+        calls,
         next_page_token,
     })
 }

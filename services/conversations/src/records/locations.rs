@@ -5,12 +5,12 @@ use mesh_proto::mesh::conversations::v1 as pb;
 use mesh_runtime::{
     ApiError, ApiResult, FieldViolation, Violations,
     convert::{parse_uuid, timestamp},
-    idempotency, pagination,
+    idempotency,
 };
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::{Page, parents};
+use super::{list_args, list_page, parents};
 use crate::wire;
 
 #[derive(sqlx::FromRow)]
@@ -108,23 +108,23 @@ pub async fn list_locations(
     pool: &PgPool,
     request: pb::ListLocationsRequest,
 ) -> ApiResult<pb::ListLocationsResponse> {
-    let mut violations = Violations::default();
-    let user = violations.check(parse_uuid("user_id", &request.user_id));
-    let page = Page::check(&mut violations, request.page_size, &request.page_token);
-    violations.into_result()?;
-    let (user, page) = (user.expect("validated"), page.expect("validated"));
-    let mut rows: Vec<LocationRow> = sqlx::query_as(
+    let (user, page) = list_args(
+        "user_id",
+        &request.user_id,
+        request.page_size,
+        &request.page_token,
+    )?;
+    let (locations, next_page_token) = list_page(
+        pool,
         "SELECT * FROM user_locations WHERE user_id = $1 AND ($2::uuid IS NULL OR id > $2)
          ORDER BY id LIMIT $3",
+        user,
+        &page,
+        |r: &LocationRow| r.id,
     )
-    .bind(user)
-    .bind(page.after)
-    .bind(page.size + 1)
-    .fetch_all(pool)
     .await?;
-    let next_page_token = pagination::next_page(&mut rows, page.size, |r| r.id.to_string());
     Ok(pb::ListLocationsResponse {
-        locations: rows.into_iter().map(Into::into).collect(),
+        locations,
         next_page_token,
     })
 }

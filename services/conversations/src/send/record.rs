@@ -236,14 +236,7 @@ async fn mark_accepted(
     if row.channel == "whatsapp" {
         windows::note_outbound(&mut tx, updated.user_id).await?;
     }
-    events::emit(
-        &mut tx,
-        events::message_event(
-            pb::EventType::DeliveryStatusChanged,
-            &updated.clone().into_proto(),
-        ),
-    )
-    .await?;
+    delivery::status_changed(&mut tx, &updated).await?;
     let updated = delivery::apply_deferred(&mut tx, updated).await?;
     tx.commit().await?;
     Ok((updated, true))
@@ -288,14 +281,7 @@ pub(super) async fn mark_failed(
         tx.rollback().await?;
         return Ok((load(pool, row.id).await?, false));
     };
-    events::emit(
-        &mut tx,
-        events::message_event(
-            pb::EventType::DeliveryStatusChanged,
-            &updated.clone().into_proto(),
-        ),
-    )
-    .await?;
+    delivery::status_changed(&mut tx, &updated).await?;
     tx.commit().await?;
     Ok((updated, true))
 }
