@@ -1,0 +1,207 @@
+//! The fuzz target, as property tests: arbitrary bytes and arbitrary
+//! JSON into both parsers and both signature checks never panic, every
+//! failure is a `PayloadError` (400), and well-shaped payloads keep their text.
+
+use hmac::{Hmac, Mac};
+use mesh_gateway::signature::{verify_telegram, verify_whatsapp};
+use mesh_gateway::{PayloadError, telegram, whatsapp};
+use proptest::prelude::*;
+use serde_json::{Map, Value, json};
+use sha2::Sha256;
+
+/// Keys and strings the parsers look for, so random JSON reaches deep paths.
+const KEYS: &[&str] = &[
+    "object",
+    "entry",
+    "id",
+    "changes",
+    "field",
+    "value",
+    "metadata",
+    "phone_number_id",
+    "contacts",
+    "profile",
+    "name",
+    "wa_id",
+    "messages",
+    "statuses",
+    "errors",
+    "from",
+    "timestamp",
+    "type",
+    "text",
+    "body",
+    "image",
+    "caption",
+    "location",
+    "latitude",
+    "interactive",
+    "button_reply",
+    "list_reply",
+    "title",
+    "reaction",
+    "emoji",
+    "context",
+    "referral",
+    "status",
+    "pricing",
+    "code",
+    "error_data",
+    "update_id",
+    "message",
+    "edited_message",
+    "callback_query",
+    "message_id",
+    "chat",
+    "date",
+    "is_bot",
+    "first_name",
+    "data",
+    "photo",
+    "reply_to_message",
+];
+const STRINGS: &[&str] = &[
+    "whatsapp_business_account",
+    "messages",
+    "text",
+    "image",
+    "interactive",
+    "failed",
+    "unsupported",
+    "1700000000",
+    "private",
+    "/start abc",
+];
+
+fn arb_json() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(Value::from),
+        any::<u64>().prop_map(Value::from),
+        any::<f64>().prop_map(Value::from), // NaN and infinities become null
+        any::<String>().prop_map(Value::String),
+        prop::sample::select(STRINGS).prop_map(Value::from),
+    ];
+    let key = prop_oneof![
+        prop::sample::select(KEYS).prop_map(String::from),
+        any::<String>()
+    ];
+    leaf.prop_recursive(6, 96, 6, move |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+            prop::collection::vec((key.clone(), inner), 0..8)
+                .prop_map(|kv| Value::Object(kv.into_iter().collect::<Map<_, _>>())),
+        ]
+    })
+}
+
+fn sign(secret: &[u8], body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("any key length");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// Meta's serialisation: non-ASCII as `\uXXXX` UTF-16 escapes.
+fn escape_non_ascii(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    for c in json.chars() {
+        if c.is_ascii() {
+            out.push(c);
+        } else {
+            let mut units = [0u16; 2];
+            for u in c.encode_utf16(&mut units) {
+                out.push_str(&format!("\\u{u:04x}"));
+            }
+        }
+    }
+    out
+}
+
+/// A failure must carry a short, non-empty reason (it becomes the 400 body).
+fn check_error(e: &PayloadError) {
+    let reason = e.to_string();
+    assert!(!reason.is_empty() && reason.len() < 300, "{reason}");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn bytes_never_panic(raw in prop::collection::vec(any::<u8>(), 0..512)) {
+        if let Err(e) = whatsapp::parse(&raw) { check_error(&e); }
+        if let Err(e) = telegram::parse(&raw) { check_error(&e); }
+        let header = String::from_utf8_lossy(&raw);
+        let _ = verify_whatsapp(b"secret", Some(&header), &raw);
+        let _ = verify_whatsapp(&raw, Some(&header), &raw);
+        let _ = verify_telegram("token", Some(&header));
+        let _ = verify_telegram(&header, Some("token"));
+    }
+
+    #[test]
+    fn json_never_panics(v in arb_json(), wrap in any::<bool>()) {
+        // Half the time inside a valid envelope, so the inner paths get hit.
+        let wa = if wrap {
+            json!({"object": "whatsapp_business_account", "entry": [{"id": "1",
+                "changes": [{"field": "messages", "value": v.clone()}]}]})
+        } else { v.clone() };
+        match whatsapp::parse(wa.to_string().as_bytes()) {
+            Ok(d) => {
+                for m in &d.messages { prop_assert!(m.raw.is_object()); }
+            }
+            Err(e) => check_error(&e),
+        }
+        let tg = if wrap { json!({"update_id": 1, "message": v}) } else { v };
+        if let Err(e) = telegram::parse(tg.to_string().as_bytes()) { check_error(&e); }
+    }
+
+    #[test]
+    fn whatsapp_text_round_trips_when_signed(
+        body in any::<String>(), name in any::<String>(), wa_id in "[0-9]{8,15}",
+        wamid in "wamid\\.[A-Za-z0-9=_-]{1,100}", ts in 0i64..=i64::MAX,
+    ) {
+        let payload = json!({"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [
+            {"field": "messages", "value": {"metadata": {"phone_number_id": "p"},
+                "contacts": [{"profile": {"name": name}, "wa_id": wa_id}],
+                "messages": [{"from": wa_id, "id": wamid, "timestamp": ts.to_string(),
+                    "type": "text", "text": {"body": body}}]}}]}]});
+        let raw = escape_non_ascii(&payload.to_string());
+        let header = sign(b"app-secret", raw.as_bytes());
+        prop_assert_eq!(verify_whatsapp(b"app-secret", Some(&header), raw.as_bytes()), Ok(()));
+        let d = whatsapp::parse(raw.as_bytes()).expect("well-shaped");
+        let m = &d.messages[0];
+        prop_assert_eq!(m.text.as_deref(), Some(body.as_str()));
+        prop_assert_eq!(m.profile_name.as_deref(), Some(name.as_str()));
+        prop_assert_eq!((&m.wa_id, &m.id, m.timestamp), (&wa_id, &wamid, ts));
+    }
+
+    #[test]
+    fn telegram_text_round_trips(
+        text in any::<String>(), update_id in any::<i64>(), user_id in any::<i64>(),
+        token in "[A-Za-z0-9_-]{1,64}",
+    ) {
+        let raw = json!({"update_id": update_id, "message": {"message_id": 1,
+            "from": {"id": user_id, "is_bot": false, "first_name": text},
+            "chat": {"id": user_id, "type": "private"}, "date": 1,
+            "text": format!("/start {token}")}}).to_string();
+        let u = telegram::parse(raw.as_bytes()).expect("well-shaped");
+        prop_assert_eq!(u.update_id, update_id);
+        let telegram::UpdateKind::Message(m) = u.kind else { panic!("not a message") };
+        prop_assert_eq!(m.from.map(|f| (f.id, f.first_name)), Some((user_id, text)));
+        prop_assert_eq!(m.text.as_deref().and_then(telegram::start_payload), Some(token.as_str()));
+    }
+}
+
+#[test]
+fn deep_nesting_is_a_400_not_a_stack_overflow() {
+    // serde_json stops at depth 128; this pins that the parsers rely on it.
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    assert!(matches!(
+        whatsapp::parse(deep.as_bytes()),
+        Err(PayloadError::NotJson(_))
+    ));
+    assert!(matches!(
+        telegram::parse(deep.as_bytes()),
+        Err(PayloadError::NotJson(_))
+    ));
+}
