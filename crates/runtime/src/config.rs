@@ -110,16 +110,36 @@ fn database_url(name: &str) -> Result<String, ConfigError> {
     Ok(url)
 }
 
-fn positive(name: &str, default: u32) -> Result<u32, ConfigError> {
-    let value: u32 = parsed_or(name, default)?;
-    if value == 0 {
-        return Err(ConfigError::Invalid {
-            name: name.to_owned(),
-            value: "0".into(),
-            reason: "must be at least 1".into(),
-        });
+/// Reads a count from `name` (`default` when unset), which must not be 0.
+pub fn positive<T>(name: &str, default: T) -> Result<T, ConfigError>
+where
+    T: FromStr + Default + PartialEq,
+    T::Err: std::fmt::Display,
+{
+    let value: T = parsed_or(name, default)?;
+    if value == T::default() {
+        return Err(invalid(name, "0", "must be at least 1"));
     }
     Ok(value)
+}
+
+/// Reads a number of seconds from `name` (`default` when unset), which must
+/// not be 0.
+pub fn positive_seconds(name: &str, default: Duration) -> Result<Duration, ConfigError> {
+    let seconds = parsed_or::<u64>(name, default.as_secs())?;
+    if seconds == 0 {
+        return Err(invalid(name, "0", "must be at least 1 second"));
+    }
+    Ok(Duration::from_secs(seconds))
+}
+
+/// The error for `name`'s `value`, which is wrong for `reason`.
+pub fn invalid(name: &str, value: &str, reason: &str) -> ConfigError {
+    ConfigError::Invalid {
+        name: name.into(),
+        value: value.into(),
+        reason: reason.into(),
+    }
 }
 
 fn tls_files() -> Result<Option<TlsFiles>, ConfigError> {

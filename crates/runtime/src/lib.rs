@@ -18,6 +18,7 @@ pub mod setup;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod validate;
 
 pub use error::{ApiError, ApiResult, Violations};
 pub use tonic_types::FieldViolation;

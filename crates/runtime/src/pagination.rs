@@ -2,10 +2,12 @@
 //! maximum) and an opaque `page_token` holding the last key of the previous
 //! page (keyset pagination: stable under inserts, no OFFSET scans).
 
+use std::str::FromStr;
+
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use uuid::Uuid;
 
-use crate::FieldViolation;
+use crate::{FieldViolation, Violations};
 
 pub const DEFAULT_PAGE_SIZE: i64 = 50;
 pub const MAX_PAGE_SIZE: i64 = 1000;
@@ -46,11 +48,61 @@ fn foreign_token() -> FieldViolation {
     FieldViolation::new("page_token", "is not a token this service issued")
 }
 
+/// A token holding a key of type `T` (parsed from its text form).
+pub fn decode_parsed_token<T: FromStr>(token: &str) -> Result<Option<T>, FieldViolation> {
+    decode_token(token)?
+        .map(|key| key.parse().map_err(|_| foreign_token()))
+        .transpose()
+}
+
 /// A token holding a UUID key.
 pub fn decode_uuid_token(token: &str) -> Result<Option<Uuid>, FieldViolation> {
-    decode_token(token)?
-        .map(|key| Uuid::parse_str(&key).map_err(|_| foreign_token()))
-        .transpose()
+    decode_parsed_token(token)
+}
+
+/// A key a page token can hold: UUIDs, strings and integers.
+pub trait PageKey: Sized {
+    /// The key `token` holds; `None` for an empty token (the first page).
+    fn decode(token: &str) -> Result<Option<Self>, FieldViolation>;
+}
+
+impl PageKey for Uuid {
+    fn decode(token: &str) -> Result<Option<Self>, FieldViolation> {
+        decode_uuid_token(token)
+    }
+}
+
+impl PageKey for String {
+    fn decode(token: &str) -> Result<Option<Self>, FieldViolation> {
+        decode_token(token)
+    }
+}
+
+impl PageKey for i64 {
+    fn decode(token: &str) -> Result<Option<Self>, FieldViolation> {
+        decode_parsed_token(token)
+    }
+}
+
+/// A list request's `page_size` and `page_token`, checked: how many rows to
+/// return and the key to list after (`None` for the first page).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page<K> {
+    pub size: i64,
+    pub after: Option<K>,
+}
+
+impl<K: PageKey> Page<K> {
+    /// Checks `page_size` then `page_token`, recording what is wrong in
+    /// `violations`; `None` when either is invalid.
+    pub fn check(violations: &mut Violations, page_size: i32, page_token: &str) -> Option<Self> {
+        let size = violations.check(self::page_size(page_size));
+        let after = violations.check(K::decode(page_token));
+        Some(Self {
+            size: size?,
+            after: after?,
+        })
+    }
 }
 
 /// Splits one extra fetched row off `rows` and turns it into the next token:
@@ -87,6 +139,11 @@ mod tests {
         assert!(decode_uuid_token("not-a-token").is_err());
         assert!(decode_uuid_token(&encode_token("not-a-uuid")).is_err());
         assert!(decode_token(&encode_token("a\0b")).is_err());
+        assert_eq!(
+            decode_parsed_token::<i64>(&encode_token("42")).unwrap(),
+            Some(42)
+        );
+        assert!(decode_parsed_token::<i64>(&encode_token("x")).is_err());
     }
 
     #[test]

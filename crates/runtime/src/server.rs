@@ -9,7 +9,7 @@
 //! database stops answering), and on SIGTERM/SIGINT drains in-flight requests
 //! for at most the configured grace period.
 
-use std::{future::Future, net::SocketAddr, pin::Pin, sync::Arc, time::Duration};
+use std::{future::Future, net::SocketAddr, pin::Pin, time::Duration};
 
 use anyhow::Context as _;
 use sqlx::{PgPool, migrate::Migrator};
@@ -51,7 +51,7 @@ type HousekeepingFuture = Pin<Box<dyn Future<Output = anyhow::Result<u64>> + Sen
 /// A periodic clean-up: returns how many rows it removed.
 struct Housekeeping {
     what: &'static str,
-    run: Arc<dyn Fn(PgPool) -> HousekeepingFuture + Send + Sync>,
+    run: Box<dyn Fn(PgPool) -> HousekeepingFuture + Send + Sync>,
 }
 
 /// How often the database is checked once the service is up.
@@ -140,7 +140,7 @@ impl Application {
             shutdown,
             housekeeping: vec![Housekeeping {
                 what: "expired idempotency keys",
-                run: Arc::new(|pool| Box::pin(async move { Ok(idempotency::prune(&pool).await?) })),
+                run: Box::new(|pool| Box::pin(async move { Ok(idempotency::prune(&pool).await?) })),
             }],
         })
     }
@@ -156,7 +156,7 @@ impl Application {
     {
         self.housekeeping.push(Housekeeping {
             what,
-            run: Arc::new(move |pool| Box::pin(job(pool))),
+            run: Box::new(move |pool| Box::pin(job(pool))),
         });
         self
     }
@@ -215,28 +215,29 @@ impl Application {
                 },
             );
         let mut server = tokio::spawn(serve);
-        let mut readiness = tokio::spawn(keep_health(
-            pool.clone(),
-            health.clone(),
-            spec,
-            housekeeping,
-        ));
+        let (serving_tx, serving_rx) = tokio::sync::oneshot::channel();
+        let mut readiness =
+            tokio::spawn(keep_health(pool.clone(), health.clone(), spec, serving_tx));
+        let chores = tokio::spawn(run_housekeeping(pool.clone(), serving_rx, housekeeping));
         tracing::info!(service = spec.name, %local_addr, "listening");
 
         tokio::select! {
             () = stop => tracing::info!("stop requested: draining"),
             result = &mut readiness => {
                 server.abort();
+                chores.abort();
                 return Err(result.map_err(anyhow::Error::from).and_then(|r| r).err()
                     .unwrap_or_else(|| anyhow::anyhow!("health task ended")));
             }
             result = &mut server => {
                 readiness.abort();
+                chores.abort();
                 return result?.context("gRPC server failed");
             }
         }
 
         readiness.abort();
+        chores.abort();
         shutdown.cancel();
         for name in health_names(spec) {
             health
@@ -266,13 +267,14 @@ fn health_names(spec: &ServiceSpec) -> impl Iterator<Item = &'static str> {
     std::iter::once("").chain(spec.grpc_services.iter().copied())
 }
 
-/// Waits for the database, migrates it, reports SERVING, then follows the
-/// database's health. Returns only when the migrations fail.
+/// Waits for the database, migrates it, reports SERVING (and says so once on
+/// `first_serving`), then follows the database's health. Returns only when
+/// the migrations fail.
 async fn keep_health(
     pool: PgPool,
     health: HealthReporter,
     spec: &'static ServiceSpec,
-    housekeeping: Vec<Housekeeping>,
+    first_serving: tokio::sync::oneshot::Sender<()>,
 ) -> anyhow::Result<()> {
     let mut delay = Duration::from_millis(100);
     while !db::ping(&pool).await {
@@ -282,18 +284,8 @@ async fn keep_health(
     }
     db::migrate(&pool, spec.migrator).await?;
     let mut serving = false;
-    let mut last_prune: Option<std::time::Instant> = None;
+    let mut first_serving = Some(first_serving);
     loop {
-        if serving && last_prune.is_none_or(|at| at.elapsed() >= HOUSEKEEPING_INTERVAL) {
-            for job in &housekeeping {
-                match (job.run)(pool.clone()).await {
-                    Ok(0) => {}
-                    Ok(deleted) => tracing::info!(deleted, what = job.what, "housekeeping"),
-                    Err(error) => tracing::warn!(%error, what = job.what, "housekeeping failed"),
-                }
-            }
-            last_prune = Some(std::time::Instant::now());
-        }
         let up = db::ping(&pool).await;
         if up != serving {
             let status = if up {
@@ -306,6 +298,10 @@ async fn keep_health(
                 health.set_service_status(name, status).await;
             }
             serving = up;
+            if serving && let Some(first) = first_serving.take() {
+                // The housekeeping task may already be gone (server stopping).
+                let _ = first.send(());
+            }
         }
         tokio::time::sleep(if serving {
             HEALTH_INTERVAL
@@ -313,6 +309,34 @@ async fn keep_health(
             Duration::from_millis(500)
         })
         .await;
+    }
+}
+
+/// Runs the housekeeping jobs every [`HOUSEKEEPING_INTERVAL`], starting one
+/// health interval after the service first reports SERVING. Kept apart from
+/// [`keep_health`] so that a long job never holds up the health checks.
+async fn run_housekeeping(
+    pool: PgPool,
+    first_serving: tokio::sync::oneshot::Receiver<()>,
+    housekeeping: Vec<Housekeeping>,
+) {
+    if first_serving.await.is_err() {
+        return; // Never served: the health task ended.
+    }
+    let mut interval = tokio::time::interval_at(
+        tokio::time::Instant::now() + HEALTH_INTERVAL,
+        HOUSEKEEPING_INTERVAL,
+    );
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        for job in &housekeeping {
+            match (job.run)(pool.clone()).await {
+                Ok(0) => {}
+                Ok(deleted) => tracing::info!(deleted, what = job.what, "housekeeping"),
+                Err(error) => tracing::warn!(%error, what = job.what, "housekeeping failed"),
+            }
+        }
     }
 }
 

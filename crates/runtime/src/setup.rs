@@ -8,7 +8,7 @@ use sqlx::{AssertSqlSafe, PgConnection};
 /// The contexts that own a schema, each through role `mesh_<context>`.
 pub const CONTEXTS: [&str; 5] = ["users", "conversations", "memory", "scheduler", "billing"];
 
-pub const BOOTSTRAP_SQL: &str = include_str!("../../../migrations/bootstrap.sql");
+const BOOTSTRAP_SQL: &str = include_str!("../../../migrations/bootstrap.sql");
 
 /// Gives the connected database its roles, schemas and extensions. Safe to
 /// run again, and from several databases of one cluster at once.
@@ -20,9 +20,9 @@ pub async fn bootstrap(conn: &mut PgConnection) -> sqlx::Result<()> {
 /// Sets `password` on every service role (roles are cluster-wide), for
 /// servers that ask for one.
 pub async fn set_role_passwords(conn: &mut PgConnection, password: &str) -> sqlx::Result<()> {
+    // ALTER ROLE takes no bind parameters; the literal is quoted here.
+    let literal = password.replace('\'', "''");
     for context in CONTEXTS {
-        // ALTER ROLE takes no bind parameters; the literal is quoted here.
-        let literal = password.replace('\'', "''");
         sqlx::raw_sql(AssertSqlSafe(format!(
             "ALTER ROLE mesh_{context} PASSWORD '{literal}'"
         )))

@@ -102,3 +102,99 @@ impl Drop for TestDatabase {
         }
     }
 }
+
+impl TestDatabase {
+    /// Rows in `<schema>.<table>` right now, counted as the superuser.
+    pub async fn count(&self, schema: &str, table: &str) -> i64 {
+        let mut conn = self.admin_connection().await;
+        // Schema and table come from the test's own literals, not input.
+        sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT count(*) FROM {schema}.{table}"
+        )))
+        .fetch_one(&mut conn)
+        .await
+        .unwrap()
+    }
+}
+
+/// The bearer token test services are configured with.
+pub const TOKEN: &str = "test-token";
+
+/// The interceptor type test clients carry.
+pub type Auth = fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>;
+
+/// Adds `authorization: Bearer TOKEN` to every request.
+pub fn bearer(mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {TOKEN}")
+            .parse()
+            .expect("a valid header value"),
+    );
+    Ok(request)
+}
+
+/// A plaintext channel to a test service at `addr`.
+pub async fn channel(addr: std::net::SocketAddr) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("a valid URI")
+        .connect()
+        .await
+        .expect("connect to the service")
+}
+
+/// Polls gRPC health until the whole server reports SERVING.
+pub async fn wait_serving(channel: tonic::transport::Channel) {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    let mut health = HealthClient::new(channel);
+    for _ in 0..300 {
+        let status = health
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .map(|r| r.into_inner().status());
+        if matches!(status, Ok(ServingStatus::Serving)) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("the service never reported SERVING");
+}
+
+/// The field paths a BadRequest status names (asserting it is
+/// INVALID_ARGUMENT with BadRequest details).
+pub fn bad_fields(status: &tonic::Status) -> Vec<String> {
+    use tonic_types::StatusExt;
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    status
+        .get_details_bad_request()
+        .expect("INVALID_ARGUMENT carries BadRequest details")
+        .field_violations
+        .into_iter()
+        .map(|v| v.field)
+        .collect()
+}
+
+/// The lines of the first ```sh block after `heading` in `readme`, trimmed,
+/// with line continuations joined, blank lines left out.
+pub fn readme_sh_lines(readme: &str, heading: &str) -> Vec<String> {
+    let section = readme
+        .split(heading)
+        .nth(1)
+        .unwrap_or_else(|| panic!("README has the {heading:?} section"));
+    let block = section
+        .split("```sh\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .unwrap_or_else(|| panic!("the {heading:?} section has a sh block"));
+    block
+        .replace("\\\n", " ")
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .map(str::to_owned)
+        .collect()
+}

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use mesh_runtime::config::{self, ConfigError, ServiceConfig};
+use mesh_runtime::config::{self, ConfigError, ServiceConfig, invalid, positive_seconds};
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -48,17 +48,10 @@ pub const DEFAULT_EVENT_RETENTION: Duration = Duration::from_secs(7 * 24 * 60 * 
 impl Config {
     pub fn from_env(default_addr: &str) -> Result<Self, ConfigError> {
         let idle_gap = positive_seconds("CONVERSATIONS_IDLE_GAP_SECONDS", DEFAULT_IDLE_GAP)?;
-        let retention_hours = config::parsed_or::<u64>(
+        let retention_hours = config::positive::<u64>(
             "CONVERSATIONS_EVENT_RETENTION_HOURS",
             DEFAULT_EVENT_RETENTION.as_secs() / 3600,
         )?;
-        if retention_hours == 0 {
-            return Err(invalid(
-                "CONVERSATIONS_EVENT_RETENTION_HOURS",
-                "0",
-                "must be at least 1",
-            ));
-        }
         let users_url = config::optional("CONVERSATIONS_USERS_URL")
             .unwrap_or_else(|| "http://127.0.0.1:50051".into());
         check_url("CONVERSATIONS_USERS_URL", &users_url)?;
@@ -87,14 +80,6 @@ impl Config {
     }
 }
 
-fn positive_seconds(name: &str, default: Duration) -> Result<Duration, ConfigError> {
-    let seconds = config::parsed_or::<u64>(name, default.as_secs())?;
-    if seconds == 0 {
-        return Err(invalid(name, "0", "must be at least 1 second"));
-    }
-    Ok(Duration::from_secs(seconds))
-}
-
 fn base_url(name: &str, default: &str) -> Result<String, ConfigError> {
     let value = config::optional(name).unwrap_or_else(|| default.into());
     check_url(name, &value)?;
@@ -106,13 +91,5 @@ fn check_url(name: &str, value: &str) -> Result<(), ConfigError> {
         Ok(())
     } else {
         Err(invalid(name, value, "must start with http:// or https://"))
-    }
-}
-
-fn invalid(name: &str, value: &str, reason: &str) -> ConfigError {
-    ConfigError::Invalid {
-        name: name.into(),
-        value: value.into(),
-        reason: reason.into(),
     }
 }

@@ -171,7 +171,7 @@ pub struct Active {
     /// What changed, for the caller to emit as the last statements of its
     /// transaction: the event head's lock must not be held while waiting on
     /// other locks (an insert can wait on another transaction's unique key).
-    pub events: Vec<pb::Event>,
+    pub events: Vec<events::Event>,
 }
 
 /// The user's active conversation on `channel` within the caller's
@@ -215,7 +215,7 @@ pub async fn active(
             closed = Some(ended.id);
             pending.push(events::conversation_event(
                 pb::EventType::ConversationUpdated,
-                &ended.into_proto(),
+                &ended,
             ));
         }
         let created: Option<ConversationRow> = sqlx::query_as(
@@ -237,7 +237,7 @@ pub async fn active(
         if let Some(created) = created {
             pending.push(events::conversation_event(
                 pb::EventType::ConversationStarted,
-                &created.clone().into_proto(),
+                &created,
             ));
             return Ok(Active {
                 conversation: created,
@@ -261,15 +261,12 @@ pub async fn find(conn: &mut PgConnection, id: Uuid) -> ApiResult<ConversationRo
         .ok_or_else(|| ApiError::not_found(format!("no conversation with id {id}")))
 }
 
-/// Takes the next sequence number of an active conversation and records the
-/// activity. The row stays locked until the caller's transaction ends, which
+/// Takes the next sequence number of an active conversation (the returned
+/// row's `message_count`) and records the activity. The row stays locked until the caller's transaction ends, which
 /// is what makes the numbers gapless: a rolled-back append gives its number
 /// back. NOT_FOUND for no such conversation, FAILED_PRECONDITION when it is
 /// not active.
-pub async fn lock_for_append(
-    conn: &mut PgConnection,
-    id: Uuid,
-) -> ApiResult<(ConversationRow, i64)> {
+pub async fn lock_for_append(conn: &mut PgConnection, id: Uuid) -> ApiResult<ConversationRow> {
     let row: Option<ConversationRow> = sqlx::query_as(
         "UPDATE conversations SET message_count = message_count + 1,
             last_message_time = clock_timestamp()
@@ -279,10 +276,7 @@ pub async fn lock_for_append(
     .fetch_optional(&mut *conn)
     .await?;
     match row {
-        Some(row) => {
-            let seq = row.message_count;
-            Ok((row, seq))
-        }
+        Some(row) => Ok(row),
         None => {
             let existing = find(conn, id).await?;
             Err(ApiError::FailedPrecondition(format!(
@@ -313,15 +307,15 @@ pub async fn list(
 ) -> ApiResult<pb::ListConversationsResponse> {
     let mut violations = Violations::default();
     let user = violations.check(parse_uuid("user_id", &request.user_id));
-    let page_size = violations.check(pagination::page_size(request.page_size));
-    let after = violations.check(pagination::decode_uuid_token(&request.page_token));
+    let page =
+        pagination::Page::<Uuid>::check(&mut violations, request.page_size, &request.page_token);
     let status = violations.check(wire::conversation_status::optional(
         "status",
         request.status,
     ));
     let channel = violations.check(wire::channel::optional("channel", request.channel));
     violations.into_result()?;
-    let page_size = page_size.expect("validated");
+    let page = page.expect("validated");
     let mut rows: Vec<ConversationRow> = sqlx::query_as(
         "SELECT * FROM conversations
          WHERE user_id = $1 AND ($2::uuid IS NULL OR id < $2)
@@ -329,13 +323,13 @@ pub async fn list(
          ORDER BY id DESC LIMIT $5",
     )
     .bind(user.expect("validated"))
-    .bind(after.expect("validated"))
+    .bind(page.after)
     .bind(status.expect("validated"))
     .bind(channel.expect("validated"))
-    .bind(page_size + 1)
+    .bind(page.size + 1)
     .fetch_all(pool)
     .await?;
-    let next_page_token = pagination::next_page(&mut rows, page_size, |c| c.id.to_string());
+    let next_page_token = pagination::next_page(&mut rows, page.size, |c| c.id.to_string());
     Ok(pb::ListConversationsResponse {
         conversations: rows.into_iter().map(ConversationRow::into_proto).collect(),
         next_page_token,
@@ -401,13 +395,12 @@ async fn change_status(
         .await?;
     let conversation = match changed {
         Some(row) => {
-            let conversation = row.into_proto();
             events::emit(
                 &mut tx,
-                events::conversation_event(pb::EventType::ConversationUpdated, &conversation),
+                events::conversation_event(pb::EventType::ConversationUpdated, &row),
             )
             .await?;
-            conversation
+            row.into_proto()
         }
         None => {
             let current = find(&mut tx, id).await?;
@@ -499,14 +492,13 @@ pub async fn update_summary(
     .bind(&metadata)
     .fetch_optional(&mut *tx)
     .await?;
-    let conversation = row
-        .ok_or_else(|| ApiError::not_found(format!("no conversation with id {id}")))?
-        .into_proto();
+    let row = row.ok_or_else(|| ApiError::not_found(format!("no conversation with id {id}")))?;
     events::emit(
         &mut tx,
-        events::conversation_event(pb::EventType::ConversationUpdated, &conversation),
+        events::conversation_event(pb::EventType::ConversationUpdated, &row),
     )
     .await?;
+    let conversation = row.into_proto();
     tx.commit().await?;
     Ok(pb::UpdateConversationSummaryResponse {
         conversation: Some(conversation),

@@ -9,7 +9,11 @@ use mesh_proto::mesh::conversations::v1 as pb;
 use mesh_runtime::{ApiResult, Violations, convert::from_timestamp};
 use sqlx::{PgConnection, PgPool};
 
-use crate::{events, messages::MessageRow, wire};
+use crate::{
+    events,
+    messages::{MESSAGE_COLUMNS, MessageRow},
+    wire,
+};
 
 /// How long a status waits for its message.
 const DEFERRED_RETENTION_DAYS: i32 = 7;
@@ -77,10 +81,11 @@ pub async fn update(
 
     let mut tx = pool.begin().await?;
     lock_provider_id(&mut tx, channel, &request.provider_message_id).await?;
-    let message: Option<MessageRow> = sqlx::query_as(
+    let message: Option<MessageRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         // NO KEY: rows that reference the message (feedback, interactions) stay insertable.
-        "SELECT * FROM messages WHERE channel = $1 AND provider_message_id = $2 FOR NO KEY UPDATE",
-    )
+        "SELECT {MESSAGE_COLUMNS} FROM messages
+         WHERE channel = $1 AND provider_message_id = $2 FOR NO KEY UPDATE"
+    )))
     .bind(channel)
     .bind(&request.provider_message_id)
     .fetch_optional(&mut *tx)
@@ -140,7 +145,7 @@ async fn apply(
     message: MessageRow,
     status: &Status,
 ) -> ApiResult<(MessageRow, bool)> {
-    let updated: Option<MessageRow> = sqlx::query_as(
+    let updated: Option<MessageRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "UPDATE messages SET
             delivery_status = $2,
             sent_time = CASE WHEN $2 = 'sent' THEN $3 ELSE sent_time END,
@@ -154,8 +159,8 @@ async fn apply(
             pricing_category = COALESCE($7, pricing_category)
          WHERE id = $1 AND direction = 'outbound'
            AND delivery_rank($2) > delivery_rank(delivery_status)
-         RETURNING *",
-    )
+         RETURNING {MESSAGE_COLUMNS}"
+    )))
     .bind(message.id)
     .bind(&status.status)
     .bind(status.status_time)
@@ -177,10 +182,7 @@ async fn apply(
 /// Tells the watchers of `message` that its delivery status changed; call it
 /// in the transaction that changed it.
 pub async fn status_changed(conn: &mut PgConnection, message: &MessageRow) -> ApiResult<()> {
-    let event = events::message_event(
-        pb::EventType::DeliveryStatusChanged,
-        &message.clone().into_proto(),
-    );
+    let event = events::message_event(pb::EventType::DeliveryStatusChanged, message);
     events::emit(conn, event).await?;
     Ok(())
 }
@@ -197,23 +199,20 @@ pub async fn apply_deferred(
     };
     lock_provider_id(conn, &message.channel, &provider_id).await?;
     let waiting: Vec<Status> = sqlx::query_as(
-        "DELETE FROM deferred_statuses WHERE channel = $1 AND provider_message_id = $2
-         RETURNING status, status_time, error_code, error_title, error_message, pricing_category",
+        "WITH d AS (
+             DELETE FROM deferred_statuses WHERE channel = $1 AND provider_message_id = $2
+             RETURNING status, status_time, error_code, error_title, error_message,
+                pricing_category)
+         SELECT * FROM d ORDER BY delivery_rank(status)",
     )
     .bind(&message.channel)
     .bind(&provider_id)
     .fetch_all(&mut *conn)
     .await?;
-    let mut waiting = waiting;
-    waiting.sort_by_key(|s| rank(&s.status));
     for status in &waiting {
         message = apply(conn, message, status).await?.0;
     }
     Ok(message)
-}
-
-fn rank(status: &str) -> i32 {
-    wire::delivery_status::parse(status) as i32
 }
 
 /// Deletes deferred statuses whose message never appeared.

@@ -5,14 +5,14 @@
 use chrono::{DateTime, Utc};
 use mesh_proto::mesh::conversations::v1 as pb;
 use mesh_runtime::{
-    ApiError, ApiResult, FieldViolation, Violations,
+    ApiError, ApiResult, Violations,
     convert::{from_timestamp, json_to_struct, optional_timestamp, parse_uuid, timestamp},
     pagination,
 };
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use crate::{conversations, events, windows, wire};
+use crate::{conversations, events, records, windows, wire};
 
 /// A stored message; the feedback columns come from a join where one is made.
 #[derive(sqlx::FromRow, Clone, Debug)]
@@ -46,7 +46,11 @@ pub struct MessageRow {
     pub failed_time: Option<DateTime<Utc>>,
     pub error_code: Option<String>,
     pub error_title: Option<String>,
+    pub error_message: Option<String>,
     pub proactive: bool,
+    /// The encoded request a send came with; loaded only to check a replay
+    /// (every other query selects [`MESSAGE_COLUMNS`]).
+    #[sqlx(default)]
     pub send_request: Option<Vec<u8>>,
     pub send_retryable: bool,
     #[sqlx(default)]
@@ -57,10 +61,88 @@ pub struct MessageRow {
     pub feedback_time: Option<DateTime<Utc>>,
 }
 
+/// The columns of [`MessageRow`] but `send_request` (up to ~130 KiB, read
+/// only to check a replay), each after the literal `$p` (a table alias).
+macro_rules! message_columns {
+    ($p:literal) => {
+        concat!(
+            $p,
+            "id, ",
+            $p,
+            "conversation_id, ",
+            $p,
+            "user_id, ",
+            $p,
+            "channel, ",
+            $p,
+            "sequence_number, ",
+            $p,
+            "direction, ",
+            $p,
+            "role, ",
+            $p,
+            "type, ",
+            $p,
+            "content, ",
+            $p,
+            "media_url, ",
+            $p,
+            "media_provider_id, ",
+            $p,
+            "media_mime_type, ",
+            $p,
+            "media_sha256, ",
+            $p,
+            "media_caption, ",
+            $p,
+            "provider_message_id, ",
+            $p,
+            "reply_to_message_id, ",
+            $p,
+            "reply_to_provider_message_id, ",
+            $p,
+            "metadata, ",
+            $p,
+            "provider_time, ",
+            $p,
+            "create_time, ",
+            $p,
+            "delivery_status, ",
+            $p,
+            "sent_time, ",
+            $p,
+            "delivered_time, ",
+            $p,
+            "read_time, ",
+            $p,
+            "played_time, ",
+            $p,
+            "failed_time, ",
+            $p,
+            "error_code, ",
+            $p,
+            "error_title, ",
+            $p,
+            "error_message, ",
+            $p,
+            "proactive, ",
+            $p,
+            "send_retryable"
+        )
+    };
+}
+
+/// Every column of `messages` a [`MessageRow`] reads but `send_request`.
+pub const MESSAGE_COLUMNS: &str = message_columns!("");
+
 /// Selects messages with their feedback; append a WHERE clause on `m`.
-const SELECT_WITH_FEEDBACK: &str = "SELECT m.*, f.rating AS feedback_rating,
+const SELECT_WITH_FEEDBACK: &str = concat!(
+    "SELECT ",
+    message_columns!("m."),
+    ", f.rating AS feedback_rating,
         f.comment AS feedback_comment, f.update_time AS feedback_time
-     FROM messages m LEFT JOIN message_feedback f ON f.message_id = m.id";
+     FROM messages m LEFT JOIN message_feedback f ON f.message_id = m.id"
+);
 
 impl MessageRow {
     pub fn into_proto(self) -> pb::Message {
@@ -135,7 +217,7 @@ pub struct NewMessage {
 /// Inserts `message` as number `sequence_number` of `conversation`; the
 /// caller holds the conversation's lock ([`conversations::lock_for_append`]).
 /// Returns the raw sqlx error so callers can tell a duplicate provider id
-/// ([`is_duplicate_provider_id`]) from other failures.
+/// ([`violates`] `messages_provider_id`) from other failures.
 pub async fn insert(
     conn: &mut PgConnection,
     conversation: &conversations::ConversationRow,
@@ -162,15 +244,15 @@ pub async fn insert(
         }
         (None, None) => None,
     };
-    sqlx::query_as(
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "INSERT INTO messages (id, conversation_id, user_id, channel, sequence_number, direction,
             role, type, content, media_url, media_provider_id, media_mime_type, media_sha256,
             media_caption, provider_message_id, reply_to_message_id, reply_to_provider_message_id,
             metadata, provider_time, delivery_status, proactive, send_request_id, send_request)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
             $19, $20, $21, $22, $23)
-         RETURNING *",
-    )
+         RETURNING {MESSAGE_COLUMNS}"
+    )))
     .bind(Uuid::now_v7())
     .bind(conversation.id)
     .bind(conversation.user_id)
@@ -198,12 +280,13 @@ pub async fn insert(
     .await
 }
 
-/// The insert lost to another with the same (channel, provider_message_id).
-pub fn is_duplicate_provider_id(error: &sqlx::Error) -> bool {
+/// The statement failed on `constraint`: an insert lost to another with the
+/// same value of a unique key.
+pub fn violates(error: &sqlx::Error, constraint: &str) -> bool {
     error
         .as_database_error()
         .and_then(|e| e.constraint())
-        .is_some_and(|name| name == "messages_provider_id")
+        .is_some_and(|name| name == constraint)
 }
 
 async fn find_by_provider_id(
@@ -211,10 +294,10 @@ async fn find_by_provider_id(
     conversation_id: Uuid,
     provider_message_id: &str,
 ) -> ApiResult<Option<MessageRow>> {
-    Ok(sqlx::query_as(
-        "SELECT * FROM messages WHERE provider_message_id = $2
-           AND channel = (SELECT channel FROM conversations WHERE id = $1)",
-    )
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {MESSAGE_COLUMNS} FROM messages WHERE provider_message_id = $2
+           AND channel = (SELECT channel FROM conversations WHERE id = $1)"
+    )))
     .bind(conversation_id)
     .bind(provider_message_id)
     .fetch_optional(pool)
@@ -381,7 +464,7 @@ pub async fn record_inbound(
         return Ok(duplicate(stored));
     }
     let mut tx = pool.begin().await?;
-    let (conversation, seq) = conversations::lock_for_append(&mut tx, conversation_id).await?;
+    let conversation = conversations::lock_for_append(&mut tx, conversation_id).await?;
     if let Some(reply_to) = message.reply_to_message_id {
         ensure_message_of_user(
             &mut tx,
@@ -391,9 +474,9 @@ pub async fn record_inbound(
         )
         .await?;
     }
-    let stored = match insert(&mut tx, &conversation, seq, &message).await {
+    let stored = match insert(&mut tx, &conversation, conversation.message_count, &message).await {
         Ok(stored) => stored,
-        Err(error) if is_duplicate_provider_id(&error) => {
+        Err(error) if violates(&error, "messages_provider_id") => {
             // A concurrent twin committed first: give back the sequence
             // number, answer with the twin.
             tx.rollback().await?;
@@ -413,12 +496,12 @@ pub async fn record_inbound(
             .map_or(stored.create_time, |t| t.min(stored.create_time));
         windows::note_inbound(&mut tx, conversation.user_id, sent_at, referral).await?;
     }
-    let message = stored.into_proto();
     events::emit(
         &mut tx,
-        events::message_event(pb::EventType::MessageReceived, &message),
+        events::message_event(pb::EventType::MessageReceived, &stored),
     )
     .await?;
+    let message = stored.into_proto();
     tx.commit().await?;
     Ok(pb::RecordInboundMessageResponse {
         message: Some(message),
@@ -472,16 +555,6 @@ pub async fn get(
     })
 }
 
-fn sequence_token(token: &str) -> Result<Option<i64>, FieldViolation> {
-    pagination::decode_token(token)?
-        .map(|key| {
-            key.parse::<i64>().map_err(|_| {
-                FieldViolation::new("page_token", "is not a token this service issued")
-            })
-        })
-        .transpose()
-}
-
 #[tracing::instrument(skip_all)]
 pub async fn list(
     pool: &PgPool,
@@ -489,13 +562,12 @@ pub async fn list(
 ) -> ApiResult<pb::ListMessagesResponse> {
     let mut violations = Violations::default();
     let conversation_id = violations.check(parse_uuid("conversation_id", &request.conversation_id));
-    let page_size = violations.check(pagination::page_size(request.page_size));
-    let after = violations.check(sequence_token(&request.page_token));
+    let page =
+        pagination::Page::<i64>::check(&mut violations, request.page_size, &request.page_token);
     violations.into_result()?;
-    let (conversation_id, page_size, after) = (
+    let (conversation_id, page) = (
         conversation_id.expect("validated"),
-        page_size.expect("validated"),
-        after.expect("validated"),
+        page.expect("validated"),
     );
     let order = if request.descending {
         "AND ($2::bigint IS NULL OR m.sequence_number < $2) ORDER BY m.sequence_number DESC"
@@ -506,16 +578,16 @@ pub async fn list(
         "{SELECT_WITH_FEEDBACK} WHERE m.conversation_id = $1 {order} LIMIT $3"
     )))
     .bind(conversation_id)
-    .bind(after)
-    .bind(page_size + 1)
+    .bind(page.after)
+    .bind(page.size + 1)
     .fetch_all(pool)
     .await?;
     if rows.is_empty() {
         // Tell "no messages (here)" from "no such conversation".
-        conversations::find(&mut *pool.acquire().await?, conversation_id).await?;
+        records::parents::conversation_user(pool, conversation_id).await?;
     }
     let next_page_token =
-        pagination::next_page(&mut rows, page_size, |m| m.sequence_number.to_string());
+        pagination::next_page(&mut rows, page.size, |m| m.sequence_number.to_string());
     Ok(pb::ListMessagesResponse {
         messages: rows.into_iter().map(MessageRow::into_proto).collect(),
         next_page_token,
@@ -558,12 +630,12 @@ pub async fn history(
     let conversation = conversations::find(&mut conn, conversation_id).await?;
     // The newest `limit` that qualify, then oldest first. A failed outbound
     // message never reached the user, so it is not part of what was said.
-    let mut rows: Vec<MessageRow> = sqlx::query_as(
-        "SELECT * FROM messages
+    let mut rows: Vec<MessageRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {MESSAGE_COLUMNS} FROM messages
          WHERE conversation_id = $1 AND ($2::timestamptz IS NULL OR create_time >= $2)
            AND delivery_status IS DISTINCT FROM 'failed'
-         ORDER BY sequence_number DESC LIMIT $3",
-    )
+         ORDER BY sequence_number DESC LIMIT $3"
+    )))
     .bind(conversation_id)
     .bind(since)
     .bind(limit)

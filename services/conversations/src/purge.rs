@@ -36,7 +36,7 @@ pub async fn purge_user(
 ) -> ApiResult<pb::PurgeUserResponse> {
     let mut violations = Violations::default();
     let user = violations.check(parse_uuid("user_id", &request.user_id));
-    if !request.phone.is_empty() && !is_e164(&request.phone) {
+    if !request.phone.is_empty() && !mesh_runtime::validate::is_e164(&request.phone) {
         violations.push("phone", "must be E.164, such as +573001234567");
     }
     violations.check(idempotency::check_request_id(&request.request_id));
@@ -90,11 +90,4 @@ pub async fn purge_user(
         Ok(pb::PurgeUserResponse { deleted })
     })
     .await
-}
-
-fn is_e164(phone: &str) -> bool {
-    let digits = phone.strip_prefix('+').unwrap_or("");
-    (8..=15).contains(&digits.len())
-        && digits.bytes().all(|b| b.is_ascii_digit())
-        && !digits.starts_with('0')
 }

@@ -15,23 +15,9 @@ use mesh_runtime::{ApiResult, FieldViolation, Violations, convert::parse_uuid, p
 use sqlx::{PgPool, postgres::PgRow};
 use uuid::Uuid;
 
-/// A list request's `page_size` and `page_token`, checked. Every list here
-/// pages by id (UUID v7), oldest first.
-pub(crate) struct Page {
-    pub size: i64,
-    pub after: Option<Uuid>,
-}
-
-impl Page {
-    pub fn check(violations: &mut Violations, page_size: i32, page_token: &str) -> Option<Self> {
-        let size = violations.check(pagination::page_size(page_size));
-        let after = violations.check(pagination::decode_uuid_token(page_token));
-        Some(Self {
-            size: size?,
-            after: after?,
-        })
-    }
-}
+/// A list request's page, checked. Every list here pages by id (UUID v7),
+/// oldest first.
+pub(crate) type Page = pagination::Page<Uuid>;
 
 /// A list request's key (the id in `field`: whose records it lists) and
 /// page, checked.

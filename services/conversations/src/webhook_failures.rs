@@ -60,11 +60,7 @@ const MAX_ERROR: usize = 10_000;
 
 /// E.164: `+`, a non-zero digit, then 7 to 14 more digits.
 fn phone(field: &str, value: &str) -> Result<(), FieldViolation> {
-    let digits = value.strip_prefix('+').unwrap_or_default();
-    let valid = (8..=15).contains(&digits.len())
-        && digits.bytes().all(|b| b.is_ascii_digit())
-        && !digits.starts_with('0');
-    if !valid {
+    if !mesh_runtime::validate::is_e164(value) {
         return Err(FieldViolation::new(
             field,
             "must be E.164: + then 8 to 15 digits, not starting with 0",

@@ -75,6 +75,11 @@ text_enum!(delivery_status, DeliveryStatus, "DELIVERY_STATUS_" {
     Pending => "pending", Accepted => "accepted", Sent => "sent",
     Delivered => "delivered", Read => "read", Played => "played", Failed => "failed",
 });
+text_enum!(event_type, EventType, "EVENT_TYPE_" {
+    MessageReceived => "message_received", MessageSent => "message_sent",
+    DeliveryStatusChanged => "delivery_status_changed",
+    ConversationStarted => "conversation_started", ConversationUpdated => "conversation_updated",
+});
 text_enum!(flow_type, FlowType, "FLOW_TYPE_" {
     Navigate => "navigate", DataExchange => "data_exchange",
 });

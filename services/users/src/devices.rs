@@ -123,28 +123,24 @@ pub async fn list(
 ) -> ApiResult<pb::ListDevicesResponse> {
     let mut violations = Violations::default();
     let user = violations.check(parse_uuid("user_id", &request.user_id));
-    let page_size = violations.check(pagination::page_size(request.page_size));
-    let after = violations.check(pagination::decode_token(&request.page_token));
+    let page =
+        pagination::Page::<String>::check(&mut violations, request.page_size, &request.page_token);
     violations.into_result()?;
-    let (user, page_size, after) = (
-        user.expect("validated"),
-        page_size.expect("validated"),
-        after.expect("validated"),
-    );
+    let (user, page) = (user.expect("validated"), page.expect("validated"));
     let mut rows: Vec<DeviceRow> = sqlx::query_as(
         "SELECT * FROM devices WHERE user_id = $1 AND ($2::text IS NULL OR device_id > $2)
          ORDER BY device_id LIMIT $3",
     )
     .bind(user)
-    .bind(&after)
-    .bind(page_size + 1)
+    .bind(&page.after)
+    .bind(page.size + 1)
     .fetch_all(pool)
     .await?;
     if rows.is_empty() {
         // An empty page: tell "no devices" from "no such user".
         users::find(pool, user).await?;
     }
-    let next_page_token = pagination::next_page(&mut rows, page_size, |d| d.device_id.clone());
+    let next_page_token = pagination::next_page(&mut rows, page.size, |d| d.device_id.clone());
     Ok(pb::ListDevicesResponse {
         devices: rows.into_iter().map(Into::into).collect(),
         next_page_token,

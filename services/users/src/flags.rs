@@ -185,18 +185,18 @@ pub async fn list(
     request: pb::ListFeatureFlagsRequest,
 ) -> ApiResult<pb::ListFeatureFlagsResponse> {
     let mut violations = Violations::default();
-    let page_size = violations.check(pagination::page_size(request.page_size));
-    let after = violations.check(pagination::decode_token(&request.page_token));
+    let page =
+        pagination::Page::<String>::check(&mut violations, request.page_size, &request.page_token);
     violations.into_result()?;
-    let (page_size, after) = (page_size.expect("validated"), after.expect("validated"));
+    let page = page.expect("validated");
     let mut rows: Vec<FlagRow> = sqlx::query_as(
         "SELECT * FROM feature_flags WHERE ($1::text IS NULL OR name > $1) ORDER BY name LIMIT $2",
     )
-    .bind(&after)
-    .bind(page_size + 1)
+    .bind(&page.after)
+    .bind(page.size + 1)
     .fetch_all(pool)
     .await?;
-    let next_page_token = pagination::next_page(&mut rows, page_size, |f| f.name.clone());
+    let next_page_token = pagination::next_page(&mut rows, page.size, |f| f.name.clone());
     Ok(pb::ListFeatureFlagsResponse {
         flags: rows.into_iter().map(Into::into).collect(),
         next_page_token,
@@ -274,10 +274,9 @@ mod tests {
     fn buckets_are_stable_and_spread() {
         // Pinned values: a change here would move users in and out of rollouts.
         let user = Uuid::parse_str("01890a5d-ac96-774b-bcce-b302099a8057").unwrap();
-        assert_eq!(
-            rollout_bucket("new_onboarding", user),
-            rollout_bucket("new_onboarding", user)
-        );
+        // FNV-1a 64 of "<flag>:<user>", mod 100.
+        assert_eq!(rollout_bucket("new_onboarding", user), 61);
+        assert_eq!(rollout_bucket("dark_mode", user), 23);
         let mut counts = [0u32; 10];
         for _ in 0..10_000 {
             counts[(rollout_bucket("f", Uuid::new_v4()) / 10) as usize] += 1;

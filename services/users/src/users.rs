@@ -430,8 +430,8 @@ pub async fn list(
     request: pb::ListUsersRequest,
 ) -> ApiResult<pb::ListUsersResponse> {
     let mut violations = Violations::default();
-    let page_size = violations.check(pagination::page_size(request.page_size));
-    let after = violations.check(pagination::decode_uuid_token(&request.page_token));
+    let page =
+        pagination::Page::<Uuid>::check(&mut violations, request.page_size, &request.page_token);
     let since = request
         .last_message_after
         .as_ref()
@@ -441,10 +441,10 @@ pub async fn list(
         .as_ref()
         .and_then(|t| violations.check(from_timestamp("last_message_before", t)));
     violations.into_result()?;
-    let (page_size, after) = (page_size.expect("validated"), after.expect("validated"));
+    let page = page.expect("validated");
 
     let mut query = QueryBuilder::<Postgres>::new("SELECT * FROM users WHERE true");
-    if let Some(after) = after {
+    if let Some(after) = page.after {
         query.push(" AND id > ").push_bind(after);
     }
     if let Some(active) = request.is_active {
@@ -456,9 +456,9 @@ pub async fn list(
     if let Some(before) = before {
         query.push(" AND last_message_time < ").push_bind(before);
     }
-    query.push(" ORDER BY id LIMIT ").push_bind(page_size + 1);
+    query.push(" ORDER BY id LIMIT ").push_bind(page.size + 1);
     let mut rows: Vec<UserRow> = query.build_query_as().fetch_all(pool).await?;
-    let next_page_token = pagination::next_page(&mut rows, page_size, |row| row.id.to_string());
+    let next_page_token = pagination::next_page(&mut rows, page.size, |row| row.id.to_string());
     Ok(pb::ListUsersResponse {
         users: rows.into_iter().map(Into::into).collect(),
         next_page_token,
@@ -492,8 +492,9 @@ pub async fn delete(
     violations.check(idempotency::check_request_id(&request.request_id));
     violations.into_result()?;
     let id = id.expect("validated");
+    const OPERATION: &str = "DeleteUser";
     let key = idempotency::Key {
-        operation: "DeleteUser",
+        operation: OPERATION,
         request_id: &request.request_id,
         user_id: Some(id),
     };
@@ -517,7 +518,7 @@ pub async fn delete(
         .execute(&mut *conn)
         .await?;
         // Stored answers of earlier calls (CreateUser's holds the phone and names).
-        idempotency::forget_user(conn, id, "DeleteUser").await?;
+        idempotency::forget_user(conn, id, OPERATION).await?;
         Ok(pb::DeleteUserResponse {})
     })
     .await

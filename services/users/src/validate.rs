@@ -17,11 +17,9 @@ pub fn phone(field: &str, raw: &str) -> Result<String, FieldViolation> {
         .filter(|c| !matches!(c, ' ' | '-' | '.' | '(' | ')'))
         .collect();
     let digits = compact.strip_prefix('+').unwrap_or(&compact);
-    let valid = (8..=15).contains(&digits.len())
-        && digits.bytes().all(|b| b.is_ascii_digit())
-        && !digits.starts_with('0');
-    if valid {
-        Ok(format!("+{digits}"))
+    let e164 = format!("+{digits}");
+    if mesh_runtime::validate::is_e164(&e164) {
+        Ok(e164)
     } else {
         Err(FieldViolation::new(
             field,

@@ -131,25 +131,21 @@ pub async fn list_workspaces(
         "" => Some(None),
         raw => violations.check(parse_uuid("owner_user_id", raw)).map(Some),
     };
-    let page_size = violations.check(pagination::page_size(request.page_size));
-    let after = violations.check(pagination::decode_uuid_token(&request.page_token));
+    let page =
+        pagination::Page::<Uuid>::check(&mut violations, request.page_size, &request.page_token);
     violations.into_result()?;
-    let (owner, page_size, after) = (
-        owner.expect("validated"),
-        page_size.expect("validated"),
-        after.expect("validated"),
-    );
+    let (owner, page) = (owner.expect("validated"), page.expect("validated"));
     let mut rows: Vec<WorkspaceRow> = sqlx::query_as(
         "SELECT * FROM workspaces
          WHERE ($1::uuid IS NULL OR owner_user_id = $1) AND ($2::uuid IS NULL OR id > $2)
          ORDER BY id LIMIT $3",
     )
     .bind(owner)
-    .bind(after)
-    .bind(page_size + 1)
+    .bind(page.after)
+    .bind(page.size + 1)
     .fetch_all(pool)
     .await?;
-    let next_page_token = pagination::next_page(&mut rows, page_size, |w| w.id.to_string());
+    let next_page_token = pagination::next_page(&mut rows, page.size, |w| w.id.to_string());
     Ok(pb::ListWorkspacesResponse {
         workspaces: rows.into_iter().map(Into::into).collect(),
         next_page_token,
@@ -180,11 +176,17 @@ pub async fn create_project(
     violations.into_result()?;
     let (workspace, name) = (workspace.expect("validated"), name.expect("validated"));
     // The stored answer is about the workspace owner: erasing them erases it.
-    let owner = find_workspace(pool, workspace).await?.owner_user_id;
+    // Only a request that is remembered needs the owner; without one a
+    // missing workspace is told by the insert (the foreign key) instead.
+    let owner = if request.request_id.is_empty() {
+        None
+    } else {
+        Some(find_workspace(pool, workspace).await?.owner_user_id)
+    };
     let key = idempotency::Key {
         operation: "CreateProject",
         request_id: &request.request_id,
-        user_id: Some(owner),
+        user_id: owner,
     };
     idempotency::run_once(pool, key, &request, async |conn| {
         let row: ProjectRow = sqlx::query_as(
@@ -234,28 +236,24 @@ pub async fn list_projects(
 ) -> ApiResult<pb::ListProjectsResponse> {
     let mut violations = Violations::default();
     let workspace = violations.check(parse_uuid("workspace_id", &request.workspace_id));
-    let page_size = violations.check(pagination::page_size(request.page_size));
-    let after = violations.check(pagination::decode_uuid_token(&request.page_token));
+    let page =
+        pagination::Page::<Uuid>::check(&mut violations, request.page_size, &request.page_token);
     violations.into_result()?;
-    let (workspace, page_size, after) = (
-        workspace.expect("validated"),
-        page_size.expect("validated"),
-        after.expect("validated"),
-    );
+    let (workspace, page) = (workspace.expect("validated"), page.expect("validated"));
     let mut rows: Vec<ProjectRow> = sqlx::query_as(
         "SELECT * FROM projects WHERE workspace_id = $1 AND ($2::uuid IS NULL OR id > $2)
          ORDER BY id LIMIT $3",
     )
     .bind(workspace)
-    .bind(after)
-    .bind(page_size + 1)
+    .bind(page.after)
+    .bind(page.size + 1)
     .fetch_all(pool)
     .await?;
     if rows.is_empty() {
         // An empty page: tell "no projects" from "no such workspace".
         find_workspace(pool, workspace).await?;
     }
-    let next_page_token = pagination::next_page(&mut rows, page_size, |p| p.id.to_string());
+    let next_page_token = pagination::next_page(&mut rows, page.size, |p| p.id.to_string());
     Ok(pb::ListProjectsResponse {
         projects: rows.into_iter().map(Into::into).collect(),
         next_page_token,

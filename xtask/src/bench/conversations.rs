@@ -22,21 +22,14 @@ use sqlx::{
     postgres::{PgConnectOptions, PgListener, PgPoolOptions},
 };
 use tokio::sync::watch;
-use tonic::{
-    Request, Status, metadata::MetadataValue, service::interceptor::InterceptedService,
-    transport::Channel,
-};
+use tonic::{service::interceptor::InterceptedService, transport::Channel};
 use uuid::Uuid;
 
 use super::{
-    Measurement, Options, Service, TOKEN, latency_histogram, measure, peak_rss_mib, print_table,
-    with_service_cpu,
+    Auth, Measurement, Options, Roles, Service, bearer, latency_histogram, measure, peak_rss_note,
+    print_table, run_bench, spread, with_service_cpu,
 };
-use crate::{
-    postgres::{self, Install, Postgres, Source},
-    setting,
-    tools::Paths,
-};
+use crate::tools::Paths;
 
 const DATABASE: &str = "mesh_bench_conversations";
 /// Conversations (each its own user) the spread workload writes to.
@@ -47,70 +40,28 @@ const LAG_SAMPLES: usize = 1_000;
 const NOTIFY_CHANNEL: &str = "conversation_events";
 
 pub async fn run(options: &Options) -> Result<()> {
-    let paths = Paths::discover()?;
-    let source = Source::from_env(&paths)?;
-    crate::up::build(&paths)?;
-    let options = *options;
-    // Load and clients on a multi-threaded runtime of their own, as in the
-    // users bench: xtask's own runtime is single-threaded.
-    tokio::task::spawn_blocking(move || {
-        tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()?
-            .block_on(bench(paths, source, options))
-    })
-    .await?
+    // The conversations service is configured with the users service.
+    run_bench(
+        options,
+        &["users", "conversations"],
+        DATABASE,
+        |paths, admin_url, options| async move { measure_all(&paths, &admin_url, options).await },
+    )
+    .await
 }
 
-async fn bench(paths: Paths, source: Source, options: Options) -> Result<()> {
-    let (_server, admin_url) = match source {
-        Source::External(url) => (None, url),
-        Source::Local(binary) => {
-            let server = Postgres::throwaway(Install::prepare(&binary)?)?;
-            let url = server.url("postgres");
-            (Some(server), url)
-        }
-    };
-    if !postgres::create_database(&admin_url, DATABASE).await? {
-        bail!("database {DATABASE} already exists on that server: drop it first");
-    }
-    let outcome = measure_all(&paths, &admin_url, options).await;
-    if let Ok(mut conn) = postgres::connect(&admin_url, None).await {
-        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)"
-        )))
-        .execute(&mut conn)
-        .await;
-    }
-    outcome
-}
-
-type Auth = fn(Request<()>) -> Result<Request<()>, Status>;
 type Client = ConversationsServiceClient<InterceptedService<Channel, Auth>>;
 
-fn bearer(mut request: Request<()>) -> Result<Request<()>, Status> {
-    request.metadata_mut().insert(
-        "authorization",
-        MetadataValue::try_from(format!("Bearer {TOKEN}")).expect("ASCII"),
-    );
-    Ok(request)
-}
-
 async fn measure_all(paths: &Paths, admin_url: &str, options: Options) -> Result<()> {
-    postgres::bootstrap(admin_url, DATABASE).await?;
-    let password = setting("MESH_DB_PASSWORD");
-    if let Some(password) = &password {
-        postgres::set_passwords(admin_url, password).await?;
-    }
-    let login = |role: &str| postgres::with_login(admin_url, role, password.as_deref(), DATABASE);
-    let service_url = login("mesh_conversations")?;
+    let roles = Roles::prepare(admin_url, DATABASE).await?;
+    let service_url = roles.url("mesh_conversations")?;
 
     // Only SendMessage asks the users service (for recipients), but the
     // conversations service is configured with it, as in production.
     let mut users = Service::start(
         paths,
         "users",
-        &[("USERS_DATABASE_URL", login("mesh_users")?)],
+        &[("USERS_DATABASE_URL", roles.url("mesh_users")?)],
     )?;
     users.wait_serving().await?;
     let mut service = Service::start(
@@ -140,6 +91,15 @@ async fn measure_all(paths: &Paths, admin_url: &str, options: Options) -> Result
         "xtask: measuring {} requests per workload, {} in flight",
         options.requests, options.concurrency
     );
+    let spread_workload = format!(
+        "RecordInboundMessage ({} conversations)",
+        thousands(CONVERSATIONS)
+    );
+    let loaded = format!(
+        "{} writers, {} conversations",
+        options.concurrency,
+        thousands(CONVERSATIONS)
+    );
 
     // The gRPC side: one WatchEvents subscriber for all of it.
     let pid = service.child.id();
@@ -147,13 +107,7 @@ async fn measure_all(paths: &Paths, admin_url: &str, options: Options) -> Result
     let subscriber = tokio::spawn(subscribe(client.clone(), grpc_lag.clone()));
     let spread_grpc = with_service_cpu(
         pid,
-        inbound_grpc(
-            "RecordInboundMessage (1,000 conversations)",
-            &client,
-            &spread,
-            Some(&grpc_lag),
-            options,
-        ),
+        inbound_grpc(&spread_workload, &client, &spread, Some(&grpc_lag), options),
     )
     .await?;
     let loaded_grpc = grpc_lag.finish(expected_writes(options)).await;
@@ -184,7 +138,7 @@ async fn measure_all(paths: &Paths, admin_url: &str, options: Options) -> Result
     listener.listen(NOTIFY_CHANNEL).await?;
     let listening = tokio::spawn(listen(listener, direct_lag.clone()));
     let spread_direct = inbound_direct(
-        "RecordInboundMessage (1,000 conversations)",
+        &spread_workload,
         &direct,
         &spread,
         Some(&direct_lag),
@@ -203,17 +157,14 @@ async fn measure_all(paths: &Paths, admin_url: &str, options: Options) -> Result
     let idle_direct = idle_lag_direct(&direct, &spread, &direct_lag).await?;
     listening.abort();
 
-    let rss = peak_rss_mib(pid);
+    let rss = peak_rss_note("conversations", pid);
     service.stop();
     users.stop();
     print_table(
         "cargo xtask bench conversations",
         &[(spread_grpc, spread_direct), (hot_grpc, hot_direct)],
         &[
-            format!(
-                "conversations service (release) peak RSS: {}",
-                rss.map_or("unknown".into(), |mib| format!("{mib:.1} MiB"))
-            ),
+            rss,
             format!(
                 "{} requests in flight; service pool {} connections (one is the event listener's), direct pool {}; client, services and Postgres share the machine; Postgres runs with fsync=off and synchronous_commit=off",
                 options.concurrency,
@@ -239,23 +190,28 @@ async fn measure_all(paths: &Paths, admin_url: &str, options: Options) -> Result
             "Postgres: transaction → LISTEN",
             &idle_direct,
         ),
-        (
-            "16 writers, 1,000 conversations",
-            "gRPC: RecordInbound → WatchEvents",
-            &loaded_grpc,
-        ),
-        (
-            "16 writers, 1,000 conversations",
-            "Postgres: transaction → LISTEN",
-            &loaded_direct,
-        ),
+        (&loaded, "gRPC: RecordInbound → WatchEvents", &loaded_grpc),
+        (&loaded, "Postgres: transaction → LISTEN", &loaded_direct),
     ]);
     Ok(())
 }
 
 /// Measured plus warm-up requests of one workload.
 fn expected_writes(options: Options) -> usize {
-    options.requests + (options.requests / 10).max(options.concurrency)
+    options.requests + options.warm_up()
+}
+
+/// `n` with commas between thousands: 1000 -> "1,000".
+fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, digit) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(digit);
+    }
+    out
 }
 
 /// `n` WhatsApp conversations, each of a new user id.
@@ -302,20 +258,21 @@ fn provider_id(workload: &str, via: &str, i: usize) -> String {
 
 /// The i-th request's conversation, spreading requests over all of them.
 fn pick(conversations: &[Uuid], i: usize) -> Uuid {
-    conversations[i.wrapping_mul(7919) % conversations.len()]
+    conversations[spread(i, conversations.len())]
 }
 
 async fn inbound_grpc(
-    workload: &'static str,
+    workload: &str,
     client: &Client,
     conversations: &Arc<Vec<Uuid>>,
     lag: Option<&Arc<LagProbe>>,
     options: Options,
 ) -> Result<Measurement> {
     let (client, conversations, lag) = (client.clone(), conversations.clone(), lag.cloned());
+    let name = workload.to_owned();
     measure(workload, "gRPC", options, move |i| {
         let mut client = client.clone();
-        let provider_id = provider_id(workload, "grpc", i);
+        let provider_id = provider_id(&name, "grpc", i);
         let request = inbound_request(pick(&conversations, i), &provider_id);
         if let Some(lag) = &lag {
             lag.start(provider_id);
@@ -332,17 +289,18 @@ async fn inbound_grpc(
 }
 
 async fn inbound_direct(
-    workload: &'static str,
+    workload: &str,
     pool: &PgPool,
     conversations: &Arc<Vec<Uuid>>,
     lag: Option<&Arc<LagProbe>>,
     options: Options,
 ) -> Result<Measurement> {
     let (pool, conversations, lag) = (pool.clone(), conversations.clone(), lag.cloned());
+    let name = workload.to_owned();
     measure(workload, "Postgres", options, move |i| {
         let (pool, lag) = (pool.clone(), lag.clone());
         let conversation = pick(&conversations, i);
-        let provider_id = provider_id(workload, "direct", i);
+        let provider_id = provider_id(&name, "direct", i);
         async move {
             insert_inbound(&pool, conversation, &provider_id, lag.as_deref()).await?;
             Ok(())
@@ -585,4 +543,16 @@ fn print_lag(rows: &[(&str, &str, &Histogram<u64>)]) {
         );
     }
     println!();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::thousands;
+
+    #[test]
+    fn thousands_get_commas() {
+        assert_eq!(thousands(7), "7");
+        assert_eq!(thousands(1_000), "1,000");
+        assert_eq!(thousands(1_234_567), "1,234,567");
+    }
 }

@@ -19,9 +19,13 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use hdrhistogram::Histogram;
-use tonic::transport::Channel;
+use tonic::{Request, Status, metadata::MetadataValue, transport::Channel};
 
-use crate::{process::die_with_parent, tools::Paths};
+use crate::{
+    postgres::{self, Source},
+    process::die_with_parent,
+    tools::Paths,
+};
 
 /// The bearer token the benches' services are started with.
 pub const TOKEN: &str = "bench-token";
@@ -50,6 +54,11 @@ pub struct Options {
 }
 
 impl Options {
+    /// Warm-up requests before each measured workload.
+    pub fn warm_up(&self) -> usize {
+        (self.requests / 10).max(self.concurrency)
+    }
+
     fn parse(args: &[String]) -> Result<Self> {
         let mut options = Self {
             requests: 20_000,
@@ -68,9 +77,115 @@ impl Options {
     }
 }
 
+/// Builds `services` (release), then on a multi-threaded runtime of its own
+/// (xtask's own runtime is single-threaded, which would cap the load
+/// generator): takes a server (DATABASE_URL's or a throwaway one), creates
+/// `database` on it, runs `measure_all(paths, admin_url, options)`, and drops
+/// the database again whatever happened.
+pub async fn run_bench<F, Fut>(
+    options: &Options,
+    services: &[&str],
+    database: &'static str,
+    measure_all: F,
+) -> Result<()>
+where
+    F: FnOnce(Paths, String, Options) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<()>>,
+{
+    let paths = Paths::discover()?;
+    let source = Source::from_env(&paths)?;
+    crate::up::build(&paths, services)?;
+    let options = *options;
+    tokio::task::spawn_blocking(move || {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(async move {
+                let (_server, admin_url) = source.throwaway()?;
+                if !postgres::create_database(&admin_url, database).await? {
+                    bail!("database {database} already exists on that server: drop it first");
+                }
+                let outcome = measure_all(paths, admin_url.clone(), options).await;
+                drop_database(&admin_url, database).await;
+                outcome
+            })
+    })
+    .await?
+}
+
+/// Best effort: a failure here must not hide the bench's own outcome.
+async fn drop_database(admin_url: &str, database: &str) {
+    if let Ok(mut conn) = postgres::connect(admin_url, None).await {
+        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {database} WITH (FORCE)"
+        )))
+        .execute(&mut conn)
+        .await;
+    }
+}
+
+/// How the services log in to the bench database.
+pub struct Roles {
+    admin_url: String,
+    password: Option<String>,
+    database: &'static str,
+}
+
+impl Roles {
+    /// Bootstraps `database` (roles, schemas) and sets the roles' password
+    /// when MESH_DB_PASSWORD asks for one.
+    pub async fn prepare(admin_url: &str, database: &'static str) -> Result<Self> {
+        postgres::bootstrap(admin_url, database).await?;
+        let password = mesh_runtime::config::optional("MESH_DB_PASSWORD");
+        if let Some(password) = &password {
+            postgres::set_passwords(admin_url, password).await?;
+        }
+        Ok(Self {
+            admin_url: admin_url.to_owned(),
+            password,
+            database,
+        })
+    }
+
+    /// A URL logging in as `role` to the bench database.
+    pub fn url(&self, role: &str) -> Result<String> {
+        postgres::with_login(
+            &self.admin_url,
+            role,
+            self.password.as_deref(),
+            self.database,
+        )
+    }
+}
+
+/// The interceptor type of [`bearer`], for naming clients.
+pub type Auth = fn(Request<()>) -> Result<Request<()>, Status>;
+
+/// Adds the bench token to every request of a client.
+pub fn bearer(mut request: Request<()>) -> Result<Request<()>, Status> {
+    request.metadata_mut().insert(
+        "authorization",
+        MetadataValue::try_from(format!("Bearer {TOKEN}")).expect("ASCII"),
+    );
+    Ok(request)
+}
+
+/// The i-th request's index among `n` keys, spreading requests over all of them.
+pub fn spread(i: usize, n: usize) -> usize {
+    i.wrapping_mul(7919) % n
+}
+
+/// The notes line giving a service's peak resident memory so far.
+pub fn peak_rss_note(name: &str, pid: u32) -> String {
+    format!(
+        "{name} service (release) peak RSS: {}",
+        peak_rss_mib(pid).map_or("unknown".into(), |mib| format!("{mib:.1} MiB"))
+    )
+}
+
 /// What one workload measured.
 pub struct Measurement {
-    pub workload: &'static str,
+    pub workload: String,
     pub via: &'static str,
     pub requests: usize,
     pub errors: usize,
@@ -93,7 +208,7 @@ impl Measurement {
 /// Runs `call(i)` for i in 0..requests with `concurrency` calls in flight,
 /// after a warm-up; every call's latency is recorded.
 pub async fn measure<F, Fut>(
-    workload: &'static str,
+    workload: &str,
     via: &'static str,
     options: Options,
     call: F,
@@ -103,7 +218,7 @@ where
     Fut: Future<Output = Result<()>> + Send,
 {
     let call = Arc::new(call);
-    let warm_up = (options.requests / 10).max(options.concurrency);
+    let warm_up = options.warm_up();
     // Warm-up requests use indices past the measured ones, so a workload that
     // creates rows never repeats a key.
     drive(
@@ -120,7 +235,7 @@ where
         options.requests as f64 / elapsed.as_secs_f64()
     );
     Ok(Measurement {
-        workload,
+        workload: workload.to_owned(),
         via,
         requests: options.requests,
         errors,
@@ -194,9 +309,7 @@ pub struct Service {
 impl Service {
     /// Starts target/release/`name` with `<NAME>_ADDR`, the bench token and `env`.
     pub fn start(paths: &Paths, name: &'static str, env: &[(&str, String)]) -> Result<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
+        let port = postgres::free_port()?;
         let addr = format!("127.0.0.1:{port}");
         let log = paths.tools.join("logs").join(format!("bench-{name}.log"));
         std::fs::create_dir_all(log.parent().expect("has a parent"))?;
@@ -331,7 +444,7 @@ pub fn machine() -> String {
 }
 
 /// Peak resident memory (VmHWM) of a process, in MiB.
-pub fn peak_rss_mib(pid: u32) -> Option<f64> {
+fn peak_rss_mib(pid: u32) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()

@@ -9,69 +9,31 @@ use mesh_proto::mesh::users::v1::{
     GetUserRequest, UpsertUserByPhoneRequest, users_service_client::UsersServiceClient,
 };
 use sqlx::postgres::PgPoolOptions;
-use tonic::{Request, metadata::MetadataValue, transport::Channel};
+use tonic::{service::interceptor::InterceptedService, transport::Channel};
 
-use super::{Measurement, Options, Service, measure, peak_rss_mib, print_table, with_service_cpu};
-use crate::{
-    postgres::{self, Install, Postgres, Source},
-    setting,
-    tools::Paths,
+use super::{
+    Auth, Measurement, Options, Roles, Service, bearer, measure, peak_rss_note, print_table,
+    run_bench, spread, with_service_cpu,
 };
+use crate::{postgres, tools::Paths};
 
 /// Users seeded before measuring.
 const SEEDED: usize = 10_000;
 const DATABASE: &str = "mesh_bench_users";
 
 pub async fn run(options: &Options) -> Result<()> {
-    let paths = Paths::discover()?;
-    let source = Source::from_env(&paths)?;
-    crate::up::build(&paths)?;
-    let options = *options;
-    // Load and clients on a multi-threaded runtime of their own: xtask's own
-    // runtime is single-threaded, which would cap the load generator.
-    tokio::task::spawn_blocking(move || {
-        tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()?
-            .block_on(bench(paths, source, options))
-    })
-    .await?
-}
-
-async fn bench(paths: Paths, source: Source, options: Options) -> Result<()> {
-    let (_server, admin_url) = match source {
-        Source::External(url) => (None, url),
-        Source::Local(binary) => {
-            let server = Postgres::throwaway(Install::prepare(&binary)?)?;
-            let url = server.url("postgres");
-            (Some(server), url)
-        }
-    };
-    if !postgres::create_database(&admin_url, DATABASE).await? {
-        bail!("database {DATABASE} already exists on that server: drop it first");
-    }
-    let outcome = measure_all(&paths, &admin_url, options).await;
-    drop_database(&admin_url).await;
-    outcome
-}
-
-async fn drop_database(admin_url: &str) {
-    if let Ok(mut conn) = postgres::connect(admin_url, None).await {
-        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)"
-        )))
-        .execute(&mut conn)
-        .await;
-    }
+    run_bench(
+        options,
+        &["users"],
+        DATABASE,
+        |paths, admin_url, options| async move { measure_all(&paths, &admin_url, options).await },
+    )
+    .await
 }
 
 async fn measure_all(paths: &Paths, admin_url: &str, options: Options) -> Result<()> {
-    postgres::bootstrap(admin_url, DATABASE).await?;
-    let password = setting("MESH_DB_PASSWORD");
-    if let Some(password) = &password {
-        postgres::set_passwords(admin_url, password).await?;
-    }
-    let service_url = postgres::with_login(admin_url, "mesh_users", password.as_deref(), DATABASE)?;
+    let roles = Roles::prepare(admin_url, DATABASE).await?;
+    let service_url = roles.url("mesh_users")?;
 
     let mut service = Service::start(
         paths,
@@ -91,7 +53,7 @@ async fn measure_all(paths: &Paths, admin_url: &str, options: Options) -> Result
                 .options([("search_path", "users,public")]),
         )
         .await?;
-    let client = UsersServiceClient::new(channel);
+    let client: Client = UsersServiceClient::with_interceptor(channel, bearer as Auth);
     let seeded = Arc::new(seeded);
     println!(
         "xtask: measuring {} requests per workload, {} in flight",
@@ -113,16 +75,13 @@ async fn measure_all(paths: &Paths, admin_url: &str, options: Options) -> Result
             insert_new(&direct, options).await?,
         ),
     ];
-    let rss = peak_rss_mib(service.child.id());
+    let rss = peak_rss_note("users", pid);
     service.stop();
     print_table(
         "cargo xtask bench users",
         &rows,
         &[
-            format!(
-                "users service (release) peak RSS: {}",
-                rss.map_or("unknown".into(), |mib| format!("{mib:.1} MiB"))
-            ),
+            rss,
             format!(
                 "{SEEDED} users seeded; {} requests in flight; service pool and direct pool both {} connections; client, service and Postgres share the machine",
                 options.concurrency, options.concurrency
@@ -142,7 +101,7 @@ struct Seeded {
 impl Seeded {
     /// Spreads the i-th request over all seeded users.
     fn pick(&self, i: usize) -> usize {
-        i.wrapping_mul(7919) % self.ids.len()
+        spread(i, self.ids.len())
     }
 }
 
@@ -166,16 +125,7 @@ async fn seed(admin_url: &str) -> Result<Seeded> {
     })
 }
 
-fn authorized<T>(message: T) -> Request<T> {
-    let mut request = Request::new(message);
-    request.metadata_mut().insert(
-        "authorization",
-        MetadataValue::from_static("Bearer bench-token"),
-    );
-    request
-}
-
-type Client = UsersServiceClient<Channel>;
+type Client = UsersServiceClient<InterceptedService<Channel, Auth>>;
 
 async fn get_user_grpc(
     client: &Client,
@@ -187,9 +137,9 @@ async fn get_user_grpc(
         let (mut client, id) = (client.clone(), seeded.ids[seeded.pick(i)]);
         async move {
             client
-                .get_user(authorized(GetUserRequest {
+                .get_user(GetUserRequest {
                     user_id: id.to_string(),
-                }))
+                })
                 .await?;
             Ok(())
         }
@@ -235,7 +185,7 @@ async fn upsert_known_grpc(
                 profile_name: format!("User {}", index + 1),
             };
             async move {
-                let answer = client.upsert_user_by_phone(authorized(request)).await?;
+                let answer = client.upsert_user_by_phone(request).await?;
                 if answer.into_inner().created {
                     bail!("a known contact was created again");
                 }
@@ -286,10 +236,10 @@ async fn upsert_new_grpc(client: &Client, options: Options) -> Result<Measuremen
             let mut client = client.clone();
             async move {
                 let answer = client
-                    .upsert_user_by_phone(authorized(UpsertUserByPhoneRequest {
+                    .upsert_user_by_phone(UpsertUserByPhoneRequest {
                         phone: new_phone("44", i),
                         profile_name: "New".into(),
-                    }))
+                    })
                     .await?;
                 if !answer.into_inner().created {
                     bail!("a new contact was not created");

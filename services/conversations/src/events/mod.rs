@@ -28,9 +28,12 @@ mod retention;
 mod watch;
 
 use mesh_proto::mesh::conversations::v1 as pb;
-use mesh_runtime::{ApiError, ApiResult, convert::timestamp};
+use mesh_runtime::{ApiResult, convert::timestamp};
 use prost::Message as _;
 use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::{conversations::ConversationRow, messages::MessageRow, wire};
 
 pub use retention::prune;
 pub use watch::{EventStream, Hub};
@@ -38,13 +41,19 @@ pub use watch::{EventStream, Hub};
 /// The channel writers notify on, with the new sequence number as payload.
 pub const NOTIFY_CHANNEL: &str = "conversation_events";
 
-/// Appends `event` (its cursor is ignored) to the stream, within the caller's
-/// transaction. Call it last: the event head stays locked until commit.
-pub async fn emit(conn: &mut PgConnection, event: pb::Event) -> ApiResult<i64> {
-    let kind = type_name(event.r#type());
-    let user_id = uuid::Uuid::parse_str(&event.user_id).map_err(ApiError::internal)?;
-    let conversation_id = crate::wire::optional_uuid("conversation_id", &event.conversation_id)
-        .map_err(|_| ApiError::internal(anyhow::anyhow!("event with a bad conversation id")))?;
+/// An event to [`emit`], with the ids it is filtered on.
+#[derive(Debug)]
+pub struct Event {
+    user_id: Uuid,
+    conversation_id: Option<Uuid>,
+    proto: pb::Event,
+}
+
+/// Appends `event` to the stream, within the caller's transaction. Call it
+/// last: the event head stays locked until commit.
+pub async fn emit(conn: &mut PgConnection, event: Event) -> ApiResult<i64> {
+    // The rows the constructors take never have UNSPECIFIED.
+    let kind = wire::event_type::name(event.proto.r#type).unwrap_or("unspecified");
     // One statement, so one round trip: every writer of the service queues
     // for the head row, and holds it from here to its commit.
     let seq: i64 = sqlx::query_scalar(
@@ -57,9 +66,9 @@ pub async fn emit(conn: &mut PgConnection, event: pb::Event) -> ApiResult<i64> {
          SELECT seq FROM stored CROSS JOIN LATERAL pg_notify($5, seq::text)",
     )
     .bind(kind)
-    .bind(user_id)
-    .bind(conversation_id)
-    .bind(event.encode_to_vec())
+    .bind(event.user_id)
+    .bind(event.conversation_id)
+    .bind(event.proto.encode_to_vec())
     .bind(NOTIFY_CHANNEL)
     .fetch_one(&mut *conn)
     .await?;
@@ -67,45 +76,41 @@ pub async fn emit(conn: &mut PgConnection, event: pb::Event) -> ApiResult<i64> {
 }
 
 /// [`emit`]s each of `events`, in order.
-pub async fn emit_all(conn: &mut PgConnection, events: Vec<pb::Event>) -> ApiResult<()> {
+pub async fn emit_all(conn: &mut PgConnection, events: Vec<Event>) -> ApiResult<()> {
     for event in events {
         emit(conn, event).await?;
     }
     Ok(())
 }
 
-/// The stored name of an event type.
-pub fn type_name(kind: pb::EventType) -> &'static str {
-    match kind {
-        pb::EventType::MessageReceived => "message_received",
-        pb::EventType::MessageSent => "message_sent",
-        pb::EventType::DeliveryStatusChanged => "delivery_status_changed",
-        pb::EventType::ConversationStarted => "conversation_started",
-        pb::EventType::ConversationUpdated => "conversation_updated",
-        pb::EventType::Unspecified => "unspecified",
-    }
-}
-
 /// An event about `message` as it is now.
-pub fn message_event(kind: pb::EventType, message: &pb::Message) -> pb::Event {
-    pb::Event {
-        r#type: kind as i32,
-        create_time: Some(timestamp(chrono::Utc::now())),
-        user_id: message.user_id.clone(),
-        conversation_id: message.conversation_id.clone(),
-        message: Some(message.clone()),
-        ..Default::default()
+pub fn message_event(kind: pb::EventType, message: &MessageRow) -> Event {
+    Event {
+        user_id: message.user_id,
+        conversation_id: Some(message.conversation_id),
+        proto: pb::Event {
+            r#type: kind as i32,
+            create_time: Some(timestamp(chrono::Utc::now())),
+            user_id: message.user_id.to_string(),
+            conversation_id: message.conversation_id.to_string(),
+            message: Some(message.clone().into_proto()),
+            ..Default::default()
+        },
     }
 }
 
 /// An event about `conversation` as it is now.
-pub fn conversation_event(kind: pb::EventType, conversation: &pb::Conversation) -> pb::Event {
-    pb::Event {
-        r#type: kind as i32,
-        create_time: Some(timestamp(chrono::Utc::now())),
-        user_id: conversation.user_id.clone(),
-        conversation_id: conversation.id.clone(),
-        conversation: Some(conversation.clone()),
-        ..Default::default()
+pub fn conversation_event(kind: pb::EventType, conversation: &ConversationRow) -> Event {
+    Event {
+        user_id: conversation.user_id,
+        conversation_id: Some(conversation.id),
+        proto: pb::Event {
+            r#type: kind as i32,
+            create_time: Some(timestamp(chrono::Utc::now())),
+            user_id: conversation.user_id.to_string(),
+            conversation_id: conversation.id.to_string(),
+            conversation: Some(conversation.clone().into_proto()),
+            ..Default::default()
+        },
     }
 }

@@ -5,7 +5,8 @@ use mesh_proto::mesh::conversations::v1 as pb;
 use mesh_runtime::{ApiResult, Violations};
 use uuid::Uuid;
 
-use super::{cursor::decode_cursor, type_name};
+use super::cursor::decode_cursor;
+use crate::wire;
 
 /// What a WatchEvents call asked for, validated.
 pub(super) struct Filter {
@@ -35,23 +36,15 @@ pub(super) fn validate(request: &pb::WatchEventsRequest) -> ApiResult<(Start, Fi
     }
     let mut types = Vec::new();
     for (i, value) in request.types.iter().enumerate() {
-        match pb::EventType::try_from(*value) {
-            Ok(kind) if kind != pb::EventType::Unspecified => {
-                let name = type_name(kind);
-                if !types.contains(&name) {
-                    types.push(name);
-                }
-            }
-            _ => violations.push(
-                &format!("types[{i}]"),
-                "must be one of EVENT_TYPE_MESSAGE_RECEIVED, EVENT_TYPE_MESSAGE_SENT, \
-                 EVENT_TYPE_DELIVERY_STATUS_CHANGED, EVENT_TYPE_CONVERSATION_STARTED, \
-                 EVENT_TYPE_CONVERSATION_UPDATED",
-            ),
+        if let Some(name) =
+            violations.check(wire::event_type::require(&format!("types[{i}]"), *value))
+            && !types.contains(&name)
+        {
+            types.push(name);
         }
     }
-    let user_id = violations.check(crate::wire::optional_uuid("user_id", &request.user_id));
-    let conversation_id = violations.check(crate::wire::optional_uuid(
+    let user_id = violations.check(wire::optional_uuid("user_id", &request.user_id));
+    let conversation_id = violations.check(wire::optional_uuid(
         "conversation_id",
         &request.conversation_id,
     ));

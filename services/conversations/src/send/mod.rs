@@ -66,7 +66,7 @@ use outcome::{Outcome, UNKNOWN_OUTCOME};
 use recipients::Recipients;
 use record::{Record, find_by_request_id};
 use telegram::Telegram;
-use validate::{Target, validate};
+use validate::validate;
 use whatsapp::WhatsApp;
 
 pub struct Sender {
@@ -115,9 +115,6 @@ impl Sender {
             && let Some(stored) = find_by_request_id(pool, request_id).await?
         {
             return self.inner.clone().replay(pool, &checked, stored).await;
-        }
-        if let Target::User { channel, .. } = checked.target {
-            self.inner.ensure_configured(channel)?;
         }
         let plan = self.inner.plan(pool, &checked).await?;
         let inner = self.inner.clone();

@@ -122,6 +122,18 @@ pub fn from_retryable_row(code: &str, title: &str, note: Option<&str>) -> Outcom
     }
 }
 
+/// "HTTP 503 Service Unavailable", for a provider's answer without a usable
+/// error body.
+pub fn status_text(status: reqwest::StatusCode) -> String {
+    format!(
+        "HTTP {} {}",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    )
+    .trim_end()
+    .to_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -62,10 +62,10 @@ impl Inner {
                 if channel == "telegram" && matches!(checked.content, Content::Template(_)) {
                     return Err(ApiError::invalid("template", TEMPLATE_ON_TELEGRAM));
                 }
-                self.ensure_configured(channel)?;
                 (conversation.user_id, channel, Some(id))
             }
         };
+        self.ensure_configured(channel)?;
         // No database connection is held while the users service answers.
         let recipient = self.recipients.lookup(user, channel).await?;
 

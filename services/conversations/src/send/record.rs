@@ -17,7 +17,7 @@ use super::{
 use crate::{
     conversations::{self, ReusePolicy},
     delivery, events,
-    messages::{self, MessageRow, NewMessage},
+    messages::{self, MESSAGE_COLUMNS, MessageRow, NewMessage},
     windows,
 };
 
@@ -75,30 +75,21 @@ pub(super) async fn record_message(
             (active.conversation.id, active.events)
         }
     };
-    let (conversation, seq) = conversations::lock_for_append(&mut tx, conversation).await?;
+    let conversation = conversations::lock_for_append(&mut tx, conversation).await?;
+    let seq = conversation.message_count;
     let row = match messages::insert(&mut tx, &conversation, seq, &record.message).await {
         Ok(row) => row,
-        Err(error) if is_duplicate_request_id(&error) => {
+        Err(error) if messages::violates(&error, "messages_send_request_id_key") => {
             tx.rollback().await?;
             return Ok(None);
         }
         Err(error) => return Err(error.into()),
     };
     // Last: the event head stays locked until commit.
-    pending.push(events::message_event(
-        pb::EventType::MessageSent,
-        &row.clone().into_proto(),
-    ));
+    pending.push(events::message_event(pb::EventType::MessageSent, &row));
     events::emit_all(&mut tx, pending).await?;
     tx.commit().await?;
     Ok(Some(row))
-}
-
-fn is_duplicate_request_id(error: &sqlx::Error) -> bool {
-    error
-        .as_database_error()
-        .and_then(|e| e.constraint())
-        .is_some_and(|name| name == "messages_send_request_id_key")
 }
 
 pub(super) async fn find_by_request_id(
@@ -114,22 +105,24 @@ pub(super) async fn find_by_request_id(
 }
 
 pub(super) async fn load(pool: &PgPool, id: Uuid) -> ApiResult<MessageRow> {
-    sqlx::query_as("SELECT * FROM messages WHERE id = $1")
-        .bind(id)
-        .fetch_optional(pool)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("message {id} was erased while being sent")))
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = $1"
+    )))
+    .bind(id)
+    .fetch_optional(pool)
+    .await?
+    .ok_or_else(|| ApiError::not_found(format!("message {id} was erased while being sent")))
 }
 
 /// Takes a retryable failed message back to pending for one more attempt;
 /// `None` when another caller took it first.
 pub(super) async fn claim(pool: &PgPool, id: Uuid) -> ApiResult<Option<MessageRow>> {
-    Ok(sqlx::query_as(
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "UPDATE messages SET delivery_status = 'pending', send_retryable = false,
             failed_time = NULL, error_code = NULL, error_title = NULL, error_message = NULL
          WHERE id = $1 AND delivery_status = 'failed' AND send_retryable
-         RETURNING *",
-    )
+         RETURNING {MESSAGE_COLUMNS}"
+    )))
     .bind(id)
     .fetch_optional(pool)
     .await?)
@@ -190,7 +183,7 @@ pub(super) async fn finish(
             }
             Ok((row, true)) => return Ok((outcome, row)),
             Ok((row, false)) => {
-                let stored = stored_outcome(pool, &row).await?;
+                let stored = stored_outcome(&row);
                 return Ok((stored, row));
             }
         }
@@ -214,15 +207,15 @@ async fn mark_accepted(
     };
     // A send declared lost by a retry's deadline (failed, unknown_outcome) is
     // corrected: the provider's answer is the truth.
-    let updated: Option<MessageRow> = sqlx::query_as(
+    let updated: Option<MessageRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "UPDATE messages SET provider_message_id = $2, delivery_status = $3,
             sent_time = CASE WHEN $3 = 'sent' THEN now() ELSE sent_time END,
             failed_time = NULL, error_code = NULL, error_title = NULL, error_message = NULL,
             send_retryable = false
          WHERE id = $1 AND (delivery_status = 'pending'
             OR (delivery_status = 'failed' AND error_code = $4))
-         RETURNING *",
-    )
+         RETURNING {MESSAGE_COLUMNS}"
+    )))
     .bind(row.id)
     .bind(provider_id)
     .bind(status)
@@ -264,12 +257,12 @@ pub(super) async fn mark_failed(
         Outcome::RateLimited { .. } | Outcome::Outage { .. }
     );
     let mut tx = pool.begin().await?;
-    let updated: Option<MessageRow> = sqlx::query_as(
+    let updated: Option<MessageRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "UPDATE messages SET delivery_status = 'failed', failed_time = now(),
             error_code = $2, error_title = $3, error_message = $4, send_retryable = $5
          WHERE id = $1 AND delivery_status = 'pending'
-         RETURNING *",
-    )
+         RETURNING {MESSAGE_COLUMNS}"
+    )))
     .bind(row.id)
     .bind(truncate(&code, 64))
     .bind(truncate(&title, 1024))
@@ -291,25 +284,19 @@ fn truncate(text: &str, max: usize) -> String {
 }
 
 /// What a failed message's row says the provider did, for a retry's answer.
-pub(super) async fn stored_outcome(pool: &PgPool, row: &MessageRow) -> ApiResult<Outcome> {
+pub(super) fn stored_outcome(row: &MessageRow) -> Outcome {
     let code = row.error_code.clone().unwrap_or_default();
     let title = row.error_title.clone().unwrap_or_default();
     if code == UNKNOWN_OUTCOME {
-        return Ok(Outcome::Unknown {
+        return Outcome::Unknown {
             reason: title
                 .strip_suffix(": the message may have been sent")
                 .unwrap_or(&title)
                 .to_owned(),
-        });
+        };
     }
     if row.send_retryable {
-        let note: Option<String> =
-            sqlx::query_scalar("SELECT error_message FROM messages WHERE id = $1")
-                .bind(row.id)
-                .fetch_optional(pool)
-                .await?
-                .flatten();
-        return Ok(outcome::from_retryable_row(&code, &title, note.as_deref()));
+        return outcome::from_retryable_row(&code, &title, row.error_message.as_deref());
     }
-    Ok(Outcome::Refused { code, title })
+    Outcome::Refused { code, title }
 }

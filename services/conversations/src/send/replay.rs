@@ -76,7 +76,7 @@ impl Inner {
                         }
                     }
                 }
-                Some("failed") => return answer(&stored_outcome(pool, &stored).await?, stored),
+                Some("failed") => return answer(&stored_outcome(&stored), stored),
                 // Forward of pending without a provider id: not written by
                 // this module, but a success as far as the caller can tell.
                 _ => return success(stored),

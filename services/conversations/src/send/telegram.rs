@@ -8,7 +8,7 @@ use reqwest::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::outcome::{Outcome, retry_after_header};
+use super::outcome::{Outcome, retry_after_header, status_text};
 use crate::config::TelegramConfig;
 
 pub struct Telegram {
@@ -21,7 +21,7 @@ impl Telegram {
     pub fn new(http: reqwest::Client, config: &TelegramConfig) -> Self {
         Self {
             http,
-            base: config.api_base.trim_end_matches('/').to_owned(),
+            base: config.api_base.clone(),
             bot_token: config.bot_token.clone(),
         }
     }
@@ -134,13 +134,7 @@ pub fn classify(status: StatusCode, retry_after: Option<Duration>, body: &[u8]) 
         };
     }
     let error_code = answer.as_ref().filter(|a| !a.ok).and_then(|a| a.error_code);
-    let status_text = format!(
-        "HTTP {} {}",
-        status.as_u16(),
-        status.canonical_reason().unwrap_or("")
-    )
-    .trim_end()
-    .to_owned();
+    let status_text = status_text(status);
     if status.is_server_error() && error_code.is_none() && status != StatusCode::SERVICE_UNAVAILABLE
     {
         return Outcome::Unknown {

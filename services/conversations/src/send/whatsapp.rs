@@ -8,7 +8,7 @@ use reqwest::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::outcome::{Outcome, retry_after_header};
+use super::outcome::{Outcome, retry_after_header, status_text};
 use crate::config::WhatsAppConfig;
 
 pub struct WhatsApp {
@@ -29,7 +29,7 @@ impl WhatsApp {
     pub fn new(http: reqwest::Client, config: &WhatsAppConfig) -> Self {
         Self {
             http,
-            base: config.api_base.trim_end_matches('/').to_owned(),
+            base: config.api_base.clone(),
             version: config.api_version.clone(),
             access_token: config.access_token.clone(),
             phone_number_id: config.phone_number_id.clone(),
@@ -251,16 +251,6 @@ pub fn classify(status: StatusCode, retry_after: Option<Duration>, body: &[u8]) 
         code: code_text,
         title,
     }
-}
-
-fn status_text(status: StatusCode) -> String {
-    format!(
-        "HTTP {} {}",
-        status.as_u16(),
-        status.canonical_reason().unwrap_or("")
-    )
-    .trim_end()
-    .to_owned()
 }
 
 #[cfg(test)]

@@ -5,10 +5,10 @@ use std::{collections::HashSet, time::Duration};
 
 use mesh_proto::mesh::conversations::v1::{self as pb};
 use tonic::{Code, Streaming};
-use uuid::Uuid;
 
 use crate::harness::{
-    bad_fields, client, config, inbound_request, spawn_app, spawn_conversations, spawn_with, wamid,
+    bad_fields, client, config, conversation_on, fresh_user, inbound_request, spawn_app,
+    spawn_conversations, spawn_with, wamid,
 };
 
 /// Generous: only a broken stream takes this long.
@@ -67,17 +67,7 @@ fn contents(events: &[pb::Event]) -> Vec<String> {
 /// A new active WhatsApp conversation of a fresh user id (the users service is
 /// not asked about user ids).
 async fn conversation(client: &mut crate::harness::Client) -> pb::Conversation {
-    client
-        .get_or_create_active_conversation(pb::GetOrCreateActiveConversationRequest {
-            user_id: Uuid::now_v7().to_string(),
-            channel: pb::Channel::Whatsapp as i32,
-            ..Default::default()
-        })
-        .await
-        .expect("get or create a conversation")
-        .into_inner()
-        .conversation
-        .expect("a conversation")
+    conversation_on(client, &fresh_user(), pb::Channel::Whatsapp).await
 }
 
 async fn say(
@@ -384,18 +374,7 @@ async fn two_replicas_writing_at_once_give_every_watcher_the_same_complete_seque
 async fn filters_pick_events_by_type_user_and_conversation() {
     let mut app = spawn_app().await;
     let ana = conversation(&mut app.client).await;
-    let ana_telegram = app
-        .client
-        .get_or_create_active_conversation(pb::GetOrCreateActiveConversationRequest {
-            user_id: ana.user_id.clone(),
-            channel: pb::Channel::Telegram as i32,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .conversation
-        .unwrap();
+    let ana_telegram = conversation_on(&mut app.client, &ana.user_id, pb::Channel::Telegram).await;
     let bob = conversation(&mut app.client).await;
     say(&mut app.client, &ana.id, "ana 1").await;
     say(&mut app.client, &bob.id, "bob 1").await;
@@ -468,18 +447,7 @@ async fn filters_pick_events_by_type_user_and_conversation() {
     // only the last.
     say(&mut app.client, &bob.id, "bob later").await;
     say(&mut app.client, &ana_telegram.id, "ana tg 2").await;
-    let bob_telegram = app
-        .client
-        .get_or_create_active_conversation(pb::GetOrCreateActiveConversationRequest {
-            user_id: bob.user_id.clone(),
-            channel: pb::Channel::Telegram as i32,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .conversation
-        .unwrap();
+    let bob_telegram = conversation_on(&mut app.client, &bob.user_id, pb::Channel::Telegram).await;
     assert_eq!(contents(&take(&mut ana_messages, 1).await), ["ana tg 2"]);
     let started = take(&mut conversation_events, 1).await;
     assert_eq!(started[0].conversation_id, bob_telegram.id);
@@ -492,7 +460,7 @@ async fn bad_requests_name_every_bad_field_and_start_no_stream() {
     let chat = conversation(&mut app.client).await;
     // A page token of this very service is not a cursor.
     let page_token = {
-        conversation_for(&mut app.client, &chat.user_id, pb::Channel::Telegram).await;
+        conversation_on(&mut app.client, &chat.user_id, pb::Channel::Telegram).await;
         app.client
             .list_conversations(pb::ListConversationsRequest {
                 user_id: chat.user_id.clone(),
@@ -565,24 +533,6 @@ async fn bad_requests_name_every_bad_field_and_start_no_stream() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
-}
-
-async fn conversation_for(
-    client: &mut crate::harness::Client,
-    user_id: &str,
-    channel: pb::Channel,
-) -> pb::Conversation {
-    client
-        .get_or_create_active_conversation(pb::GetOrCreateActiveConversationRequest {
-            user_id: user_id.into(),
-            channel: channel as i32,
-            ..Default::default()
-        })
-        .await
-        .expect("get or create a conversation")
-        .into_inner()
-        .conversation
-        .expect("a conversation")
 }
 
 #[tokio::test]

@@ -1,15 +1,10 @@
 //! RecordToolExecution/ListToolExecutions and RecordAgentExecution/ListAgentExecutions.
 
 use mesh_proto::mesh::conversations::v1::*;
-use mesh_runtime::convert::json_to_struct;
 use serde_json::json;
 use tonic::Code;
 
-use crate::harness::{TestApp, bad_fields, spawn_app, wamid};
-
-fn data(value: serde_json::Value) -> Option<prost_types::Struct> {
-    Some(json_to_struct(&value))
-}
+use crate::harness::{TestApp, bad_fields, data, spawn_app, too_big, wamid};
 
 fn tool(conversation_id: &str, tool_name: &str) -> ToolExecution {
     ToolExecution {
@@ -553,11 +548,6 @@ async fn executions_retried_with_their_request_id_are_recorded_once() {
 /// A Struct holding U+0000 deep inside: jsonb refuses it.
 fn with_nul() -> serde_json::Value {
     json!({"args": {"city": ["Bogotá", "a\u{0}b"]}})
-}
-
-/// A Struct over 64 KiB as JSON.
-fn too_big() -> serde_json::Value {
-    json!({"blob": "x".repeat(64 * 1024)})
 }
 
 #[tokio::test]

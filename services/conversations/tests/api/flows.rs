@@ -1,11 +1,10 @@
 //! CreateFlowSession, GetFlowSession and UpdateFlowSession.
 
 use mesh_proto::mesh::conversations::v1::*;
-use mesh_runtime::convert::json_to_struct;
 use serde_json::json;
 use tonic::Code;
 
-use crate::harness::{TestApp, bad_fields, spawn_app};
+use crate::harness::{TestApp, bad_fields, data, spawn_app};
 
 fn session(user_id: &str, flow_token: &str) -> FlowSession {
     FlowSession {
@@ -15,10 +14,6 @@ fn session(user_id: &str, flow_token: &str) -> FlowSession {
         flow_type: FlowType::DataExchange as i32,
         ..Default::default()
     }
-}
-
-fn data(value: serde_json::Value) -> Option<prost_types::Struct> {
-    Some(json_to_struct(&value))
 }
 
 async fn create(

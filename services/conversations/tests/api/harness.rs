@@ -12,23 +12,17 @@ use mesh_proto::mesh::{
     conversations::v1::{self as pb, conversations_service_client::ConversationsServiceClient},
     users::v1::{self as users_pb, users_service_client::UsersServiceClient},
 };
-use mesh_runtime::{config::ServiceConfig, testing::TestDatabase};
-use tonic::{
-    Request, Status,
-    service::interceptor::InterceptedService,
-    transport::{Channel, Endpoint},
+pub use mesh_runtime::testing::{TOKEN, bad_fields, channel, wait_serving};
+use mesh_runtime::{
+    config::ServiceConfig,
+    testing::{Auth, TestDatabase, bearer},
 };
-use tonic_health::pb::{
-    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-};
-
-pub const TOKEN: &str = "test-token";
+use tonic::{Status, service::interceptor::InterceptedService, transport::Channel};
 /// What the fake providers expect as credentials.
 pub const WHATSAPP_TOKEN: &str = "wa-test-token";
 pub const WHATSAPP_PHONE_NUMBER_ID: &str = "106540352242922";
 pub const TELEGRAM_BOT_TOKEN: &str = "123456:test-bot-token";
 
-type Auth = fn(Request<()>) -> Result<Request<()>, Status>;
 pub type Client = ConversationsServiceClient<InterceptedService<Channel, Auth>>;
 pub type UsersClient = UsersServiceClient<InterceptedService<Channel, Auth>>;
 
@@ -41,13 +35,6 @@ pub struct TestApp {
     pub stop: Option<tokio::sync::oneshot::Sender<()>>,
     pub server: tokio::task::JoinHandle<anyhow::Result<()>>,
     _users_stop: tokio::sync::oneshot::Sender<()>,
-}
-
-fn bearer(mut request: Request<()>) -> Result<Request<()>, Status> {
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
-    Ok(request)
 }
 
 fn service_config(db: &TestDatabase, service: &str) -> ServiceConfig {
@@ -142,32 +129,6 @@ pub fn client(channel: Channel) -> Client {
     ConversationsServiceClient::with_interceptor(channel, bearer as Auth)
 }
 
-pub async fn channel(addr: SocketAddr) -> Channel {
-    Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .expect("connect to the service")
-}
-
-/// Polls gRPC health until the whole server reports SERVING.
-pub async fn wait_serving(channel: Channel) {
-    let mut health = HealthClient::new(channel);
-    for _ in 0..300 {
-        let status = health
-            .check(HealthCheckRequest {
-                service: String::new(),
-            })
-            .await
-            .map(|r| r.into_inner().status());
-        if matches!(status, Ok(ServingStatus::Serving)) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the service never reported SERVING");
-}
-
 impl TestApp {
     /// Creates a user in the users service with a fresh phone number and
     /// Telegram id; returns it.
@@ -191,17 +152,7 @@ impl TestApp {
 
     /// The user's active conversation on `channel` (created when needed).
     pub async fn conversation(&mut self, user_id: &str, channel: pb::Channel) -> pb::Conversation {
-        self.client
-            .get_or_create_active_conversation(pb::GetOrCreateActiveConversationRequest {
-                user_id: user_id.into(),
-                channel: channel as i32,
-                ..Default::default()
-            })
-            .await
-            .expect("get or create a conversation")
-            .into_inner()
-            .conversation
-            .expect("a conversation")
+        conversation_on(&mut self.client, user_id, channel).await
     }
 
     /// Records an inbound user text message; returns the response.
@@ -220,14 +171,28 @@ impl TestApp {
 
     /// Rows in `conversations.<table>` right now, counted as the superuser.
     pub async fn count(&self, table: &str) -> i64 {
-        let mut conn = self.db.admin_connection().await;
-        sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "SELECT count(*) FROM conversations.{table}"
-        )))
-        .fetch_one(&mut conn)
-        .await
-        .unwrap()
+        self.db.count("conversations", table).await
     }
+}
+
+/// The user's active conversation on `channel` through `client` (created
+/// when needed).
+pub async fn conversation_on(
+    client: &mut Client,
+    user_id: &str,
+    channel: pb::Channel,
+) -> pb::Conversation {
+    client
+        .get_or_create_active_conversation(pb::GetOrCreateActiveConversationRequest {
+            user_id: user_id.into(),
+            channel: channel as i32,
+            ..Default::default()
+        })
+        .await
+        .expect("get or create a conversation")
+        .into_inner()
+        .conversation
+        .expect("a conversation")
 }
 
 /// A RecordInboundMessage request for a user text message.
@@ -249,22 +214,19 @@ pub fn inbound_request(
     }
 }
 
+/// `value` as a protobuf Struct field.
+pub fn data(value: serde_json::Value) -> Option<prost_types::Struct> {
+    Some(mesh_runtime::convert::json_to_struct(&value))
+}
+
+/// A Struct over 64 KiB as JSON.
+pub fn too_big() -> serde_json::Value {
+    serde_json::json!({"blob": "x".repeat(64 * 1024)})
+}
+
 /// A WhatsApp-style message id, unique per call.
 pub fn wamid() -> String {
     format!("wamid.HBgM{}", uuid::Uuid::new_v4().simple())
-}
-
-/// The field paths a BadRequest status names.
-pub fn bad_fields(status: &Status) -> Vec<String> {
-    use tonic_types::StatusExt;
-    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
-    status
-        .get_details_bad_request()
-        .expect("INVALID_ARGUMENT carries BadRequest details")
-        .field_violations
-        .into_iter()
-        .map(|v| v.field)
-        .collect()
 }
 
 // ---- Helpers for the conversations/messages/delivery/windows/purge tests ----

@@ -61,24 +61,16 @@ async fn grpcurl_lists_and_describes_the_service() {
     assert!(described.contains("returns ( stream .mesh.conversations.v1.WatchEventsResponse )"));
 }
 
+/// The grpcurl lines of README.md's conversations block, with line
+/// continuations joined.
 fn readme_conversations_lines() -> Vec<String> {
-    let readme = include_str!("../../../../README.md");
-    let section = readme
-        .split("## The conversations service")
-        .nth(1)
-        .expect("README has the conversations section");
-    let block = section
-        .split("```sh\n")
-        .nth(1)
-        .and_then(|rest| rest.split("```").next())
-        .expect("the section has a sh block");
-    block
-        .replace("\\\n", " ")
-        .lines()
-        .map(str::trim)
-        .filter(|line| line.starts_with("grpcurl "))
-        .map(str::to_owned)
-        .collect()
+    mesh_runtime::testing::readme_sh_lines(
+        include_str!("../../../../README.md"),
+        "## The conversations service",
+    )
+    .into_iter()
+    .filter(|line| line.starts_with("grpcurl "))
+    .collect()
 }
 
 /// The README's lines work as written against a service at the README's

@@ -2,7 +2,14 @@
 //! naming their phone), reports the count per table, touches no one else, and
 //! finds nothing more when repeated.
 
-use std::collections::{BTreeMap, HashMap};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use mesh_proto::mesh::conversations::v1::{self as pb};
 use tonic::{Code, Status};
@@ -397,27 +404,60 @@ async fn a_purge_during_appends_leaves_nothing_behind() {
     let mut app = spawn_app().await;
     let user = fresh_user();
     let conversation = app.conversation(&user, pb::Channel::Whatsapp).await;
+    // Writers append in a loop from before the purge starts until after it
+    // returns, so the purge certainly runs while appends are in flight.
+    let purged = Arc::new(AtomicBool::new(false));
+    let appended = Arc::new(AtomicUsize::new(0));
     let mut writers = Vec::new();
-    for i in 0..30 {
+    for w in 0..4 {
         let mut client = app.client.clone();
         let id = conversation.id.clone();
+        let purged = purged.clone();
+        let appended = appended.clone();
         writers.push(tokio::spawn(async move {
-            client
-                .record_inbound_message(crate::harness::inbound_request(
-                    &id,
-                    &format!("message {i}"),
-                    &wamid(),
-                ))
-                .await
+            for i in 0.. {
+                let after_purge = purged.load(Ordering::SeqCst);
+                let result = client
+                    .record_inbound_message(crate::harness::inbound_request(
+                        &id,
+                        &format!("message {w}.{i}"),
+                        &wamid(),
+                    ))
+                    .await;
+                match result {
+                    Ok(_) => {
+                        assert!(!after_purge, "an append begun after the purge succeeded");
+                        appended.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Err(status) => {
+                        assert_eq!(status.code(), tonic::Code::NotFound, "{status:?}");
+                        if after_purge {
+                            return;
+                        }
+                    }
+                }
+            }
         }));
     }
-    purge(&mut app, &user, "", "").await.expect("the purge");
-    for writer in writers {
-        match writer.await.unwrap() {
-            Ok(_) => {}
-            Err(status) => assert_eq!(status.code(), tonic::Code::NotFound, "{status:?}"),
+    // At least one append commits before the purge starts.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while appended.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
+    })
+    .await
+    .expect("an append succeeds before the purge");
+    purge(&mut app, &user, "", "").await.expect("the purge");
+    purged.store(true, Ordering::SeqCst);
+    // Every writer ends on an append begun after the purge returned, which
+    // finds no conversation.
+    for writer in writers {
+        tokio::time::timeout(Duration::from_secs(30), writer)
+            .await
+            .expect("the writer gets NOT_FOUND after the purge")
+            .unwrap();
     }
+    assert!(appended.load(Ordering::SeqCst) >= 1);
     let again = purge(&mut app, &user, "", "").await.unwrap();
     assert!(
         again.deleted.values().all(|n| *n == 0),

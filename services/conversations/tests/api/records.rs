@@ -2,16 +2,11 @@
 //! RecordLocation/ListLocations.
 
 use mesh_proto::mesh::conversations::v1::*;
-use mesh_runtime::convert::json_to_struct;
 use prost_types::Timestamp;
 use serde_json::json;
 use tonic::Code;
 
-use crate::harness::{TestApp, bad_fields, spawn_app, wamid};
-
-fn data(value: serde_json::Value) -> Option<prost_types::Struct> {
-    Some(json_to_struct(&value))
-}
+use crate::harness::{TestApp, bad_fields, data, spawn_app, too_big, wamid};
 
 fn at(seconds: i64) -> Option<Timestamp> {
     Some(Timestamp { seconds, nanos: 0 })
@@ -850,11 +845,6 @@ async fn a_location_names_an_existing_message_of_its_user() {
 /// A Struct holding U+0000 deep inside: jsonb refuses it.
 fn with_nul() -> serde_json::Value {
     json!({"context": {"notes": ["ok", "a\u{0}b"]}})
-}
-
-/// A Struct over 64 KiB as JSON.
-fn too_big() -> serde_json::Value {
-    json!({"blob": "x".repeat(64 * 1024)})
 }
 
 #[tokio::test]

@@ -8,7 +8,7 @@ use prost_types::FieldMask;
 use tonic::Code;
 use uuid::Uuid;
 
-use crate::harness::{TestApp, bad_fields, spawn_app};
+use crate::harness::{TestApp, bad_fields, mask, spawn_app};
 
 /// What the database holds for a flag, read as the superuser.
 #[derive(Debug, PartialEq, sqlx::FromRow)]
@@ -58,12 +58,6 @@ async fn create_flag_err(app: &mut TestApp, flag: Option<FeatureFlag>) -> tonic:
         .create_feature_flag(CreateFeatureFlagRequest { flag })
         .await
         .unwrap_err()
-}
-
-fn mask(paths: &[&str]) -> Option<FieldMask> {
-    Some(FieldMask {
-        paths: paths.iter().map(|p| p.to_string()).collect(),
-    })
 }
 
 async fn update_flag(

@@ -4,20 +4,14 @@
 use std::{net::SocketAddr, time::Duration};
 
 use mesh_proto::mesh::users::v1::users_service_client::UsersServiceClient;
-use mesh_runtime::{config::ServiceConfig, testing::TestDatabase};
-use tonic::{
-    Request, Status,
-    service::interceptor::InterceptedService,
-    transport::{Channel, Endpoint},
+pub use mesh_runtime::testing::{TOKEN, bad_fields, channel, wait_serving};
+use mesh_runtime::{
+    config::ServiceConfig,
+    testing::{Auth, TestDatabase, bearer},
 };
-use tonic_health::pb::{
-    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-};
+use tonic::{service::interceptor::InterceptedService, transport::Channel};
 
-pub const TOKEN: &str = "test-token";
-
-pub type Client =
-    UsersServiceClient<InterceptedService<Channel, fn(Request<()>) -> Result<Request<()>, Status>>>;
+pub type Client = UsersServiceClient<InterceptedService<Channel, Auth>>;
 
 pub struct TestApp {
     pub addr: SocketAddr,
@@ -26,13 +20,6 @@ pub struct TestApp {
     /// Ends the service (drain included) when sent or dropped.
     pub stop: Option<tokio::sync::oneshot::Sender<()>>,
     pub server: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-fn bearer(mut request: Request<()>) -> Result<Request<()>, Status> {
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
-    Ok(request)
 }
 
 pub fn config(db: &TestDatabase) -> ServiceConfig {
@@ -74,33 +61,7 @@ pub async fn spawn_on(db: TestDatabase) -> TestApp {
 
 /// An authenticated client over `channel`.
 pub fn client(channel: Channel) -> Client {
-    UsersServiceClient::with_interceptor(channel, bearer as fn(_) -> _)
-}
-
-pub async fn channel(addr: SocketAddr) -> Channel {
-    Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .expect("connect to the service")
-}
-
-/// Polls gRPC health until the whole server reports SERVING.
-pub async fn wait_serving(channel: Channel) {
-    let mut health = HealthClient::new(channel);
-    for _ in 0..300 {
-        let status = health
-            .check(HealthCheckRequest {
-                service: String::new(),
-            })
-            .await
-            .map(|r| r.into_inner().status());
-        if matches!(status, Ok(ServingStatus::Serving)) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the service never reported SERVING");
+    UsersServiceClient::with_interceptor(channel, bearer as Auth)
 }
 
 impl TestApp {
@@ -111,13 +72,7 @@ impl TestApp {
 
     /// Rows in `users.<table>` right now, counted as the superuser.
     pub async fn count(&self, table: &str) -> i64 {
-        let mut conn = self.db.admin_connection().await;
-        sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "SELECT count(*) FROM users.{table}"
-        )))
-        .fetch_one(&mut conn)
-        .await
-        .unwrap()
+        self.db.count("users", table).await
     }
 }
 
@@ -138,15 +93,9 @@ pub async fn create_user(
         .expect("a user")
 }
 
-/// The field paths a BadRequest status names.
-pub fn bad_fields(status: &Status) -> Vec<String> {
-    use tonic_types::StatusExt;
-    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
-    status
-        .get_details_bad_request()
-        .expect("INVALID_ARGUMENT carries BadRequest details")
-        .field_violations
-        .into_iter()
-        .map(|v| v.field)
-        .collect()
+/// An update mask naming `paths`.
+pub fn mask(paths: &[&str]) -> Option<prost_types::FieldMask> {
+    Some(prost_types::FieldMask {
+        paths: paths.iter().map(|p| p.to_string()).collect(),
+    })
 }

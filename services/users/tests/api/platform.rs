@@ -318,23 +318,13 @@ async fn the_drain_stops_waiting_at_its_deadline() {
 /// The grpcurl lines of README.md's "Trying it with grpcurl" block, with line
 /// continuations joined.
 fn readme_grpcurl_lines() -> Vec<String> {
-    let readme = include_str!("../../../../README.md");
-    let section = readme
-        .split("## Trying it with grpcurl")
-        .nth(1)
-        .expect("README has the grpcurl section");
-    let block = section
-        .split("```sh\n")
-        .nth(1)
-        .and_then(|rest| rest.split("```").next())
-        .expect("the section has a sh block");
-    block
-        .replace("\\\n", " ")
-        .lines()
-        .map(str::trim)
-        .filter(|line| line.starts_with("grpcurl "))
-        .map(str::to_owned)
-        .collect()
+    mesh_runtime::testing::readme_sh_lines(
+        include_str!("../../../../README.md"),
+        "## Trying it with grpcurl",
+    )
+    .into_iter()
+    .filter(|line| line.starts_with("grpcurl "))
+    .collect()
 }
 
 /// What a newcomer pastes from the README works as written, against a server
@@ -436,13 +426,17 @@ async fn start_binary(db: &TestDatabase, env: &[(&str, &str)]) -> (std::process:
     panic!("the binary never listened on {addr}");
 }
 
-/// Sends SIGTERM and waits up to 15 s for a clean exit.
-async fn terminate(mut child: std::process::Child) {
+/// Sends SIGTERM to `child`.
+fn sigterm(child: &std::process::Child) {
     let killed = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
         .unwrap();
     assert!(killed.success());
+}
+
+/// Waits up to 15 s for `child` to exit with status 0.
+async fn wait_clean_exit(mut child: std::process::Child) {
     for _ in 0..150 {
         if let Some(status) = child.try_wait().unwrap() {
             assert!(status.success(), "exit status {status}");
@@ -454,11 +448,45 @@ async fn terminate(mut child: std::process::Child) {
     panic!("the service did not exit within 15 s of SIGTERM");
 }
 
+/// Sends SIGTERM and waits up to 15 s for a clean exit.
+async fn terminate(child: std::process::Child) {
+    sigterm(&child);
+    wait_clean_exit(child).await;
+}
+
+/// SIGTERM with a call in flight: the binary keeps running until the call
+/// completes, answers it, and exits with status 0.
 #[tokio::test]
 async fn the_binary_drains_and_exits_cleanly_on_sigterm() {
     let db = TestDatabase::create().await;
-    let (child, _) = start_binary(&db, &[]).await;
-    terminate(child).await;
+    let (mut child, addr) = start_binary(&db, &[]).await;
+    let mut client = crate::harness::client(channel(addr.parse().unwrap()).await);
+    let user = create_user(&mut client, User::default()).await;
+    let mut lock = block_user_row(&db, &user.id).await;
+    let id = user.id.clone();
+    let in_flight = tokio::spawn(async move {
+        client
+            .deactivate_user(DeactivateUserRequest { user_id: id })
+            .await
+    });
+    // Let the call reach the lock, then ask the binary to stop.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sigterm(&child);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!in_flight.is_finished(), "the call is still in flight");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the binary waits for the call in flight"
+    );
+    sqlx::raw_sql("ROLLBACK").execute(&mut lock).await.unwrap();
+
+    let answer = tokio::time::timeout(Duration::from_secs(10), in_flight)
+        .await
+        .expect("the in-flight call ends")
+        .unwrap()
+        .expect("the in-flight call completed");
+    assert!(!answer.into_inner().user.unwrap().is_active);
+    wait_clean_exit(child).await;
 }
 
 /// An OTLP/gRPC collector that keeps every span it is sent.

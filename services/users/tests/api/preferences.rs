@@ -2,16 +2,9 @@
 //! CompleteOnboardingStep.
 
 use mesh_proto::mesh::users::v1::*;
-use prost_types::FieldMask;
 use tonic::Code;
 
-use crate::harness::{TestApp, bad_fields, spawn_app};
-
-fn mask(paths: &[&str]) -> Option<FieldMask> {
-    Some(FieldMask {
-        paths: paths.iter().map(|p| p.to_string()).collect(),
-    })
-}
+use crate::harness::{TestApp, bad_fields, mask, spawn_app};
 
 fn defaults(user_id: &str) -> AgentPreferences {
     AgentPreferences {

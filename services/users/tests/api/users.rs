@@ -1,15 +1,9 @@
 use futures::future::join_all;
 use mesh_proto::mesh::users::v1::*;
-use prost_types::{FieldMask, Timestamp};
+use prost_types::Timestamp;
 use tonic::Code;
 
-use crate::harness::{Client, TestApp, bad_fields, create_user, spawn_app};
-
-fn mask(paths: &[&str]) -> Option<FieldMask> {
-    Some(FieldMask {
-        paths: paths.iter().map(|p| p.to_string()).collect(),
-    })
-}
+use crate::harness::{Client, TestApp, bad_fields, create_user, mask, spawn_app};
 
 async fn with_phone(app: &mut TestApp, phone: &str) -> User {
     create_user(
