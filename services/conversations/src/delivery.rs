@@ -188,8 +188,9 @@ pub async fn status_changed(conn: &mut PgConnection, message: &MessageRow) -> Ap
 }
 
 /// Applies the statuses that arrived for `message`'s provider id before the
-/// message had it, in the order they move forward, and forgets them. Call it
-/// in the transaction that gives the message its provider id.
+/// message had it, in the order they move forward, and forgets them; when any
+/// waited, resolves the webhook failures recorded for them. Call it in the
+/// transaction that gives the message its provider id.
 pub async fn apply_deferred(
     conn: &mut PgConnection,
     mut message: MessageRow,
@@ -212,7 +213,44 @@ pub async fn apply_deferred(
     for status in &waiting {
         message = apply(conn, message, status).await?.0;
     }
+    if !waiting.is_empty() {
+        resolve_failures(conn, &message.channel, &provider_id).await?;
+    }
     Ok(message)
+}
+
+/// What a dead letter resolved by [`apply_deferred`] says.
+const RESOLVED_BY_LATE_MESSAGE: &str =
+    "the message was stored later and its deferred status applied";
+
+/// Resolves the open webhook failures the gateway recorded for statuses of
+/// `provider_id` that were deferred ("a status for a message we never sent")
+/// and have now been applied. The source of a failure is the channel's name.
+async fn resolve_failures(
+    conn: &mut PgConnection,
+    channel: &str,
+    provider_id: &str,
+) -> ApiResult<()> {
+    // The partial index webhook_failures_open_provider_id finds them.
+    let resolved = sqlx::query(
+        "UPDATE webhook_failures SET status = 'resolved', resolution = $3
+         WHERE source = $1 AND provider_message_id = $2 AND status IN ('pending', 'retrying')",
+    )
+    .bind(channel)
+    .bind(provider_id)
+    .bind(RESOLVED_BY_LATE_MESSAGE)
+    .execute(conn)
+    .await?
+    .rows_affected();
+    if resolved > 0 {
+        tracing::info!(
+            channel,
+            provider_id,
+            resolved,
+            "webhook failures resolved by a late message"
+        );
+    }
+    Ok(())
 }
 
 /// Deletes deferred statuses whose message never appeared.

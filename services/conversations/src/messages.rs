@@ -351,11 +351,14 @@ fn inbound_message(message: Option<pb::Message>) -> Result<NewMessage, Violation
         }
         violations.merge(check_media(media));
     }
-    if message.content.is_empty() && !has_media {
-        violations.push(
-            "message.content",
-            "a message needs content or media (url or provider_media_id)",
-        );
+    let has_metadata = message
+        .metadata
+        .as_ref()
+        .is_some_and(|m| !m.fields.is_empty());
+    if message.content.is_empty()
+        && let Some(needs) = content_rule(kind, has_media, has_metadata)
+    {
+        violations.push("message.content", needs);
     }
     violations.check(wire::text(
         "message.provider_message_id",
@@ -396,6 +399,34 @@ fn inbound_message(message: Option<pb::Message>) -> Result<NewMessage, Violation
         provider_time,
         ..Default::default()
     })
+}
+
+/// What a message of `kind` (None: a type that is not one) without content
+/// lacks, if anything. Text needs its text; a media type needs media when it
+/// has no caption; every other type (a location, contacts, a removed
+/// reaction, an order, a system notice, a type the provider added since) may
+/// carry its substance in `metadata` alone.
+fn content_rule(kind: Option<&str>, has_media: bool, has_metadata: bool) -> Option<String> {
+    match kind {
+        Some("text") => Some("a MESSAGE_TYPE_TEXT message needs content".into()),
+        Some(media @ ("image" | "audio" | "video" | "document" | "sticker")) => {
+            (!has_media).then(|| {
+                format!(
+                    "a MESSAGE_TYPE_{} message needs content or media (url or provider_media_id)",
+                    media.to_uppercase()
+                )
+            })
+        }
+        other => (!has_media && !has_metadata).then(|| {
+            let kind = other.map_or_else(
+                || "message".to_owned(),
+                |k| format!("MESSAGE_TYPE_{} message", k.to_uppercase()),
+            );
+            format!(
+                "a {kind} needs content, media (url or provider_media_id) or a non-empty metadata object"
+            )
+        }),
+    }
 }
 
 fn check_media(media: &pb::Media) -> Result<(), Violations> {

@@ -15,6 +15,7 @@ use uuid::Uuid;
 use crate::users::UserRow;
 
 const ALREADY_LINKED: &str = "this Telegram account is already linked to another user";
+const USED: &str = "this link token was already used; ask for a new one";
 const DEFAULT_TTL_SECONDS: i32 = 15 * 60;
 const MIN_TTL_SECONDS: i32 = 60;
 const MAX_TTL_SECONDS: i32 = 7 * 24 * 60 * 60;
@@ -68,6 +69,8 @@ struct TokenRow {
     user_id: Uuid,
     expire_time: DateTime<Utc>,
     redeem_time: Option<DateTime<Utc>>,
+    /// Who redeemed it.
+    telegram_user_id: Option<i64>,
 }
 
 #[tracing::instrument(skip(pool, request), fields(telegram_user_id = request.telegram_user_id))]
@@ -102,16 +105,24 @@ pub async fn redeem(
     let mut tx = pool.begin().await?;
     // Locking the token makes two redemptions of it take turns: the second sees it used.
     let token: TokenRow = sqlx::query_as(
-        "SELECT user_id, expire_time, redeem_time FROM link_tokens WHERE token = $1 FOR UPDATE",
+        "SELECT user_id, expire_time, redeem_time, telegram_user_id
+         FROM link_tokens WHERE token = $1 FOR UPDATE",
     )
     .bind(&request.token)
     .fetch_optional(&mut *tx)
     .await?
     .ok_or_else(|| ApiError::not_found("no such link token"))?;
     if token.redeem_time.is_some() {
-        return Err(ApiError::FailedPrecondition(
-            "this link token was already used; ask for a new one".into(),
-        ));
+        if token.telegram_user_id == Some(request.telegram_user_id) {
+            // The same account again: Telegram re-delivers a `/start` whose
+            // handling failed later on, even after the token expired.
+            let user = redeemed_again(&mut tx, &token, &request).await?;
+            tx.commit().await?;
+            return Ok(pb::RedeemLinkTokenResponse {
+                user: Some(user.into()),
+            });
+        }
+        return Err(ApiError::FailedPrecondition(USED.into()));
     }
     if token.expire_time <= Utc::now() {
         return Err(ApiError::FailedPrecondition(
@@ -146,4 +157,32 @@ pub async fn redeem(
     Ok(pb::RedeemLinkTokenResponse {
         user: Some(user.into()),
     })
+}
+
+/// The answer to a repeat redemption by the account that redeemed the token:
+/// its user, the username refreshed. The link may have changed since (the user
+/// linked another account, or dropped this one): then the token is used, as
+/// for anyone else, rather than undoing the later change.
+async fn redeemed_again(
+    tx: &mut sqlx::PgConnection,
+    token: &TokenRow,
+    request: &pb::RedeemLinkTokenRequest,
+) -> ApiResult<UserRow> {
+    let user: UserRow =
+        sqlx::query_as("SELECT * FROM users WHERE id = $1 AND telegram_user_id = $2 FOR UPDATE")
+            .bind(token.user_id)
+            .bind(request.telegram_user_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| ApiError::FailedPrecondition(USED.into()))?;
+    let changed: Option<UserRow> = sqlx::query_as(
+        // Only a new username is written: the same one leaves update_time be.
+        "UPDATE users SET telegram_username = $2
+         WHERE id = $1 AND telegram_username <> $2 RETURNING *",
+    )
+    .bind(token.user_id)
+    .bind(request.telegram_username.trim_start_matches('@'))
+    .fetch_optional(&mut *tx)
+    .await?;
+    Ok(changed.unwrap_or(user))
 }

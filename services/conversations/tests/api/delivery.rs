@@ -792,3 +792,142 @@ async fn a_status_deferred_on_another_channel_is_not_applied() {
         "the Telegram one still waits"
     );
 }
+
+// ---- Dead letters of deferred statuses, resolved when the message appears ----
+
+/// Records what the gateway records when UpdateDeliveryStatus answers
+/// `deferred`: a failure of `source` naming `provider_id`; returns its id.
+async fn record_failure(
+    app: &mut TestApp,
+    request_id: &str,
+    source: pb::WebhookSource,
+    provider_id: &str,
+) -> String {
+    app.client
+        .record_webhook_failure(pb::RecordWebhookFailureRequest {
+            failure: Some(pb::WebhookFailure {
+                request_id: request_id.into(),
+                source: source as i32,
+                provider_message_id: provider_id.into(),
+                raw_payload: format!(r#"{{"statuses":[{{"id":"{provider_id}"}}]}}"#).into_bytes(),
+                error: "a status for a message we never sent".into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("record a webhook failure")
+        .into_inner()
+        .failure
+        .unwrap()
+        .id
+}
+
+async fn move_failure(app: &mut TestApp, id: &str, to: pb::WebhookFailureStatus, resolution: &str) {
+    app.client
+        .resolve_webhook_failure(pb::ResolveWebhookFailureRequest {
+            id: id.into(),
+            status: to as i32,
+            resolution: resolution.into(),
+        })
+        .await
+        .expect("move a webhook failure");
+}
+
+/// Every webhook failure as ListWebhookFailures shows it, by id.
+async fn failures(app: &mut TestApp) -> std::collections::HashMap<String, pb::WebhookFailure> {
+    let listed = app
+        .client
+        .list_webhook_failures(pb::ListWebhookFailuresRequest {
+            page_size: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.next_page_token.is_empty());
+    listed
+        .failures
+        .into_iter()
+        .map(|f| (f.id.clone(), f))
+        .collect()
+}
+
+const LATE_MESSAGE: &str = "the message was stored later and its deferred status applied";
+
+#[tokio::test]
+async fn a_deferred_status_recorded_as_a_failure_is_resolved_when_its_message_appears() {
+    use pb::{WebhookFailureStatus as F, WebhookSource as S};
+    let (mut app, providers, user) = with_provider().await;
+    let provider_id = wamid();
+    let other_id = wamid();
+    // The gateway: a status for a message we never sent is deferred, and it
+    // records the delivery as a dead letter (a re-delivery as another one).
+    for id in [&provider_id, &other_id] {
+        let answer = update(&mut app, status(id, D::Delivered, None))
+            .await
+            .unwrap();
+        assert!(answer.deferred);
+    }
+    let pending = record_failure(&mut app, "status-1", S::Whatsapp, &provider_id).await;
+    let retrying = record_failure(&mut app, "status-2", S::Whatsapp, &provider_id).await;
+    move_failure(&mut app, &retrying, F::Retrying, "").await;
+    let abandoned = record_failure(&mut app, "status-3", S::Whatsapp, &provider_id).await;
+    move_failure(&mut app, &abandoned, F::Abandoned, "gave up").await;
+    let other = record_failure(&mut app, "status-4", S::Whatsapp, &other_id).await;
+    let telegram = record_failure(&mut app, "status-5", S::Telegram, &provider_id).await;
+    let before = failures(&mut app).await;
+
+    let id = send_as(&mut app, &providers, &user, &provider_id).await;
+    assert_eq!(
+        get_message(&mut app, &id).await.delivery_status(),
+        D::Delivered
+    );
+
+    let after = failures(&mut app).await;
+    for resolved in [&pending, &retrying] {
+        let failure = &after[resolved];
+        assert_eq!(failure.status(), F::Resolved, "{failure:?}");
+        assert_eq!(failure.resolution, LATE_MESSAGE);
+        assert_eq!(failure.retry_count, before[resolved].retry_count);
+        assert_eq!(failure.raw_payload, before[resolved].raw_payload);
+    }
+    // Final ones, other ids and other sources are not touched.
+    for untouched in [&abandoned, &other, &telegram] {
+        assert_eq!(after[untouched], before[untouched]);
+    }
+    assert_eq!(after[&abandoned].status(), F::Abandoned);
+    assert_eq!(after[&other].status(), F::Pending);
+    assert_eq!(after[&telegram].status(), F::Pending);
+
+    // Listed as resolved, and resolving it again the same way is a retry.
+    let resolved = app
+        .client
+        .list_webhook_failures(pb::ListWebhookFailuresRequest {
+            status: F::Resolved as i32,
+            page_size: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .failures;
+    assert_eq!(
+        resolved.iter().map(|f| &f.id).collect::<Vec<_>>(),
+        [&pending, &retrying]
+    );
+    move_failure(&mut app, &pending, F::Resolved, "").await;
+    assert_eq!(failures(&mut app).await[&pending], after[&pending]);
+}
+
+#[tokio::test]
+async fn a_failure_with_no_deferred_status_waiting_stays_open_when_the_message_appears() {
+    use pb::{WebhookFailureStatus as F, WebhookSource as S};
+    let (mut app, providers, user) = with_provider().await;
+    let provider_id = wamid();
+    // Recorded for some other reason, with no status deferred for the id.
+    let failure = record_failure(&mut app, "other-1", S::Whatsapp, &provider_id).await;
+    send_as(&mut app, &providers, &user, &provider_id).await;
+    let after = failures(&mut app).await;
+    assert_eq!(after[&failure].status(), F::Pending);
+    assert_eq!(after[&failure].resolution, "");
+}

@@ -492,6 +492,185 @@ async fn a_media_only_message_is_stored() {
     assert_eq!(app.count("messages").await, 2);
 }
 
+/// A message of `kind` with nothing but `metadata`.
+fn metadata_only(kind: pb::MessageType, metadata: serde_json::Value) -> pb::Message {
+    pb::Message {
+        r#type: kind as i32,
+        provider_message_id: wamid(),
+        metadata: Some(mesh_runtime::convert::json_to_struct(&metadata)),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn an_unknown_type_with_only_metadata_is_stored_and_reads_back() {
+    let mut app = spawn_app().await;
+    let conversation = app.conversation(&fresh_user(), pb::Channel::Whatsapp).await;
+    // A type the gateway does not know: the provider's raw object is all there is.
+    let raw = serde_json::json!({
+        "raw": {
+            "from": "573001234567",
+            "id": "wamid.HBgMNTczMDAxMjM0NTY3",
+            "timestamp": "1732000000",
+            "type": "some_future_type",
+            "some_future_type": {"field": [1, 2, 3], "flag": true},
+        }
+    });
+    let sent = metadata_only(pb::MessageType::Unknown, raw.clone());
+    let stored = record(&mut app, with(&conversation.id, sent.clone()))
+        .await
+        .unwrap()
+        .message
+        .unwrap();
+    assert_eq!(stored.r#type(), pb::MessageType::Unknown);
+    assert_eq!(stored.content, "");
+    assert_eq!(stored.media, None);
+    assert_eq!(stored.metadata, sent.metadata);
+    assert_eq!(stored.provider_message_id, sent.provider_message_id);
+    assert_eq!(get_message(&mut app, &stored.id).await.unwrap(), stored);
+    assert_eq!(app.count_events("message_received").await, 1);
+
+    // A prompt shows it as a note of its type.
+    let turns = history(
+        &mut app,
+        pb::GetHistoryRequest {
+            conversation_id: conversation.id.clone(),
+            last_n: 10,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap()
+    .turns;
+    assert_eq!(
+        turns.iter().map(|t| t.content.as_str()).collect::<Vec<_>>(),
+        ["[unknown]"]
+    );
+}
+
+#[tokio::test]
+async fn a_text_message_with_only_metadata_is_refused_naming_content() {
+    let mut app = spawn_app().await;
+    let conversation = app.conversation(&fresh_user(), pb::Channel::Whatsapp).await;
+    let media = pb::Media {
+        provider_media_id: "1234567890".into(),
+        ..Default::default()
+    };
+    for message in [
+        metadata_only(pb::MessageType::Text, serde_json::json!({"k": "v"})),
+        // Unspecified is text.
+        metadata_only(pb::MessageType::Unspecified, serde_json::json!({"k": "v"})),
+        // A text's text is its content: media does not stand in for it.
+        pb::Message {
+            media: Some(media.clone()),
+            ..metadata_only(pb::MessageType::Text, serde_json::json!({}))
+        },
+    ] {
+        let status = record(&mut app, with(&conversation.id, message.clone()))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            sorted_bad_fields(&status),
+            ["message.content"],
+            "{message:?}"
+        );
+        assert!(
+            status
+                .message()
+                .contains("a MESSAGE_TYPE_TEXT message needs content"),
+            "{status:?}"
+        );
+    }
+    // A media type needs content or media: metadata is not enough.
+    let image = metadata_only(pb::MessageType::Image, serde_json::json!({"k": "v"}));
+    let status = record(&mut app, with(&conversation.id, image))
+        .await
+        .unwrap_err();
+    assert_eq!(sorted_bad_fields(&status), ["message.content"]);
+    assert!(
+        status
+            .message()
+            .contains("a MESSAGE_TYPE_IMAGE message needs content or media"),
+        "{status:?}"
+    );
+    assert_eq!(app.count("messages").await, 0);
+    assert_eq!(conversation_row(&app, &conversation.id).await, (0, None));
+    assert_eq!(app.count_events("message_received").await, 0);
+}
+
+#[tokio::test]
+async fn a_location_and_other_textless_types_with_only_metadata_are_stored() {
+    let mut app = spawn_app().await;
+    let conversation = app.conversation(&fresh_user(), pb::Channel::Whatsapp).await;
+    let location = metadata_only(
+        pb::MessageType::Location,
+        serde_json::json!({"location": {"latitude": 4.711, "longitude": -74.0721}}),
+    );
+    let stored = record(&mut app, with(&conversation.id, location.clone()))
+        .await
+        .unwrap()
+        .message
+        .unwrap();
+    assert_eq!(stored.r#type(), pb::MessageType::Location);
+    assert_eq!(stored.content, "");
+    assert_eq!(stored.metadata, location.metadata);
+    assert_eq!(get_message(&mut app, &stored.id).await.unwrap(), stored);
+
+    let others = [
+        (
+            pb::MessageType::Contacts,
+            serde_json::json!({"contacts": [{"name": {"formatted_name": "Ana"}}]}),
+        ),
+        // The user removed their reaction: WhatsApp sends an empty emoji.
+        (
+            pb::MessageType::Reaction,
+            serde_json::json!({"reaction": {"message_id": "wamid.X", "emoji": ""}}),
+        ),
+        (
+            pb::MessageType::Order,
+            serde_json::json!({"order": {"catalog_id": "1", "product_items": []}}),
+        ),
+        (
+            pb::MessageType::System,
+            serde_json::json!({"system": {"type": "user_changed_number"}}),
+        ),
+    ];
+    for (i, (kind, metadata)) in others.into_iter().enumerate() {
+        let message = metadata_only(kind, metadata);
+        let stored = record(&mut app, with(&conversation.id, message.clone()))
+            .await
+            .unwrap_or_else(|e| panic!("{kind:?} with only metadata is stored: {e:?}"))
+            .message
+            .unwrap();
+        assert_eq!(stored.r#type(), kind);
+        assert_eq!(stored.sequence_number, i as i64 + 2);
+        assert_eq!(
+            get_message(&mut app, &stored.id).await.unwrap().metadata,
+            message.metadata
+        );
+    }
+    assert_eq!(app.count("messages").await, 5);
+
+    // Without metadata (or with an empty object) there is nothing to store.
+    for metadata in [None, Some(serde_json::json!({}))] {
+        let empty = pb::Message {
+            metadata: metadata.map(|m| mesh_runtime::convert::json_to_struct(&m)),
+            ..metadata_only(pb::MessageType::Location, serde_json::json!({}))
+        };
+        let status = record(&mut app, with(&conversation.id, empty))
+            .await
+            .unwrap_err();
+        assert_eq!(sorted_bad_fields(&status), ["message.content"]);
+        assert!(
+            status.message().contains(
+                "a MESSAGE_TYPE_LOCATION message needs content, media (url or provider_media_id) or a non-empty metadata object"
+            ),
+            "{status:?}"
+        );
+    }
+    assert_eq!(app.count("messages").await, 5);
+}
+
 /// BUG(lead): messages.rs `inbound_message`/`check_media` accepts a `media`
 /// with neither `url` nor `provider_media_id` when the message has content:
 /// the mime type and caption are stored (media_mime_type, media_caption) but

@@ -229,20 +229,44 @@ async fn redeem_binds_the_telegram_account_to_the_user() {
 }
 
 #[tokio::test]
-async fn redeeming_a_token_twice_is_failed_precondition() {
+async fn a_repeat_by_the_account_that_redeemed_it_returns_the_same_user() {
     let mut app = spawn_app().await;
     let user = app.new_user().await;
     let token = create_token(&mut app, &user, 0).await.token;
-    redeem(&mut app, &token, 1001, "first").await.unwrap();
+    let first = redeem(&mut app, &token, 1001, "first").await.unwrap();
     let used = token_state(&app, &token).await;
 
-    for (id, name) in [(1001, "first"), (2002, "second")] {
-        let status = redeem(&mut app, &token, id, name).await.unwrap_err();
-        assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
-    }
-    let fetched = get_user(&mut app, &user).await;
-    assert_eq!(fetched.telegram_user_id, Some(1001));
-    assert_eq!(fetched.telegram_username, "first");
+    // Telegram re-delivers the `/start`: the same answer, nothing rewritten.
+    let again = redeem(&mut app, &token, 1001, "first").await.unwrap();
+    assert_eq!(again, first);
+    assert_eq!(get_user(&mut app, &user).await, first);
+    assert_eq!(
+        token_state(&app, &token).await,
+        used,
+        "still the first redemption"
+    );
+
+    // A repeat with a new username refreshes it; the link stays.
+    let renamed = redeem(&mut app, &token, 1001, "@renamed").await.unwrap();
+    assert_eq!(renamed.id, user);
+    assert_eq!(renamed.telegram_user_id, Some(1001));
+    assert_eq!(renamed.telegram_username, "renamed");
+    assert_eq!(get_user(&mut app, &user).await, renamed);
+    assert_eq!(token_state(&app, &token).await, used);
+}
+
+#[tokio::test]
+async fn a_token_redeemed_by_another_account_is_failed_precondition() {
+    let mut app = spawn_app().await;
+    let user = app.new_user().await;
+    let token = create_token(&mut app, &user, 0).await.token;
+    let first = redeem(&mut app, &token, 1001, "first").await.unwrap();
+    let used = token_state(&app, &token).await;
+
+    let status = redeem(&mut app, &token, 2002, "second").await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(status.message().contains("already used"), "{status:?}");
+    assert_eq!(get_user(&mut app, &user).await, first);
     assert_eq!(token_state(&app, &token).await, used);
     let status = app
         .client
@@ -252,6 +276,77 @@ async fn redeeming_a_token_twice_is_failed_precondition() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
+}
+
+#[tokio::test]
+async fn an_expired_token_repeated_by_the_account_that_redeemed_it_returns_the_user() {
+    let mut app = spawn_app().await;
+    let user = app.new_user().await;
+    let token = create_token(&mut app, &user, 0).await.token;
+    let first = redeem(&mut app, &token, 1001, "first").await.unwrap();
+    let mut conn = app.db.admin_connection().await;
+    sqlx::query(
+        "UPDATE users.link_tokens SET expire_time = now() - interval '1 second' WHERE token = $1",
+    )
+    .bind(&token)
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let used = token_state(&app, &token).await;
+
+    // The re-delivery came after the token expired: still the linked user.
+    let again = redeem(&mut app, &token, 1001, "first").await.unwrap();
+    assert_eq!(again, first);
+
+    // Anyone else is refused, as used.
+    let status = redeem(&mut app, &token, 2002, "late").await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert_eq!(get_user(&mut app, &user).await, first);
+    assert_eq!(token_state(&app, &token).await, used);
+}
+
+#[tokio::test]
+async fn a_repeat_after_the_user_linked_another_account_is_failed_precondition() {
+    let mut app = spawn_app().await;
+    let user = app.new_user().await;
+    let old_token = create_token(&mut app, &user, 0).await.token;
+    redeem(&mut app, &old_token, 1001, "old").await.unwrap();
+    let new_token = create_token(&mut app, &user, 0).await.token;
+    let relinked = redeem(&mut app, &new_token, 1002, "new").await.unwrap();
+    assert_eq!(relinked.telegram_user_id, Some(1002));
+
+    // A late re-delivery of the first `/start` does not undo the newer link.
+    let status = redeem(&mut app, &old_token, 1001, "old").await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert_eq!(get_user(&mut app, &user).await, relinked);
+}
+
+#[tokio::test]
+async fn two_concurrent_redeems_by_the_same_account_both_return_the_user() {
+    let mut app = spawn_app().await;
+    let user = app.new_user().await;
+    let token = create_token(&mut app, &user, 0).await.token;
+
+    let mut a = app.client.clone();
+    let mut b = app.client.clone();
+    let request = RedeemLinkTokenRequest {
+        token: token.clone(),
+        telegram_user_id: 9009,
+        telegram_username: "twin".into(),
+    };
+    let (ra, rb) = tokio::join!(
+        a.redeem_link_token(request.clone()),
+        b.redeem_link_token(request.clone()),
+    );
+    let (ua, ub) = (
+        ra.unwrap().into_inner().user.unwrap(),
+        rb.unwrap().into_inner().user.unwrap(),
+    );
+    assert_eq!(ua, ub);
+    assert_eq!(ua.id, user);
+    assert_eq!(ua.telegram_user_id, Some(9009));
+    assert_eq!(get_user(&mut app, &user).await, ua);
+    assert_eq!(token_state(&app, &token).await.1, Some(9009));
 }
 
 #[tokio::test]
