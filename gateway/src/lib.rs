@@ -1,24 +1,37 @@
-//! The webhook gateway: it will receive the providers' webhooks over HTTP
-//! (`POST /webhooks/whatsapp`, `POST /webhooks/telegram`), verify them, and
-//! turn each delivery into gRPC calls on the users and conversations services.
+//! The webhook gateway: receives the providers' webhooks over HTTP, verifies
+//! them, and turns each delivery into gRPC calls on the users and
+//! conversations services. It owns no data: a delivery is answered 200 only
+//! once everything in it is stored (or dead-lettered as something that can
+//! never be stored); any other failure is a 5xx the provider retries, and the
+//! services' idempotency makes the retry harmless.
 //!
-//! What is here now is the transport-free core those routes will stand on:
-//!
+//! - [`routes`]: `GET/POST /webhooks/whatsapp`, `POST /webhooks/telegram`,
+//!   `/healthz`, `/readyz`, `/metrics`;
 //! - [`signature`]: the authenticity checks (WhatsApp's `X-Hub-Signature-256`
-//!   HMAC over the raw body, Telegram's secret-token header), both constant-time;
-//! - [`whatsapp`] and [`telegram`]: payload parsers that turn a raw body into
-//!   normalized values, or a [`PayloadError`] the route answers with 400;
-//! - [`check_size`] / [`MAX_WHATSAPP_BODY`]: the 3 MB cap (413).
+//!   HMAC over the raw body, Telegram's secret-token header), constant-time;
+//! - [`whatsapp`] and [`telegram`]: payload parsers from raw bytes to
+//!   normalized values, or a [`PayloadError`] answered with 400;
+//! - `inbound`: from a parsed delivery to calls on the mesh;
+//! - `mesh`: those calls, with deadlines and the trace context.
 //!
-//! The intended order in a route is: size check, signature check on the raw
-//! bytes, then parse. Nothing here panics on any input; the property tests in
-//! `tests/fuzz.rs` feed arbitrary bytes and arbitrary JSON to hold that line.
+//! The order in a route is: size, signature on the raw bytes, parse, hand on.
+//! No parser panics on any input (`tests/fuzz.rs`).
 
+mod answer;
+mod app;
+pub mod config;
 mod de;
 mod error;
+mod inbound;
+mod mesh;
+mod metrics;
+pub mod routes;
 pub mod signature;
 pub mod telegram;
 pub mod whatsapp;
 
+pub use answer::Summary;
+pub use app::{Application, build};
+pub use config::Config;
 pub use error::{MAX_WHATSAPP_BODY, PayloadError, TooLarge, check_size};
 pub use signature::SignatureError;

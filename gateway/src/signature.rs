@@ -76,7 +76,7 @@ pub fn verify_telegram(expected: &str, header: Option<&str>) -> Result<(), Signa
 }
 
 /// Telegram's rule for secret tokens: 1-256 chars of `A-Z a-z 0-9 _ -`.
-fn is_telegram_token(s: &str) -> bool {
+pub fn is_telegram_token(s: &str) -> bool {
     (1..=TELEGRAM_TOKEN_MAX).contains(&s.len())
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')

@@ -82,7 +82,19 @@ pub struct Message {
     pub caption: Option<String>,
     pub media: Option<MediaKind>,
     pub location: Option<Location>,
+    /// The file of a photo (its largest size), voice, audio, video, document
+    /// or sticker: what the bot API's `getFile` takes.
+    pub file: Option<File>,
     pub reply_to_message_id: Option<i64>,
+    /// The whole message object as received.
+    pub raw: Value,
+}
+
+/// A file the bot can fetch later with `getFile`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct File {
+    pub file_id: String,
+    pub mime_type: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -155,11 +167,17 @@ struct WireCallback {
 /// Parses an update. Any failure is a [`PayloadError`] (answer 400).
 pub fn parse(raw: &[u8]) -> Result<Update, PayloadError> {
     let value: Value = serde_json::from_slice(raw).map_err(|e| PayloadError::not_json(&e))?;
+    // Kept before the typed read consumes it: unknown content stays stored.
+    let raw_message = value
+        .get("message")
+        .or_else(|| value.get("edited_message"))
+        .cloned()
+        .unwrap_or(Value::Null);
     let u = WireUpdate::deserialize(value).map_err(|e| PayloadError::shape("update", e))?;
     let kind = if let Some(m) = u.message {
-        UpdateKind::Message(message(m))
+        UpdateKind::Message(message(m, raw_message))
     } else if let Some(m) = u.edited_message {
-        UpdateKind::EditedMessage(message(m))
+        UpdateKind::EditedMessage(message(m, raw_message))
     } else if let Some(q) = u.callback_query {
         UpdateKind::CallbackQuery(CallbackQuery {
             id: q.id,
@@ -185,7 +203,7 @@ pub fn parse(raw: &[u8]) -> Result<Update, PayloadError> {
     })
 }
 
-fn message(m: WireMessage) -> Message {
+fn message(m: WireMessage, raw: Value) -> Message {
     // Checked in this order: a sticker or animation also sets other keys
     // (thumbnails, `document` for animations), the specific one wins.
     const MEDIA: [(&str, MediaKind); 8] = [
@@ -205,6 +223,7 @@ fn message(m: WireMessage) -> Message {
     if media.is_none() && m.location.is_some() {
         media = Some(MediaKind::Location);
     }
+    let file = media.and_then(|kind| file(kind, &m.rest));
     Message {
         message_id: m.message_id,
         from: m.from,
@@ -214,8 +233,35 @@ fn message(m: WireMessage) -> Message {
         caption: m.caption,
         media,
         location: m.location,
+        file,
         reply_to_message_id: m.reply_to_message.map(|r| r.message_id),
+        raw,
     }
+}
+
+/// The file behind a media message. A photo comes as several sizes, smallest
+/// first: the last is the one worth keeping.
+fn file(kind: MediaKind, fields: &Map<String, Value>) -> Option<File> {
+    let object = match kind {
+        MediaKind::Photo => fields.get("photo")?.as_array()?.last()?,
+        MediaKind::Voice => fields.get("voice")?,
+        MediaKind::Audio => fields.get("audio")?,
+        MediaKind::Video => fields.get("video")?,
+        MediaKind::Document => fields.get("document")?,
+        MediaKind::Sticker => fields.get("sticker")?,
+        MediaKind::Location | MediaKind::Contact => return None,
+    };
+    let file_id = object.get("file_id")?.as_str()?;
+    if file_id.is_empty() {
+        return None;
+    }
+    Some(File {
+        file_id: file_id.to_owned(),
+        mime_type: object
+            .get("mime_type")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+    })
 }
 
 /// Longest deep-link payload Telegram passes through.

@@ -205,3 +205,103 @@ fn deep_nesting_is_a_400_not_a_stack_overflow() {
         Err(PayloadError::NotJson(_))
     ));
 }
+
+/// The routes themselves, in process, with the downstream services at an
+/// address nobody listens on: a signed body the parser refuses is a 400,
+/// one it accepts is 200 (nothing to store) or a 5xx (the mesh is needed
+/// and away): never a panic, never a 500.
+mod routes {
+    use std::sync::OnceLock;
+
+    use axum::{Router, body::Body, http::Request};
+    use tower::ServiceExt;
+
+    use super::*;
+
+    const SECRET: &str = "fuzz-app-secret";
+    const TELEGRAM: &str = "fuzz-telegram-secret";
+
+    fn runtime() -> &'static tokio::runtime::Runtime {
+        static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+        RUNTIME.get_or_init(|| tokio::runtime::Runtime::new().unwrap())
+    }
+
+    fn router() -> Router {
+        static ROUTER: OnceLock<Router> = OnceLock::new();
+        ROUTER
+            .get_or_init(|| {
+                let _entered = runtime().enter();
+                let config = mesh_gateway::Config {
+                    addr: "127.0.0.1:0".parse().unwrap(),
+                    users_url: "http://127.0.0.1:9".into(),
+                    conversations_url: "http://127.0.0.1:9".into(),
+                    auth_token: "token".into(),
+                    downstream_timeout: std::time::Duration::from_secs(2),
+                    drain_grace: std::time::Duration::from_secs(1),
+                    whatsapp_verify_token: None,
+                    whatsapp_app_secret: Some(SECRET.into()),
+                    telegram_secret_token: Some(TELEGRAM.into()),
+                };
+                mesh_gateway::routes::router(mesh_gateway::routes::AppState::new(&config).unwrap())
+            })
+            .clone()
+    }
+
+    fn post(path: &str, header: (&str, String), body: Vec<u8>) -> u16 {
+        let request = Request::post(path)
+            .header(header.0, header.1)
+            .body(Body::from(body))
+            .unwrap();
+        runtime()
+            .block_on(router().oneshot(request))
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
+    fn check(status: u16, parsed: bool) {
+        if parsed {
+            assert!(matches!(status, 200 | 502 | 503), "{status}");
+        } else {
+            assert_eq!(status, 400);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn signed_bytes_get_a_documented_answer(raw in prop::collection::vec(any::<u8>(), 0..512)) {
+            let status = post("/webhooks/whatsapp",
+                ("x-hub-signature-256", sign(SECRET.as_bytes(), &raw)), raw.clone());
+            check(status, whatsapp::parse(&raw).is_ok());
+            let status = post("/webhooks/telegram",
+                ("x-telegram-bot-api-secret-token", TELEGRAM.into()), raw.clone());
+            check(status, telegram::parse(&raw).is_ok());
+        }
+
+        #[test]
+        fn signed_json_gets_a_documented_answer(v in arb_json(), wrap in any::<bool>()) {
+            let wa = if wrap {
+                json!({"object": "whatsapp_business_account", "entry": [{"id": "1",
+                    "changes": [{"field": "messages", "value": v.clone()}]}]})
+            } else { v.clone() };
+            let raw = wa.to_string().into_bytes();
+            let status = post("/webhooks/whatsapp",
+                ("x-hub-signature-256", sign(SECRET.as_bytes(), &raw)), raw.clone());
+            check(status, whatsapp::parse(&raw).is_ok());
+            let tg = if wrap { json!({"update_id": 1, "message": v}) } else { v };
+            let raw = tg.to_string().into_bytes();
+            let status = post("/webhooks/telegram",
+                ("x-telegram-bot-api-secret-token", TELEGRAM.into()), raw.clone());
+            check(status, telegram::parse(&raw).is_ok());
+        }
+
+        #[test]
+        fn unsigned_bytes_are_401(raw in prop::collection::vec(any::<u8>(), 0..256)) {
+            let status = post("/webhooks/whatsapp",
+                ("x-hub-signature-256", sign(b"another-secret", &raw)), raw);
+            prop_assert_eq!(status, 401);
+        }
+    }
+}

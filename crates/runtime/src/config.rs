@@ -78,7 +78,6 @@ impl ServiceConfig {
     /// `<prefix>_ADDR` says otherwise.
     pub fn from_env(prefix: &str, default_addr: &str) -> Result<Self, ConfigError> {
         let default_addr: SocketAddr = default_addr.parse().expect("a valid default address");
-        let drain_seconds: u64 = parsed_or("MESH_DRAIN_SECONDS", 10)?;
         Ok(Self {
             addr: parsed_or(&format!("{prefix}_ADDR"), default_addr)?,
             database_url: database_url(&format!("{prefix}_DATABASE_URL"))?,
@@ -87,10 +86,15 @@ impl ServiceConfig {
                 "MESH_AUTH_TOKEN",
                 "the bearer token callers must present (cargo xtask up uses dev-token)",
             )?,
-            drain_grace: Duration::from_secs(drain_seconds),
+            drain_grace: drain_grace()?,
             tls: tls_files()?,
         })
     }
+}
+
+/// How long in-flight requests may run after SIGTERM (`MESH_DRAIN_SECONDS`, 10).
+pub fn drain_grace() -> Result<Duration, ConfigError> {
+    Ok(Duration::from_secs(parsed_or("MESH_DRAIN_SECONDS", 10)?))
 }
 
 fn database_url(name: &str) -> Result<String, ConfigError> {

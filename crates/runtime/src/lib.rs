@@ -6,6 +6,7 @@
 //! ([`convert`], [`pagination`], [`idempotency`]).
 
 pub mod auth;
+pub mod client;
 pub mod config;
 pub mod convert;
 pub mod db;

@@ -117,14 +117,20 @@ pub fn request_span(request: &http::Request<()>) -> tracing::Span {
         rpc.system = "grpc",
         rpc.method = %request.uri().path(),
     );
+    continue_trace(&span, request.headers());
+    span
+}
+
+/// Makes `span` a child of the trace named by the `traceparent` header in
+/// `headers`, when there is a valid one (HTTP requests and gRPC calls alike).
+pub fn continue_trace(span: &tracing::Span, headers: &http::HeaderMap) {
     let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
-        propagator.extract(&HeaderExtractor(request.headers()))
+        propagator.extract(&HeaderExtractor(headers))
     });
     if parent.span().span_context().is_valid() {
         // Only fails when the span is disabled by the filter: nothing to attach to then.
         let _ = span.set_parent(parent);
     }
-    span
 }
 
 /// A client interceptor that sends the current span's context as

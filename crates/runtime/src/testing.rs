@@ -46,6 +46,19 @@ impl TestDatabase {
         Self { admin, name }
     }
 
+    /// How a test runs `service` over this database: port 0, the test token,
+    /// a short drain.
+    pub fn service_config(&self, service: &str) -> crate::config::ServiceConfig {
+        crate::config::ServiceConfig {
+            addr: "127.0.0.1:0".parse().expect("valid"),
+            database_url: self.service_url(service),
+            db_max_connections: 10,
+            auth_token: TOKEN.into(),
+            drain_grace: std::time::Duration::from_secs(5),
+            tls: None,
+        }
+    }
+
     /// The URL a service connects with: its own role, this database.
     pub fn service_url(&self, service: &str) -> String {
         let host = self.admin.get_host();

@@ -187,3 +187,49 @@ fn refusals_are_payload_errors() {
     assert!(matches!(parse(b"nope"), Err(PayloadError::NotJson(_))));
     assert!(matches!(parse(b"[1]"), Err(PayloadError::Shape(_))));
 }
+
+#[test]
+fn media_files_and_raw_message_are_kept() {
+    let u = update(
+        json!({"update_id": 7, "message": {"message_id": 8, "from": from(),
+        "chat": {"id": 4, "type": "private"}, "date": 3,
+        "photo": [{"file_id": "small", "file_unique_id": "s", "width": 90, "height": 90},
+                  {"file_id": "large", "file_unique_id": "l", "width": 800, "height": 800}]}}),
+    );
+    let UpdateKind::Message(m) = u.kind else {
+        panic!("not a message: {u:?}")
+    };
+    assert_eq!(
+        m.file,
+        Some(File {
+            file_id: "large".into(),
+            mime_type: None
+        })
+    );
+    assert_eq!(m.raw["photo"][1]["file_id"], "large");
+
+    let u = update(
+        json!({"update_id": 8, "message": {"message_id": 9, "from": from(),
+        "chat": {"id": 4, "type": "private"}, "date": 3,
+        "voice": {"file_id": "v1", "file_unique_id": "u", "duration": 2, "mime_type": "audio/ogg"}}}),
+    );
+    let UpdateKind::Message(m) = u.kind else {
+        panic!("not a message: {u:?}")
+    };
+    assert_eq!(
+        (m.media, m.file.as_ref().map(|f| f.mime_type.as_deref())),
+        (Some(MediaKind::Voice), Some(Some("audio/ogg")))
+    );
+
+    // A poll: no text, no media, still the whole object to store.
+    let u = update(
+        json!({"update_id": 9, "message": {"message_id": 10, "from": from(),
+        "chat": {"id": 4, "type": "private"}, "date": 3,
+        "poll": {"id": "p", "question": "?", "options": []}}}),
+    );
+    let UpdateKind::Message(m) = u.kind else {
+        panic!("not a message: {u:?}")
+    };
+    assert_eq!((m.media, m.file), (None, None));
+    assert_eq!(m.raw["poll"]["id"], "p");
+}

@@ -1,0 +1,97 @@
+//! Calls from one part of the mesh to another service: a lazily connected
+//! channel with a deadline on every call, the mesh bearer token, and the
+//! current trace context, so the callee's spans join the caller's trace.
+
+use std::{sync::OnceLock, time::Duration};
+
+use tonic::{
+    metadata::{Ascii, MetadataValue},
+    service::{Interceptor, interceptor::InterceptedService},
+    transport::{Channel, Endpoint},
+};
+
+use crate::config::{ConfigError, invalid};
+
+/// Sends the mesh bearer token and the current trace context with every call.
+#[derive(Clone)]
+pub struct MeshInterceptor {
+    authorization: MetadataValue<Ascii>,
+    timeout: Duration,
+}
+
+impl Interceptor for MeshInterceptor {
+    fn call(&mut self, request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        let mut request = crate::telemetry::inject_trace_context(request)?;
+        // Sent as `grpc-timeout`: the callee gives up when the caller has.
+        request.set_timeout(self.timeout);
+        request
+            .metadata_mut()
+            .insert("authorization", self.authorization.clone());
+        Ok(request)
+    }
+}
+
+/// What a generated client is built over: `FooClient::new(downstream.channel())`.
+pub type MeshChannel = InterceptedService<Channel, MeshInterceptor>;
+
+/// One service this process calls.
+pub struct Downstream {
+    url: String,
+    endpoint: Endpoint,
+    interceptor: MeshInterceptor,
+    /// Made on first use (a channel needs the runtime), then shared: it
+    /// connects lazily and reconnects as needed, so the caller starts without
+    /// the callee and survives its restarts.
+    channel: OnceLock<Channel>,
+}
+
+impl Downstream {
+    /// `url` comes from the variable `var` (named in errors). Every call gets
+    /// `timeout` as its deadline, which is also sent as `grpc-timeout` so the
+    /// callee stops working on an answer nobody waits for.
+    pub fn new(
+        var: &str,
+        url: &str,
+        auth_token: &str,
+        timeout: Duration,
+    ) -> Result<Self, ConfigError> {
+        let endpoint = Endpoint::from_shared(url.to_owned())
+            .map_err(|e| invalid(var, url, &e.to_string()))?
+            .connect_timeout(Duration::from_secs(3).min(timeout))
+            .timeout(timeout)
+            .tcp_nodelay(true);
+        let authorization = format!("Bearer {auth_token}").parse().map_err(|_| {
+            invalid(
+                "MESH_AUTH_TOKEN",
+                "(hidden)",
+                "cannot be sent as a gRPC header",
+            )
+        })?;
+        Ok(Self {
+            url: url.to_owned(),
+            endpoint,
+            interceptor: MeshInterceptor {
+                authorization,
+                timeout,
+            },
+            channel: OnceLock::new(),
+        })
+    }
+
+    /// The address, for logs.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The shared connection without the token (health checks need none).
+    pub fn raw_channel(&self) -> Channel {
+        self.channel
+            .get_or_init(|| self.endpoint.connect_lazy())
+            .clone()
+    }
+
+    /// The shared connection, with the token and trace context on every call.
+    pub fn channel(&self) -> MeshChannel {
+        InterceptedService::new(self.raw_channel(), self.interceptor.clone())
+    }
+}

@@ -1,0 +1,126 @@
+//! What a webhook is answered, in one place: the status code the provider
+//! acts on (200 recorded, 4xx never retried usefully, 5xx retried), a short
+//! JSON body for whoever is debugging with curl, and the outcome label the
+//! metrics count.
+
+use axum::{
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use serde::Serialize;
+use tonic::Code;
+
+use crate::{PayloadError, SignatureError, mesh::CallError};
+
+/// What one delivery carried and what became of it.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Summary {
+    /// Messages stored now.
+    pub stored: usize,
+    /// Messages already stored by an earlier delivery.
+    pub duplicates: usize,
+    /// Statuses handed to the conversations service.
+    pub statuses: usize,
+    /// Items that can never be applied, kept as webhook failures.
+    pub dead_lettered: usize,
+    /// Changes or updates with nothing to store.
+    pub skipped: usize,
+}
+
+/// The label the metrics count answers by.
+#[derive(Clone, Copy, Debug)]
+pub struct Outcome(pub &'static str);
+
+#[derive(Debug)]
+pub enum Answer {
+    Recorded(Summary),
+    /// The WhatsApp verification handshake succeeded: echo the challenge.
+    Challenge(String),
+    BadRequest(String),
+    Unauthorized(SignatureError),
+    Forbidden(&'static str),
+    /// Over this many bytes.
+    TooLarge(usize),
+    Downstream(CallError),
+}
+
+impl From<PayloadError> for Answer {
+    fn from(error: PayloadError) -> Self {
+        Self::BadRequest(error.to_string())
+    }
+}
+
+impl From<Result<Summary, CallError>> for Answer {
+    fn from(handed_on: Result<Summary, CallError>) -> Self {
+        match handed_on {
+            Ok(summary) => Self::Recorded(summary),
+            Err(error) => Self::Downstream(error),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+}
+
+/// A JSON body on a line of its own, so curl's output ends the line.
+pub fn json_line(status: StatusCode, body: &impl Serialize) -> Response {
+    let mut text = serde_json::to_string(body).unwrap_or_else(|_| "{}".into());
+    text.push('\n');
+    (status, [(header::CONTENT_TYPE, "application/json")], text).into_response()
+}
+
+fn error(status: StatusCode, outcome: &'static str, message: &str) -> Response {
+    let mut response = json_line(status, &ErrorBody { error: message });
+    response.extensions_mut().insert(Outcome(outcome));
+    response
+}
+
+impl IntoResponse for Answer {
+    fn into_response(self) -> Response {
+        match self {
+            Self::Recorded(summary) => {
+                let mut response = json_line(StatusCode::OK, &summary);
+                response.extensions_mut().insert(Outcome("recorded"));
+                response
+            }
+            Self::Challenge(challenge) => {
+                // Exactly the challenge: Meta compares it byte for byte.
+                let mut response = (StatusCode::OK, challenge).into_response();
+                response.extensions_mut().insert(Outcome("verified"));
+                response
+            }
+            Self::BadRequest(reason) => error(StatusCode::BAD_REQUEST, "bad_request", &reason),
+            Self::Unauthorized(why) => {
+                error(StatusCode::UNAUTHORIZED, "unauthorized", &why.to_string())
+            }
+            Self::Forbidden(why) => error(StatusCode::FORBIDDEN, "forbidden", why),
+            Self::TooLarge(max) => error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                &format!("body is over the {max} byte limit"),
+            ),
+            Self::Downstream(failure) => {
+                // The details stay in the log (with the trace id): the caller
+                // is a provider on the internet and only needs to retry.
+                tracing::warn!(%failure, "delivery not recorded: the provider will retry");
+                let (status, message) = match failure.code() {
+                    Code::Unavailable
+                    | Code::DeadlineExceeded
+                    | Code::ResourceExhausted
+                    | Code::Aborted
+                    | Code::Cancelled => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "a downstream service is unavailable; nothing was lost, retry",
+                    ),
+                    _ => (
+                        StatusCode::BAD_GATEWAY,
+                        "a downstream service failed; nothing was lost, retry",
+                    ),
+                };
+                error(status, "downstream_error", message)
+            }
+        }
+    }
+}

@@ -1,0 +1,322 @@
+//! The gateway's calls on the mesh: each one through a shared lazily
+//! connected channel with a deadline, the bearer token and the trace context
+//! (see `mesh_runtime::client`), and every failure counted in the metrics.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use mesh_proto::mesh::{
+    conversations::v1::{self as conv, conversations_service_client::ConversationsServiceClient},
+    users::v1::{self as users, users_service_client::UsersServiceClient},
+};
+use mesh_runtime::client::Downstream;
+use tonic::{Code, Status};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+use crate::{config::Config, metrics::Metrics};
+
+/// A downstream call that did not answer OK.
+#[derive(Debug, thiserror::Error)]
+#[error("{service} {method}: {:?} {}", status.code(), status.message())]
+pub struct CallError {
+    pub service: &'static str,
+    pub method: &'static str,
+    pub status: Status,
+}
+
+impl CallError {
+    pub fn code(&self) -> Code {
+        self.status.code()
+    }
+}
+
+/// Why one message or status could not be handed on.
+#[derive(Debug)]
+pub enum Failure {
+    /// No retry can change the answer (the input itself was refused): it is
+    /// dead-lettered with this reason, and the webhook still answered 200.
+    Permanent(String),
+    /// A retry may succeed: the webhook is answered 5xx so the provider retries.
+    Retry(CallError),
+}
+
+impl From<CallError> for Failure {
+    fn from(error: CallError) -> Self {
+        match error.code() {
+            Code::InvalidArgument | Code::OutOfRange => Self::Permanent(format!(
+                "{} {} refused it: {}",
+                error.service,
+                error.method,
+                error.status.message()
+            )),
+            _ => Self::Retry(error),
+        }
+    }
+}
+
+type Users = UsersServiceClient<mesh_runtime::client::MeshChannel>;
+type Conversations = ConversationsServiceClient<mesh_runtime::client::MeshChannel>;
+
+pub struct Mesh {
+    users: Downstream,
+    conversations: Downstream,
+    metrics: Arc<Metrics>,
+}
+
+impl Mesh {
+    pub fn new(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
+        let timeout = config.downstream_timeout;
+        Ok(Self {
+            users: Downstream::new(
+                "GATEWAY_USERS_URL",
+                &config.users_url,
+                &config.auth_token,
+                timeout,
+            )?,
+            conversations: Downstream::new(
+                "GATEWAY_CONVERSATIONS_URL",
+                &config.conversations_url,
+                &config.auth_token,
+                timeout,
+            )?,
+            metrics,
+        })
+    }
+
+    fn users(&self) -> Users {
+        UsersServiceClient::new(self.users.channel())
+    }
+
+    fn conversations(&self) -> Conversations {
+        ConversationsServiceClient::new(self.conversations.channel())
+    }
+
+    async fn call<T>(
+        &self,
+        service: &'static str,
+        method: &'static str,
+        call: impl Future<Output = Result<tonic::Response<T>, Status>>,
+    ) -> Result<T, CallError> {
+        match call.await {
+            Ok(response) => Ok(response.into_inner()),
+            Err(status) => {
+                self.metrics
+                    .downstream_error(service, method, status.code());
+                Err(CallError {
+                    service,
+                    method,
+                    status,
+                })
+            }
+        }
+    }
+
+    pub async fn upsert_user_by_phone(
+        &self,
+        phone: String,
+        profile_name: String,
+    ) -> Result<users::User, CallError> {
+        let answer = self
+            .call(
+                "users",
+                "UpsertUserByPhone",
+                self.users()
+                    .upsert_user_by_phone(users::UpsertUserByPhoneRequest {
+                        phone,
+                        profile_name,
+                    }),
+            )
+            .await?;
+        user_of(answer.user, "users", "UpsertUserByPhone")
+    }
+
+    pub async fn get_user_by_telegram_id(&self, id: i64) -> Result<users::User, CallError> {
+        let answer = self
+            .call(
+                "users",
+                "GetUserByTelegramId",
+                self.users()
+                    .get_user_by_telegram_id(users::GetUserByTelegramIdRequest {
+                        telegram_user_id: id,
+                    }),
+            )
+            .await?;
+        user_of(answer.user, "users", "GetUserByTelegramId")
+    }
+
+    pub async fn create_user(
+        &self,
+        user: users::User,
+        request_id: String,
+    ) -> Result<users::User, CallError> {
+        let answer = self
+            .call(
+                "users",
+                "CreateUser",
+                self.users().create_user(users::CreateUserRequest {
+                    user: Some(user),
+                    request_id,
+                }),
+            )
+            .await?;
+        user_of(answer.user, "users", "CreateUser")
+    }
+
+    pub async fn redeem_link_token(
+        &self,
+        token: &str,
+        telegram_user_id: i64,
+        telegram_username: String,
+    ) -> Result<users::User, CallError> {
+        let answer = self
+            .call(
+                "users",
+                "RedeemLinkToken",
+                self.users()
+                    .redeem_link_token(users::RedeemLinkTokenRequest {
+                        token: token.to_owned(),
+                        telegram_user_id,
+                        telegram_username,
+                    }),
+            )
+            .await?;
+        user_of(answer.user, "users", "RedeemLinkToken")
+    }
+
+    pub async fn touch_last_message(
+        &self,
+        user_id: String,
+        message_time: Option<prost_types::Timestamp>,
+    ) -> Result<(), CallError> {
+        self.call(
+            "users",
+            "TouchLastMessage",
+            self.users()
+                .touch_last_message(users::TouchLastMessageRequest {
+                    user_id,
+                    message_time,
+                }),
+        )
+        .await
+        .map(drop)
+    }
+
+    pub async fn active_conversation(
+        &self,
+        user_id: String,
+        channel: conv::Channel,
+    ) -> Result<conv::Conversation, CallError> {
+        let answer = self
+            .call(
+                "conversations",
+                "GetOrCreateActiveConversation",
+                self.conversations().get_or_create_active_conversation(
+                    conv::GetOrCreateActiveConversationRequest {
+                        user_id,
+                        channel: channel.into(),
+                        ..Default::default()
+                    },
+                ),
+            )
+            .await?;
+        answer.conversation.ok_or_else(|| {
+            missing(
+                "conversations",
+                "GetOrCreateActiveConversation",
+                "conversation",
+            )
+        })
+    }
+
+    pub async fn record_inbound(
+        &self,
+        request: conv::RecordInboundMessageRequest,
+    ) -> Result<conv::RecordInboundMessageResponse, CallError> {
+        self.call(
+            "conversations",
+            "RecordInboundMessage",
+            self.conversations().record_inbound_message(request),
+        )
+        .await
+    }
+
+    pub async fn update_delivery_status(
+        &self,
+        request: conv::UpdateDeliveryStatusRequest,
+    ) -> Result<conv::UpdateDeliveryStatusResponse, CallError> {
+        self.call(
+            "conversations",
+            "UpdateDeliveryStatus",
+            self.conversations().update_delivery_status(request),
+        )
+        .await
+    }
+
+    /// Dead-letters one item; a repeat with the same `request_id` is harmless.
+    pub async fn record_webhook_failure(
+        &self,
+        failure: conv::WebhookFailure,
+    ) -> Result<(), CallError> {
+        self.call(
+            "conversations",
+            "RecordWebhookFailure",
+            self.conversations()
+                .record_webhook_failure(conv::RecordWebhookFailureRequest {
+                    failure: Some(failure),
+                }),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Each downstream service and whether its gRPC health says SERVING.
+    pub async fn readiness(&self) -> Vec<(&'static str, Result<(), String>)> {
+        let check = |name: &'static str, downstream: &Downstream| {
+            let mut client = HealthClient::new(downstream.raw_channel());
+            async move {
+                let asked = tokio::time::timeout(
+                    READINESS_TIMEOUT,
+                    client.check(HealthCheckRequest {
+                        service: String::new(),
+                    }),
+                )
+                .await;
+                let state = match asked {
+                    Err(_) => Err("no answer within 1 s".to_owned()),
+                    Ok(Err(status)) => Err(format!("{:?}: {}", status.code(), status.message())),
+                    Ok(Ok(answer)) => match answer.into_inner().status() {
+                        ServingStatus::Serving => Ok(()),
+                        other => Err(other.as_str_name().to_owned()),
+                    },
+                };
+                (name, state)
+            }
+        };
+        let (users, conversations) = tokio::join!(
+            check("users", &self.users),
+            check("conversations", &self.conversations)
+        );
+        vec![users, conversations]
+    }
+}
+
+const READINESS_TIMEOUT: Duration = Duration::from_secs(1);
+
+fn user_of(
+    user: Option<users::User>,
+    service: &'static str,
+    method: &'static str,
+) -> Result<users::User, CallError> {
+    user.ok_or_else(|| missing(service, method, "user"))
+}
+
+/// An OK answer without the field it must carry: the callee is broken, and a
+/// retry (perhaps on another replica) is the only hope.
+fn missing(service: &'static str, method: &'static str, field: &str) -> CallError {
+    CallError {
+        service,
+        method,
+        status: Status::internal(format!("answered without a {field}")),
+    }
+}
