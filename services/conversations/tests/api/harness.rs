@@ -12,11 +12,8 @@ use mesh_proto::mesh::{
     conversations::v1::{self as pb, conversations_service_client::ConversationsServiceClient},
     users::v1::{self as users_pb, users_service_client::UsersServiceClient},
 };
+use mesh_runtime::testing::{Auth, TestDatabase, bearer};
 pub use mesh_runtime::testing::{TOKEN, bad_fields, channel, wait_serving};
-use mesh_runtime::{
-    config::ServiceConfig,
-    testing::{Auth, TestDatabase, bearer},
-};
 use tonic::{Status, service::interceptor::InterceptedService, transport::Channel};
 /// What the fake providers expect as credentials.
 pub const WHATSAPP_TOKEN: &str = "wa-test-token";
@@ -37,22 +34,11 @@ pub struct TestApp {
     _users_stop: tokio::sync::oneshot::Sender<()>,
 }
 
-fn service_config(db: &TestDatabase, service: &str) -> ServiceConfig {
-    ServiceConfig {
-        addr: "127.0.0.1:0".parse().unwrap(),
-        database_url: db.service_url(service),
-        db_max_connections: 10,
-        auth_token: TOKEN.into(),
-        drain_grace: Duration::from_secs(5),
-        tls: None,
-    }
-}
-
 /// The configuration tests start from: providers at unreachable local
 /// addresses (tests with a fake provider point them at it).
 pub fn config(db: &TestDatabase, users_addr: SocketAddr) -> Config {
     Config {
-        service: service_config(db, "conversations"),
+        service: db.service_config("conversations"),
         idle_gap: mesh_conversations::config::DEFAULT_IDLE_GAP,
         event_retention: mesh_conversations::config::DEFAULT_EVENT_RETENTION,
         users_url: format!("http://{users_addr}"),
@@ -94,7 +80,7 @@ pub async fn spawn_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
 }
 
 async fn spawn_users(db: &TestDatabase) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
-    let app = mesh_users::build(&service_config(db, "users"))
+    let app = mesh_users::build(&db.service_config("users"))
         .await
         .expect("build users");
     let addr = app.local_addr();

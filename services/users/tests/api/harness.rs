@@ -1,7 +1,7 @@
 //! Spawns the users service on port 0 over a fresh database, and gives tests a
 //! real gRPC client with the bearer token.
 
-use std::{net::SocketAddr, time::Duration};
+use std::net::SocketAddr;
 
 use mesh_proto::mesh::users::v1::users_service_client::UsersServiceClient;
 pub use mesh_runtime::testing::{TOKEN, bad_fields, channel, wait_serving};
@@ -23,14 +23,7 @@ pub struct TestApp {
 }
 
 pub fn config(db: &TestDatabase) -> ServiceConfig {
-    ServiceConfig {
-        addr: "127.0.0.1:0".parse().unwrap(),
-        database_url: db.service_url("users"),
-        db_max_connections: 5,
-        auth_token: TOKEN.into(),
-        drain_grace: Duration::from_secs(5),
-        tls: None,
-    }
+    db.service_config("users")
 }
 
 /// A running users service on its own fresh database, SERVING.
