@@ -7,7 +7,7 @@
 #   memory         (mesh-memory)       scheduler     (mesh-scheduler)
 #   billing        (mesh-billing)      gateway       (mesh-gateway)
 #
-# `users` and `conversations` exist so far; the others arrive with their issues. Examples:
+# `users`, `conversations` and `gateway` exist so far; the others arrive with their issues. Examples:
 #
 #   docker build -t mesh-users .                                  # just users
 #   docker build --build-arg BINS="users conversations" -t mesh . # several

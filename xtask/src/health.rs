@@ -25,3 +25,14 @@ pub async fn serving_channel(addr: &str) -> Option<Channel> {
         .status();
     (status == ServingStatus::Serving).then_some(channel)
 }
+
+/// Whether `GET url` answers 200 within two seconds (the gateway's /readyz:
+/// 200 once users and conversations both report SERVING).
+pub async fn http_ok(client: &reqwest::Client, url: &str) -> bool {
+    client
+        .get(url)
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .is_ok_and(|answer| answer.status() == reqwest::StatusCode::OK)
+}

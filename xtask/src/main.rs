@@ -1,11 +1,12 @@
 //! `cargo xtask up|test|bench`: the local mesh without Docker.
 //!
-//! - `up`: build the services, start Postgres and every service, print how to
-//!   reach them, stop it all on Ctrl-C (up.rs).
+//! - `up`: build the services and the gateway, start Postgres and all of them,
+//!   print how to reach them, stop it all on Ctrl-C (up.rs).
 //! - `test`: proto lint, compose check, and the whole test suite against a
 //!   throwaway Postgres (test.rs); `.ci/run` calls this.
 //! - `bench <name>`: load against a service next to the same SQL run
-//!   straight against Postgres (bench/).
+//!   straight against Postgres, or against the gateway next to the same gRPC
+//!   calls made directly (bench/).
 //!
 //! Shared pieces: tools.rs installs the external programs, postgres.rs runs a
 //! local server, process.rs holds the signal and child-process plumbing.
@@ -17,6 +18,7 @@ mod process;
 mod test;
 mod tools;
 mod up;
+mod whatsapp;
 
 use std::process::ExitCode;
 
@@ -25,11 +27,13 @@ usage: cargo xtask <command>
 
   up               build and start the mesh locally (Ctrl-C stops it)
   test [-- ARGS]   lint, then cargo test --workspace [ARGS] on a throwaway Postgres
-  bench <name>     run a benchmark
+  bench <name>     run a benchmark: users, conversations or gateway
 
 environment: DATABASE_URL (use this server instead of a local one),
 MESH_PG_PORT (local Postgres for `up`, default 54320), MESH_DB_PASSWORD,
-MESH_AUTH_TOKEN (default dev-token), RUST_LOG, <SERVICE>_ADDR ...";
+MESH_AUTH_TOKEN (default dev-token), WHATSAPP_VERIFY_TOKEN, WHATSAPP_APP_SECRET,
+TELEGRAM_SECRET_TOKEN (defaults dev-verify-token, dev-app-secret,
+dev-telegram-secret), RUST_LOG, <SERVICE>_ADDR ...";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -1,6 +1,8 @@
-//! `cargo xtask up`: builds the services, starts a local Postgres (unless
-//! DATABASE_URL names one), starts every service, waits for its gRPC health,
-//! prints how to reach it all, and stops it all on Ctrl-C or SIGTERM.
+//! `cargo xtask up`: builds the services and the gateway, starts a local
+//! Postgres (unless DATABASE_URL names one), starts every service and waits for
+//! its gRPC health, then the gateway and waits for its /readyz, prints how to
+//! reach it all (with a signed sample WhatsApp webhook to post), and stops it
+//! all on Ctrl-C or SIGTERM.
 
 use std::{
     fs::File,
@@ -15,6 +17,7 @@ use crate::{
     postgres::{self, Install, Postgres, Source},
     process::{Signals, die_with_parent, pump_lines, shell_quote, signal_group, tail},
     tools::{self, Paths},
+    whatsapp,
 };
 use mesh_runtime::{config::optional, setup::CONTEXTS};
 
@@ -34,6 +37,18 @@ const ADDRESSES: &[(&str, &str)] = &[
 const DATABASE: &str = "mesh";
 
 const DEV_TOKEN: &str = "dev-token";
+/// The gateway's webhook secrets under `up`, each unless already set: with
+/// them the webhooks are accepted (without, the gateway refuses them).
+const DEV_SECRETS: &[(&str, &str)] = &[
+    ("WHATSAPP_VERIFY_TOKEN", "dev-verify-token"),
+    ("WHATSAPP_APP_SECRET", "dev-app-secret"),
+    ("TELEGRAM_SECRET_TOKEN", "dev-telegram-secret"),
+];
+/// The sample WhatsApp delivery `up` prints a curl line for: a fixed message
+/// id, so posting it again shows the idempotency (`"duplicates":1`). The
+/// sender is README's example user.
+const SAMPLE_WA_ID: &str = "573001234567";
+const SAMPLE_WAMID: &str = "wamid.HBgLNTczMDAxMjM0NTY3FQIAEhggQ0E=";
 const DEFAULT_PG_PORT: u16 = 54320;
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(60);
 const STOP_GRACE: Duration = Duration::from_secs(15);
@@ -47,6 +62,8 @@ struct ServiceSpec {
     bin: &'static str,
     /// The variable holding its listen address (one of [`ADDRESSES`]).
     addr_env: &'static str,
+    /// How `up` knows it is ready.
+    probe: Probe,
     /// RPCs and JSON bodies printed as ready-to-paste grpcurl lines, the same
     /// as in README.md. They must work on every run, and the database is kept
     /// between runs: hence a fixed `request_id`, so a repeated create returns
@@ -54,14 +71,23 @@ struct ServiceSpec {
     examples: &'static [(&'static str, &'static str)],
 }
 
+/// How a process tells it is ready.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Probe {
+    /// gRPC health (`grpc.health.v1.Health/Check`) says SERVING.
+    Grpc,
+    /// `GET <path>` over HTTP answers 200.
+    Http(&'static str),
+}
+
 /// What `up` runs, in start order: one line per service with a binary.
-/// (The gateway speaks HTTP, so it will also need an HTTP health probe.)
 const SERVICES: &[ServiceSpec] = &[
     ServiceSpec {
         name: "users",
         package: "mesh-users",
         bin: "users",
         addr_env: "USERS_ADDR",
+        probe: Probe::Grpc,
         examples: &[
             (
                 "mesh.users.v1.UsersService/CreateUser",
@@ -79,6 +105,7 @@ const SERVICES: &[ServiceSpec] = &[
         package: "mesh-conversations",
         bin: "conversations",
         addr_env: "CONVERSATIONS_ADDR",
+        probe: Probe::Grpc,
         examples: &[
             // User ids are not checked here: README's fixed one gives the
             // same active conversation on every run.
@@ -91,6 +118,18 @@ const SERVICES: &[ServiceSpec] = &[
                 r#"{"user_id":"0196f1c2-7a5e-7c3a-9d1e-3f2b8c4d5e6f"}"#,
             ),
         ],
+    },
+    // Last: it hands webhooks on to users and conversations
+    // (GATEWAY_USERS_URL, GATEWAY_CONVERSATIONS_URL), and its /readyz is 200
+    // only once both report SERVING. Its examples are curl lines
+    // (print_gateway), not grpcurl ones.
+    ServiceSpec {
+        name: "gateway",
+        package: "mesh-gateway",
+        bin: "gateway",
+        addr_env: "GATEWAY_ADDR",
+        probe: Probe::Http("/readyz"),
+        examples: &[],
     },
 ];
 
@@ -122,7 +161,8 @@ pub async fn run() -> Result<()> {
             return Ok(());
         }
     }
-    print_banner(&mesh, &env, &admin_url, &grpcurl);
+    let sample = write_sample(&paths)?;
+    print_banner(&mesh, &env, &admin_url, &grpcurl, &sample);
 
     tokio::select! {
         signal = signals.recv() => println!("\nxtask: {signal}: stopping the mesh"),
@@ -212,6 +252,9 @@ fn service_env(admin_url: &str) -> Result<Vec<(String, String)>> {
         }
     };
     default("MESH_AUTH_TOKEN", DEV_TOKEN.to_owned());
+    for (name, value) in DEV_SECRETS {
+        default(name, (*value).to_owned());
+    }
     default("RUST_LOG", "info".to_owned());
     for (name, addr) in ADDRESSES {
         default(name, (*addr).to_owned());
@@ -219,11 +262,14 @@ fn service_env(admin_url: &str) -> Result<Vec<(String, String)>> {
     // Unset provider credentials (WHATSAPP_ACCESS_TOKEN, TELEGRAM_BOT_TOKEN,
     // ...) stay unset: sends on that channel are refused rather than reaching
     // a real provider from a dev machine; set them to send for real.
-    let users_addr = optional("USERS_ADDR").unwrap_or_else(|| address_default("USERS_ADDR"));
-    default(
-        "CONVERSATIONS_USERS_URL",
-        format!("http://{}", dial_addr(&users_addr)),
+    let users_url = format!("http://{}", dial_addr(&own_or_default("USERS_ADDR")));
+    let conversations_url = format!(
+        "http://{}",
+        dial_addr(&own_or_default("CONVERSATIONS_ADDR"))
     );
+    default("CONVERSATIONS_USERS_URL", users_url.clone());
+    default("GATEWAY_USERS_URL", users_url);
+    default("GATEWAY_CONVERSATIONS_URL", conversations_url);
     let password = optional("MESH_DB_PASSWORD");
     // The contexts that own a schema: role `mesh_<context>`, variable
     // `<CONTEXT>_DATABASE_URL` (the roles come from migrations/bootstrap.sql).
@@ -239,12 +285,15 @@ fn service_env(admin_url: &str) -> Result<Vec<(String, String)>> {
     Ok(env)
 }
 
-fn address_default(name: &str) -> String {
-    ADDRESSES
-        .iter()
-        .find(|(n, _)| *n == name)
-        .map(|(_, addr)| (*addr).to_owned())
-        .unwrap_or_default()
+/// An address variable's value: xtask's own, else the default of [`ADDRESSES`].
+fn own_or_default(name: &str) -> String {
+    optional(name).unwrap_or_else(|| {
+        ADDRESSES
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, addr)| (*addr).to_owned())
+            .unwrap_or_default()
+    })
 }
 
 /// The value a service sees for `name`: xtask's own, else the default.
@@ -327,9 +376,18 @@ fn start(
     })
 }
 
-/// Polls the service's gRPC health until it reports SERVING.
+/// Polls the service's gRPC health until it reports SERVING (the gateway:
+/// its readiness URL until it answers 200).
 async fn wait_healthy(service: &mut Service, env: &[(String, String)]) -> Result<()> {
     let addr = dial_addr(&effective(env, service.spec.addr_env));
+    let (ready, what) = match service.spec.probe {
+        Probe::Grpc => (None, "report SERVING".to_owned()),
+        Probe::Http(path) => {
+            let url = format!("http://{addr}{path}");
+            let what = format!("answer 200 on {url}");
+            (Some((reqwest::Client::new(), url)), what)
+        }
+    };
     let started = Instant::now();
     loop {
         if let Some(status) = service.child.try_wait()? {
@@ -340,13 +398,22 @@ async fn wait_healthy(service: &mut Service, env: &[(String, String)]) -> Result
                 tail(&service.log, 30)
             );
         }
-        if crate::health::serving_channel(&addr).await.is_some() {
-            println!("xtask: {} is SERVING on {addr}", service.spec.name);
+        let is_ready = match &ready {
+            None => crate::health::serving_channel(&addr).await.is_some(),
+            Some((client, url)) => crate::health::http_ok(client, url).await,
+        };
+        if is_ready {
+            match &ready {
+                None => println!("xtask: {} is SERVING on {addr}", service.spec.name),
+                Some((_, url)) => {
+                    println!("xtask: {} is ready ({url} answers 200)", service.spec.name)
+                }
+            }
             return Ok(());
         }
         if started.elapsed() > HEALTH_TIMEOUT {
             bail!(
-                "{} did not report SERVING on {addr} within {}s; its log ({}) ends with:\n{}",
+                "{} did not {what} within {}s; its log ({}) ends with:\n{}",
                 service.spec.name,
                 HEALTH_TIMEOUT.as_secs(),
                 service.log.display(),
@@ -389,11 +456,26 @@ async fn watch(services: &mut [Service]) -> anyhow::Error {
     }
 }
 
-/// SIGTERM to every service at once (each drains in-flight requests), then
-/// SIGKILL to whatever is still up after the grace period.
+/// Stops the gateway first, so the webhooks it is still handing on can finish
+/// against live services, then every gRPC service at once: SIGTERM (each
+/// drains in-flight requests), then SIGKILL to whatever is still up after the
+/// grace period.
 fn stop_all(services: &mut Vec<Service>) {
+    let (front, back): (Vec<&mut Service>, Vec<&mut Service>) = services
+        .iter_mut()
+        .partition(|service| service.spec.probe != Probe::Grpc);
+    stop_together(front);
+    stop_together(back);
+    for service in services.drain(..) {
+        for pump in service.pumps {
+            let _ = pump.join();
+        }
+    }
+}
+
+fn stop_together(services: Vec<&mut Service>) {
     let mut running: Vec<&mut Service> = Vec::new();
-    for service in services.iter_mut() {
+    for service in services {
         if matches!(service.child.try_wait(), Ok(None)) {
             running.push(service);
         }
@@ -418,29 +500,37 @@ fn stop_all(services: &mut Vec<Service>) {
         }
         let _ = service.child.wait();
     }
-    for service in services.drain(..) {
-        for pump in service.pumps {
-            let _ = pump.join();
-        }
-    }
 }
 
-fn print_banner(mesh: &Mesh, env: &[(String, String)], admin_url: &str, grpcurl: &Path) {
+fn print_banner(
+    mesh: &Mesh,
+    env: &[(String, String)],
+    admin_url: &str,
+    grpcurl: &Path,
+    sample: &Path,
+) {
     println!("\nxtask: the mesh is up; Ctrl-C stops it all.\n");
     for service in &mesh.services {
         let addr = effective(env, service.spec.addr_env);
+        let protocol = match service.spec.probe {
+            Probe::Grpc => "grpc",
+            Probe::Http(_) => "http",
+        };
         println!(
-            "  {:<14} grpc {addr:<22} log {}",
+            "  {:<14} {protocol} {addr:<22} log {}",
             service.spec.name,
             service.log.display()
         );
     }
     print_database(mesh, env, admin_url);
     let token = effective(env, "MESH_AUTH_TOKEN");
-    if optional("MESH_AUTH_TOKEN").is_none() {
-        println!(
-            "  MESH_AUTH_TOKEN={token} (the dev default; set MESH_AUTH_TOKEN to choose another)"
-        );
+    for name in std::iter::once("MESH_AUTH_TOKEN").chain(DEV_SECRETS.iter().map(|(n, _)| *n)) {
+        if optional(name).is_none() {
+            println!(
+                "  {name}={} (the dev default; set {name} to choose another)",
+                effective(env, name)
+            );
+        }
     }
     let grpcurl_dir = grpcurl.parent().unwrap_or(Path::new("."));
     println!("\nTry it (grpcurl is not on PATH; this puts the one xtask installed there):");
@@ -449,6 +539,9 @@ fn print_banner(mesh: &Mesh, env: &[(String, String)], admin_url: &str, grpcurl:
         shell_quote(&grpcurl_dir.to_string_lossy())
     );
     for service in &mesh.services {
+        if service.spec.probe != Probe::Grpc {
+            continue;
+        }
         let addr = dial_addr(&effective(env, service.spec.addr_env));
         println!("  grpcurl -plaintext {addr} list");
         println!("  grpcurl -plaintext {addr} grpc.health.v1.Health/Check");
@@ -460,7 +553,80 @@ fn print_banner(mesh: &Mesh, env: &[(String, String)], admin_url: &str, grpcurl:
             );
         }
     }
+    print_gateway(env, &token, sample);
     println!();
+}
+
+/// Writes the sample WhatsApp delivery for the banner's curl line.
+fn write_sample(paths: &Paths) -> Result<PathBuf> {
+    let dir = paths.target.join("mesh-up");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join("sample-whatsapp.json");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let body = whatsapp::TextMessage {
+        wa_id: SAMPLE_WA_ID,
+        profile_name: "Ana",
+        wamid: SAMPLE_WAMID,
+        timestamp: now,
+        text: "Hola, ¿me recuerdas la cita de mañana a las 10?",
+    }
+    .body();
+    std::fs::write(&path, body).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
+/// The gateway's endpoints, a curl line posting the signed sample delivery,
+/// and grpcurl lines showing where it was stored.
+fn print_gateway(env: &[(String, String)], token: &str, sample: &Path) {
+    let base = format!("http://{}", dial_addr(&effective(env, "GATEWAY_ADDR")));
+    let verify_token = effective(env, "WHATSAPP_VERIFY_TOKEN");
+    let telegram_token = effective(env, "TELEGRAM_SECRET_TOKEN");
+    println!("\nThe gateway (HTTP):");
+    println!(
+        "  POST {base}/webhooks/whatsapp  deliveries, signed with WHATSAPP_APP_SECRET (X-Hub-Signature-256)"
+    );
+    println!(
+        "  GET  {base}/webhooks/whatsapp  Meta's handshake: curl -sS {}",
+        shell_quote(&format!(
+            "{base}/webhooks/whatsapp?hub.mode=subscribe&hub.verify_token={verify_token}&hub.challenge=1158201444"
+        ))
+    );
+    println!(
+        "  POST {base}/webhooks/telegram  updates, with X-Telegram-Bot-Api-Secret-Token: {telegram_token}"
+    );
+    println!("  GET  {base}/healthz  {base}/readyz  {base}/metrics");
+
+    let Ok(body) = std::fs::read(sample) else {
+        return;
+    };
+    let signature = whatsapp::signature(&effective(env, "WHATSAPP_APP_SECRET"), &body);
+    println!(
+        "\nPost a signed sample WhatsApp text from {SAMPLE_WA_ID} ({}); it answers \"stored\":1, \
+         then \"duplicates\":1 when posted again (its message id is fixed, across runs too):",
+        sample.display()
+    );
+    println!(
+        "  curl -sS {base}/webhooks/whatsapp -H 'Content-Type: application/json' -H {} --data-binary @{}",
+        shell_quote(&format!("{}: {signature}", whatsapp::SIGNATURE_HEADER)),
+        shell_quote(&sample.to_string_lossy())
+    );
+    let auth = shell_quote(&format!("authorization: Bearer {token}"));
+    let users = dial_addr(&effective(env, "USERS_ADDR"));
+    let conversations = dial_addr(&effective(env, "CONVERSATIONS_ADDR"));
+    let first_id = r#"sed -n 's/^ *"id": "\([^"]*\)".*/\1/p' | head -n 1"#;
+    println!("See it stored (the user, their newest WhatsApp conversation, its last messages):");
+    println!(
+        "  USER_ID=$(grpcurl -plaintext -H {auth} -d {} {users} mesh.users.v1.UsersService/GetUserByPhone | {first_id})",
+        shell_quote(&format!(r#"{{"phone":"{SAMPLE_WA_ID}"}}"#)),
+    );
+    println!(
+        r#"  CONVERSATION_ID=$(grpcurl -plaintext -H {auth} -d "{{\"user_id\":\"$USER_ID\",\"channel\":\"CHANNEL_WHATSAPP\",\"page_size\":1}}" {conversations} mesh.conversations.v1.ConversationsService/ListConversations | {first_id})"#
+    );
+    println!(
+        r#"  grpcurl -plaintext -H {auth} -d "{{\"conversation_id\":\"$CONVERSATION_ID\",\"descending\":true,\"page_size\":3}}" {conversations} mesh.conversations.v1.ConversationsService/ListMessages"#
+    );
 }
 
 fn print_database(mesh: &Mesh, env: &[(String, String)], admin_url: &str) {

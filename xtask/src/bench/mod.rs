@@ -1,9 +1,11 @@
 //! `cargo xtask bench <name>`: load from this process over loopback against a
 //! service running as its own release-built process, next to the same work
-//! done straight against Postgres in the same run, so the ratio between them
-//! can be read. Prints a Markdown table and the machine it ran on.
+//! done straight against Postgres in the same run (for the gateway: the same
+//! gRPC calls made without it), so the ratio between them can be read. Prints
+//! a Markdown table and the machine it ran on.
 
 mod conversations;
+mod gateway;
 mod users;
 
 use std::{
@@ -34,14 +36,15 @@ pub const TOKEN: &str = "bench-token";
 pub async fn run(args: &[String]) -> Result<()> {
     let Some((name, rest)) = args.split_first() else {
         bail!(
-            "usage: cargo xtask bench <name> [--requests N] [--concurrency C]; names: users, conversations"
+            "usage: cargo xtask bench <name> [--requests N] [--concurrency C]; names: users, conversations, gateway"
         );
     };
     let options = Options::parse(rest)?;
     match name.as_str() {
         "users" => users::run(&options).await,
         "conversations" => conversations::run(&options).await,
-        other => bail!("unknown bench {other:?}; names: users, conversations"),
+        "gateway" => gateway::run(&options).await,
+        other => bail!("unknown bench {other:?}; names: users, conversations, gateway"),
     }
 }
 
@@ -338,6 +341,29 @@ impl Service {
     }
 
     pub async fn wait_serving(&mut self) -> Result<Channel> {
+        let addr = self.addr.clone();
+        self.wait_for("SERVING", || crate::health::serving_channel(&addr))
+            .await
+    }
+
+    /// Polls `GET http://<addr><path>` until it answers 200 (the gateway's
+    /// /readyz: once the services it calls report SERVING).
+    pub async fn wait_http_ok(&mut self, client: &reqwest::Client, path: &str) -> Result<()> {
+        let url = format!("http://{}{path}", self.addr);
+        let what = format!("answering 200 on {path}");
+        self.wait_for(&what, || async {
+            crate::health::http_ok(client, &url).await.then_some(())
+        })
+        .await
+    }
+
+    /// Polls `probe` every 100 ms for up to 60 s, failing early when the
+    /// process exits.
+    async fn wait_for<T, F, Fut>(&mut self, what: &str, mut probe: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Option<T>>,
+    {
         let started = Instant::now();
         while started.elapsed() < Duration::from_secs(60) {
             if let Some(status) = self.child.try_wait()? {
@@ -347,13 +373,13 @@ impl Service {
                     self.log.display()
                 );
             }
-            if let Some(channel) = crate::health::serving_channel(&self.addr).await {
-                return Ok(channel);
+            if let Some(ready) = probe().await {
+                return Ok(ready);
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         bail!(
-            "the {} service was not SERVING within 60 s; see {}",
+            "the {} service was not {what} within 60 s; see {}",
             self.name,
             self.log.display()
         )
@@ -380,9 +406,20 @@ fn latency_histogram() -> Histogram<u64> {
 /// The Markdown table: each gRPC row is followed by its direct-Postgres
 /// reference, and the ratio says how many times slower the gRPC path is.
 pub fn print_table(title: &str, rows: &[(Measurement, Measurement)], notes: &[String]) {
+    print_table_with(title, "direct/gRPC throughput", rows, notes);
+}
+
+/// [`print_table`] with the ratio column (reference throughput over measured
+/// throughput) named `ratio`.
+pub fn print_table_with(
+    title: &str,
+    ratio: &str,
+    rows: &[(Measurement, Measurement)],
+    notes: &[String],
+) {
     println!("\n### {title}\n");
     println!(
-        "| workload | via | requests | errors | throughput (req/s) | p50 (ms) | p99 (ms) | service CPU per request (µs) | direct/gRPC throughput |"
+        "| workload | via | requests | errors | throughput (req/s) | p50 (ms) | p99 (ms) | service CPU per request (µs) | {ratio} |"
     );
     println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
     for (grpc, direct) in rows {
