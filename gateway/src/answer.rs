@@ -10,7 +10,7 @@ use axum::{
 use serde::Serialize;
 use tonic::Code;
 
-use crate::{PayloadError, SignatureError, mesh::CallError};
+use crate::{MAX_WHATSAPP_BODY, PayloadError, SignatureError, mesh::CallError};
 
 /// What one delivery carried and what became of it.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -39,8 +39,8 @@ pub enum Answer {
     BadRequest(String),
     Unauthorized(SignatureError),
     Forbidden(&'static str),
-    /// Over this many bytes.
-    TooLarge(usize),
+    /// Over [`MAX_WHATSAPP_BODY`].
+    TooLarge,
     Downstream(CallError),
 }
 
@@ -96,10 +96,10 @@ impl IntoResponse for Answer {
                 error(StatusCode::UNAUTHORIZED, "unauthorized", &why.to_string())
             }
             Self::Forbidden(why) => error(StatusCode::FORBIDDEN, "forbidden", why),
-            Self::TooLarge(max) => error(
+            Self::TooLarge => error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "too_large",
-                &format!("body is over the {max} byte limit"),
+                &format!("body is over the {MAX_WHATSAPP_BODY} byte limit"),
             ),
             Self::Downstream(failure) => {
                 // The details stay in the log (with the trace id): the caller
@@ -122,5 +122,65 @@ impl IntoResponse for Answer {
                 error(status, "downstream_error", message)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tonic::Status;
+
+    use super::*;
+
+    fn downstream(code: Code) -> Response {
+        Answer::Downstream(CallError {
+            service: "conversations",
+            method: "RecordInboundMessage",
+            status: Status::new(code, "details that stay in the log"),
+        })
+        .into_response()
+    }
+
+    /// A service that is away or slow is 503, one that answered wrongly is
+    /// 502: both are retried by the provider, and neither says why.
+    #[tokio::test]
+    async fn downstream_failures_are_503_when_transient_else_502() {
+        for code in [
+            Code::Unavailable,
+            Code::DeadlineExceeded,
+            Code::ResourceExhausted,
+            Code::Aborted,
+            Code::Cancelled,
+        ] {
+            assert_eq!(
+                downstream(code).status(),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "{code:?}"
+            );
+        }
+        for code in [
+            Code::Internal,
+            Code::FailedPrecondition,
+            Code::NotFound,
+            Code::Unauthenticated,
+            Code::PermissionDenied,
+            Code::Unknown,
+        ] {
+            assert_eq!(
+                downstream(code).status(),
+                StatusCode::BAD_GATEWAY,
+                "{code:?}"
+            );
+        }
+        let response = downstream(Code::Internal);
+        assert_eq!(
+            response.extensions().get::<Outcome>().map(|o| o.0),
+            Some("downstream_error")
+        );
+        let body = axum::body::to_bytes(response.into_body(), 1024)
+            .await
+            .unwrap();
+        let body = String::from_utf8_lossy(&body);
+        assert!(body.ends_with("retry\"}\n"), "{body}");
+        assert!(!body.contains("details"), "{body}");
     }
 }

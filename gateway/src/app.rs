@@ -46,10 +46,7 @@ impl Application {
     }
 
     /// Serves until `stop` completes, then drains for at most the grace period.
-    pub async fn run_until(
-        self,
-        stop: impl Future<Output = ()> + Send + 'static,
-    ) -> anyhow::Result<()> {
+    pub async fn run_until(self, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
         let Self {
             listener,
             local_addr,

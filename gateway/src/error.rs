@@ -1,4 +1,5 @@
-//! The errors a route maps to 400 ([`PayloadError`]) and 413 ([`TooLarge`]).
+//! The error a route maps to 400 ([`PayloadError`]), and the body limit
+//! over which it answers 413.
 
 use thiserror::Error;
 
@@ -9,27 +10,6 @@ pub const MAX_WHATSAPP_BODY: usize = 3 * 1024 * 1024;
 /// Longest reason kept in an error: serde messages can quote the offending
 /// input, and a 3 MB string has no place in a 400 body or a log line.
 const MAX_REASON: usize = 160;
-
-/// The body is over [`MAX_WHATSAPP_BODY`] (answer 413).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
-#[error("body of {len} bytes is over the {max} byte limit")]
-pub struct TooLarge {
-    pub len: usize,
-    pub max: usize,
-}
-
-/// Checks a body length (from `Content-Length` or the bytes read so far)
-/// against [`MAX_WHATSAPP_BODY`].
-pub fn check_size(len: usize) -> Result<(), TooLarge> {
-    if len > MAX_WHATSAPP_BODY {
-        Err(TooLarge {
-            len,
-            max: MAX_WHATSAPP_BODY,
-        })
-    } else {
-        Ok(())
-    }
-}
 
 /// Why a body is not a payload we accept (answer 400 with the Display text).
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -77,18 +57,6 @@ pub(crate) fn short(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn size_limit_is_inclusive() {
-        assert_eq!(check_size(MAX_WHATSAPP_BODY), Ok(()));
-        assert_eq!(
-            check_size(MAX_WHATSAPP_BODY + 1),
-            Err(TooLarge {
-                len: MAX_WHATSAPP_BODY + 1,
-                max: MAX_WHATSAPP_BODY
-            })
-        );
-    }
 
     #[test]
     fn reasons_are_cut_on_a_char_boundary() {

@@ -30,8 +30,7 @@ pub mod signature;
 pub mod telegram;
 pub mod whatsapp;
 
-pub use answer::Summary;
 pub use app::{Application, build};
 pub use config::Config;
-pub use error::{MAX_WHATSAPP_BODY, PayloadError, TooLarge, check_size};
+pub use error::{MAX_WHATSAPP_BODY, PayloadError};
 pub use signature::SignatureError;

@@ -320,3 +320,44 @@ fn missing(service: &'static str, method: &'static str, field: &str) -> CallErro
         status: Status::internal(format!("answered without a {field}")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failure(code: Code) -> Failure {
+        Failure::from(CallError {
+            service: "users",
+            method: "UpsertUserByPhone",
+            status: Status::new(code, "phone: must be E.164"),
+        })
+    }
+
+    /// Only a refused input is dead-lettered; anything else may pass on a
+    /// retry, so the delivery is answered 5xx.
+    #[test]
+    fn only_a_refused_input_is_permanent() {
+        for code in [Code::InvalidArgument, Code::OutOfRange] {
+            let Failure::Permanent(reason) = failure(code) else {
+                panic!("{code:?} is permanent");
+            };
+            assert_eq!(
+                reason,
+                "users UpsertUserByPhone refused it: phone: must be E.164"
+            );
+        }
+        for code in [
+            Code::Unavailable,
+            Code::FailedPrecondition,
+            Code::NotFound,
+            Code::AlreadyExists,
+            Code::Internal,
+            Code::Unauthenticated,
+        ] {
+            assert!(
+                matches!(failure(code), Failure::Retry(e) if e.code() == code),
+                "{code:?} is retried"
+            );
+        }
+    }
+}

@@ -54,6 +54,18 @@ pub fn verify_whatsapp(
     mac.verify_slice(&tag).map_err(|_| SignatureError::Mismatch)
 }
 
+/// The `X-Hub-Signature-256` value Meta sends for `raw_body`: what a
+/// sender of test or replayed deliveries needs.
+pub fn sign_whatsapp(app_secret: &[u8], raw_body: &[u8]) -> String {
+    // HMAC takes keys of any length.
+    let mut mac = HmacSha256::new_from_slice(app_secret).expect("any key length");
+    mac.update(raw_body);
+    format!(
+        "{SHA256_PREFIX}{}",
+        hex::encode(mac.finalize().into_bytes())
+    )
+}
+
 /// Longest secret token Telegram accepts in `setWebhook`.
 const TELEGRAM_TOKEN_MAX: usize = 256;
 
@@ -89,9 +101,7 @@ mod tests {
     const SECRET: &[u8] = b"app-secret";
 
     fn sign(secret: &[u8], body: &[u8]) -> String {
-        let mut mac = HmacSha256::new_from_slice(secret).expect("any key length");
-        mac.update(body);
-        format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+        sign_whatsapp(secret, body)
     }
 
     /// JSON with every non-ASCII char written as `\uXXXX` (UTF-16), the form

@@ -166,18 +166,15 @@ struct WireCallback {
 
 /// Parses an update. Any failure is a [`PayloadError`] (answer 400).
 pub fn parse(raw: &[u8]) -> Result<Update, PayloadError> {
-    let value: Value = serde_json::from_slice(raw).map_err(|e| PayloadError::not_json(&e))?;
-    // Kept before the typed read consumes it: unknown content stays stored.
-    let raw_message = value
-        .get("message")
-        .or_else(|| value.get("edited_message"))
-        .cloned()
-        .unwrap_or(Value::Null);
-    let u = WireUpdate::deserialize(value).map_err(|e| PayloadError::shape("update", e))?;
+    let mut value: Value = serde_json::from_slice(raw).map_err(|e| PayloadError::not_json(&e))?;
+    // Read from a borrow, so the message object can then be kept whole
+    // (unknown content stays stored) without a copy.
+    let u = WireUpdate::deserialize(&value).map_err(|e| PayloadError::shape("update", e))?;
+    let mut raw_of = |key: &str| value.get_mut(key).map(Value::take).unwrap_or_default();
     let kind = if let Some(m) = u.message {
-        UpdateKind::Message(message(m, raw_message))
+        UpdateKind::Message(message(m, raw_of("message")))
     } else if let Some(m) = u.edited_message {
-        UpdateKind::EditedMessage(message(m, raw_message))
+        UpdateKind::EditedMessage(message(m, raw_of("edited_message")))
     } else if let Some(q) = u.callback_query {
         UpdateKind::CallbackQuery(CallbackQuery {
             id: q.id,

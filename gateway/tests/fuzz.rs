@@ -2,12 +2,10 @@
 //! JSON into both parsers and both signature checks never panic, every
 //! failure is a `PayloadError` (400), and well-shaped payloads keep their text.
 
-use hmac::{Hmac, Mac};
 use mesh_gateway::signature::{verify_telegram, verify_whatsapp};
 use mesh_gateway::{PayloadError, telegram, whatsapp};
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
-use sha2::Sha256;
 
 /// Keys and strings the parsers look for, so random JSON reaches deep paths.
 const KEYS: &[&str] = &[
@@ -97,9 +95,7 @@ fn arb_json() -> impl Strategy<Value = Value> {
 }
 
 fn sign(secret: &[u8], body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("any key length");
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+    mesh_gateway::signature::sign_whatsapp(secret, body)
 }
 
 /// Meta's serialisation: non-ASCII as `\uXXXX` UTF-16 escapes.

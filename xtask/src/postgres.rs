@@ -539,6 +539,21 @@ pub async fn create_database(admin_url: &str, database: &str) -> Result<bool> {
     Ok(!exists)
 }
 
+/// Drops `database` if it exists, ending the connections still open to it.
+pub async fn drop_database(admin_url: &str, database: &str) -> Result<()> {
+    let mut conn = connect(admin_url, None).await?;
+    let sql = format!(
+        "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+        quote_ident(database)
+    );
+    raw_sql(AssertSqlSafe(sql))
+        .execute(&mut conn)
+        .await
+        .with_context(|| format!("dropping database {database}"))?;
+    conn.close().await?;
+    Ok(())
+}
+
 /// Runs migrations/bootstrap.sql in `database` as the superuser of `admin_url`.
 pub async fn bootstrap(admin_url: &str, database: &str) -> Result<()> {
     let mut conn = connect(admin_url, Some(database)).await?;

@@ -14,6 +14,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 
 use crate::{
+    health::{self, wait_ready},
     postgres::{self, Install, Postgres, Source},
     process::{Signals, die_with_parent, pump_lines, shell_quote, signal_group, tail},
     tools::{self, Paths},
@@ -50,7 +51,6 @@ const DEV_SECRETS: &[(&str, &str)] = &[
 const SAMPLE_WA_ID: &str = "573001234567";
 const SAMPLE_WAMID: &str = "wamid.HBgLNTczMDAxMjM0NTY3FQIAEhggQ0E=";
 const DEFAULT_PG_PORT: u16 = 54320;
-const HEALTH_TIMEOUT: Duration = Duration::from_secs(60);
 const STOP_GRACE: Duration = Duration::from_secs(15);
 
 /// A process `up` builds and runs.
@@ -246,30 +246,25 @@ async fn prepare_database(admin_url: &str) -> Result<()> {
 /// default for each that is unset, and nothing for those already set.
 fn service_env(admin_url: &str) -> Result<Vec<(String, String)>> {
     let mut env = Vec::new();
-    let mut default = |name: &str, value: String| {
-        if optional(name).is_none() {
-            env.push((name.to_owned(), value));
-        }
-    };
-    default("MESH_AUTH_TOKEN", DEV_TOKEN.to_owned());
+    default(&mut env, "MESH_AUTH_TOKEN", DEV_TOKEN.to_owned());
     for (name, value) in DEV_SECRETS {
-        default(name, (*value).to_owned());
+        default(&mut env, name, (*value).to_owned());
     }
-    default("RUST_LOG", "info".to_owned());
+    default(&mut env, "RUST_LOG", "info".to_owned());
     for (name, addr) in ADDRESSES {
-        default(name, (*addr).to_owned());
+        default(&mut env, name, (*addr).to_owned());
     }
     // Unset provider credentials (WHATSAPP_ACCESS_TOKEN, TELEGRAM_BOT_TOKEN,
     // ...) stay unset: sends on that channel are refused rather than reaching
     // a real provider from a dev machine; set them to send for real.
-    let users_url = format!("http://{}", dial_addr(&own_or_default("USERS_ADDR")));
+    let users_url = format!("http://{}", dial_addr(&effective(&env, "USERS_ADDR")));
     let conversations_url = format!(
         "http://{}",
-        dial_addr(&own_or_default("CONVERSATIONS_ADDR"))
+        dial_addr(&effective(&env, "CONVERSATIONS_ADDR"))
     );
-    default("CONVERSATIONS_USERS_URL", users_url.clone());
-    default("GATEWAY_USERS_URL", users_url);
-    default("GATEWAY_CONVERSATIONS_URL", conversations_url);
+    default(&mut env, "CONVERSATIONS_USERS_URL", users_url.clone());
+    default(&mut env, "GATEWAY_USERS_URL", users_url);
+    default(&mut env, "GATEWAY_CONVERSATIONS_URL", conversations_url);
     let password = optional("MESH_DB_PASSWORD");
     // The contexts that own a schema: role `mesh_<context>`, variable
     // `<CONTEXT>_DATABASE_URL` (the roles come from migrations/bootstrap.sql).
@@ -280,20 +275,20 @@ fn service_env(admin_url: &str) -> Result<Vec<(String, String)>> {
             password.as_deref(),
             DATABASE,
         )?;
-        default(&format!("{}_DATABASE_URL", context.to_uppercase()), url);
+        default(
+            &mut env,
+            &format!("{}_DATABASE_URL", context.to_uppercase()),
+            url,
+        );
     }
     Ok(env)
 }
 
-/// An address variable's value: xtask's own, else the default of [`ADDRESSES`].
-fn own_or_default(name: &str) -> String {
-    optional(name).unwrap_or_else(|| {
-        ADDRESSES
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, addr)| (*addr).to_owned())
-            .unwrap_or_default()
-    })
+/// Adds `name=value` to `env` unless xtask's own environment sets `name`.
+fn default(env: &mut Vec<(String, String)>, name: &str, value: String) {
+    if optional(name).is_none() {
+        env.push((name.to_owned(), value));
+    }
 }
 
 /// The value a service sees for `name`: xtask's own, else the default.
@@ -331,6 +326,16 @@ struct Service {
     pumps: Vec<std::thread::JoinHandle<()>>,
 }
 
+/// target/release/`bin` as a child of xtask: without xtask's DATABASE_URL
+/// (the superuser's is xtask's business: each service gets its own role),
+/// without stdin, and sent SIGTERM should xtask die.
+pub(crate) fn service_command(paths: &Paths, bin: &str) -> Command {
+    let mut command = Command::new(paths.target.join("release").join(bin));
+    command.env_remove("DATABASE_URL").stdin(Stdio::null());
+    die_with_parent(&mut command);
+    command
+}
+
 fn start(
     paths: &Paths,
     spec: &'static ServiceSpec,
@@ -338,22 +343,17 @@ fn start(
     logs: &Path,
 ) -> Result<Service> {
     use std::os::unix::process::CommandExt;
-    let binary = paths.target.join("release").join(spec.bin);
     let log = logs.join(format!("{}.log", spec.name));
     let file = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-    let mut command = Command::new(&binary);
+    let mut command = service_command(paths, spec.bin);
     command
         .envs(env.iter().map(|(k, v)| (k, v)))
-        // The superuser URL is xtask's business: each service gets its own role.
-        .env_remove("DATABASE_URL")
         .current_dir(&paths.repo)
-        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         // Its own group: Ctrl-C reaches xtask alone, which then stops the
         // services in order and waits for them to drain.
         .process_group(0);
-    die_with_parent(&mut command);
     println!(
         "xtask: starting {} on {}",
         spec.name,
@@ -361,7 +361,7 @@ fn start(
     );
     let mut child = command
         .spawn()
-        .with_context(|| format!("starting {}", binary.display()))?;
+        .with_context(|| format!("starting {:?}", command.get_program()))?;
     let stdout = child.stdout.take().expect("piped");
     let stderr = child.stderr.take().expect("piped");
     let pumps = vec![
@@ -380,48 +380,32 @@ fn start(
 /// its readiness URL until it answers 200).
 async fn wait_healthy(service: &mut Service, env: &[(String, String)]) -> Result<()> {
     let addr = dial_addr(&effective(env, service.spec.addr_env));
-    let (ready, what) = match service.spec.probe {
-        Probe::Grpc => (None, "report SERVING".to_owned()),
+    let Service {
+        spec, child, log, ..
+    } = service;
+    match spec.probe {
+        Probe::Grpc => {
+            wait_ready(child, spec.name, log, "report SERVING", || {
+                health::serving_channel(&addr)
+            })
+            .await?;
+            println!("xtask: {} is SERVING on {addr}", spec.name);
+        }
         Probe::Http(path) => {
             let url = format!("http://{addr}{path}");
-            let what = format!("answer 200 on {url}");
-            (Some((reqwest::Client::new(), url)), what)
+            let client = reqwest::Client::new();
+            wait_ready(
+                child,
+                spec.name,
+                log,
+                &format!("answer 200 on {url}"),
+                || async { health::http_ok(&client, &url).await.then_some(()) },
+            )
+            .await?;
+            println!("xtask: {} is ready ({url} answers 200)", spec.name);
         }
-    };
-    let started = Instant::now();
-    loop {
-        if let Some(status) = service.child.try_wait()? {
-            bail!(
-                "{} exited during start-up ({status}); its log ({}) ends with:\n{}",
-                service.spec.name,
-                service.log.display(),
-                tail(&service.log, 30)
-            );
-        }
-        let is_ready = match &ready {
-            None => crate::health::serving_channel(&addr).await.is_some(),
-            Some((client, url)) => crate::health::http_ok(client, url).await,
-        };
-        if is_ready {
-            match &ready {
-                None => println!("xtask: {} is SERVING on {addr}", service.spec.name),
-                Some((_, url)) => {
-                    println!("xtask: {} is ready ({url} answers 200)", service.spec.name)
-                }
-            }
-            return Ok(());
-        }
-        if started.elapsed() > HEALTH_TIMEOUT {
-            bail!(
-                "{} did not {what} within {}s; its log ({}) ends with:\n{}",
-                service.spec.name,
-                HEALTH_TIMEOUT.as_secs(),
-                service.log.display(),
-                tail(&service.log, 30)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
     }
+    Ok(())
 }
 
 /// A listen address made dialable: a wildcard host means "this machine".
@@ -507,7 +491,7 @@ fn print_banner(
     env: &[(String, String)],
     admin_url: &str,
     grpcurl: &Path,
-    sample: &Path,
+    sample: &Sample,
 ) {
     println!("\nxtask: the mesh is up; Ctrl-C stops it all.\n");
     for service in &mesh.services {
@@ -557,8 +541,15 @@ fn print_banner(
     println!();
 }
 
+/// The sample WhatsApp delivery of the banner's curl line: the file curl
+/// posts, and its bytes (which the printed signature is of).
+struct Sample {
+    path: PathBuf,
+    body: Vec<u8>,
+}
+
 /// Writes the sample WhatsApp delivery for the banner's curl line.
-fn write_sample(paths: &Paths) -> Result<PathBuf> {
+fn write_sample(paths: &Paths) -> Result<Sample> {
     let dir = paths.target.join("mesh-up");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let path = dir.join("sample-whatsapp.json");
@@ -573,13 +564,13 @@ fn write_sample(paths: &Paths) -> Result<PathBuf> {
         text: "Hola, ¿me recuerdas la cita de mañana a las 10?",
     }
     .body();
-    std::fs::write(&path, body).with_context(|| format!("writing {}", path.display()))?;
-    Ok(path)
+    std::fs::write(&path, &body).with_context(|| format!("writing {}", path.display()))?;
+    Ok(Sample { path, body })
 }
 
 /// The gateway's endpoints, a curl line posting the signed sample delivery,
 /// and grpcurl lines showing where it was stored.
-fn print_gateway(env: &[(String, String)], token: &str, sample: &Path) {
+fn print_gateway(env: &[(String, String)], token: &str, sample: &Sample) {
     let base = format!("http://{}", dial_addr(&effective(env, "GATEWAY_ADDR")));
     let verify_token = effective(env, "WHATSAPP_VERIFY_TOKEN");
     let telegram_token = effective(env, "TELEGRAM_SECRET_TOKEN");
@@ -598,19 +589,16 @@ fn print_gateway(env: &[(String, String)], token: &str, sample: &Path) {
     );
     println!("  GET  {base}/healthz  {base}/readyz  {base}/metrics");
 
-    let Ok(body) = std::fs::read(sample) else {
-        return;
-    };
-    let signature = whatsapp::signature(&effective(env, "WHATSAPP_APP_SECRET"), &body);
+    let signature = whatsapp::signature(&effective(env, "WHATSAPP_APP_SECRET"), &sample.body);
     println!(
         "\nPost a signed sample WhatsApp text from {SAMPLE_WA_ID} ({}); it answers \"stored\":1, \
          then \"duplicates\":1 when posted again (its message id is fixed, across runs too):",
-        sample.display()
+        sample.path.display()
     );
     println!(
         "  curl -sS {base}/webhooks/whatsapp -H 'Content-Type: application/json' -H {} --data-binary @{}",
         shell_quote(&format!("{}: {signature}", whatsapp::SIGNATURE_HEADER)),
-        shell_quote(&sample.to_string_lossy())
+        shell_quote(&sample.path.to_string_lossy())
     );
     let auth = shell_quote(&format!("authorization: Bearer {token}"));
     let users = dial_addr(&effective(env, "USERS_ADDR"));
@@ -646,5 +634,30 @@ fn print_database(mesh: &Mesh, env: &[(String, String)], admin_url: &str) {
     for context in CONTEXTS {
         let name = format!("{}_DATABASE_URL", context.to_uppercase());
         println!("  {name}={}", postgres::redact(&effective(env, &name)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcard_listen_addresses_are_dialled_on_loopback() {
+        assert_eq!(dial_addr("0.0.0.0:50051"), "127.0.0.1:50051");
+        assert_eq!(dial_addr("[::]:8080"), "[::1]:8080");
+        assert_eq!(dial_addr("10.0.0.7:50052"), "10.0.0.7:50052");
+    }
+
+    #[test]
+    fn every_service_listens_on_a_known_address() {
+        for spec in SERVICES {
+            assert!(
+                ADDRESSES.iter().any(|(name, _)| *name == spec.addr_env),
+                "{}",
+                spec.name
+            );
+        }
+        // The gateway waits for the services it calls: it starts last.
+        assert_eq!(SERVICES.last().map(|s| s.name), Some("gateway"));
     }
 }

@@ -95,3 +95,46 @@ impl Downstream {
         InterceptedService::new(self.raw_channel(), self.interceptor.clone())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECOND: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn a_bad_url_or_token_names_its_variable_and_hides_the_token() {
+        let url = Downstream::new("GATEWAY_USERS_URL", "not a url", "t", SECOND)
+            .err()
+            .expect("a URL with spaces is refused");
+        assert!(url.to_string().contains("GATEWAY_USERS_URL"), "{url}");
+
+        let token = Downstream::new(
+            "GATEWAY_USERS_URL",
+            "http://127.0.0.1:1",
+            "s3cret\n",
+            SECOND,
+        )
+        .err()
+        .expect("a token that is no header value is refused");
+        let text = token.to_string();
+        assert!(text.contains("MESH_AUTH_TOKEN"), "{text}");
+        assert!(!text.contains("s3cret"), "{text}");
+    }
+
+    #[test]
+    fn every_call_carries_the_token_and_the_deadline() {
+        let downstream =
+            Downstream::new("X_URL", "http://127.0.0.1:1", "dev-token", 3 * SECOND).unwrap();
+        assert_eq!(downstream.url(), "http://127.0.0.1:1");
+        let request = downstream
+            .interceptor
+            .clone()
+            .call(tonic::Request::new(()))
+            .unwrap();
+        let metadata = request.metadata();
+        assert_eq!(metadata.get("authorization").unwrap(), "Bearer dev-token");
+        // tonic's encoding of the 3 s deadline, sent so the callee gives up too.
+        assert_eq!(metadata.get("grpc-timeout").unwrap(), "3000000u");
+    }
+}

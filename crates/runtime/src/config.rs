@@ -99,18 +99,12 @@ pub fn drain_grace() -> Result<Duration, ConfigError> {
 
 fn database_url(name: &str) -> Result<String, ConfigError> {
     let url = required(name, "a postgres:// URL with this service's own role")?;
-    let invalid = |reason: String| ConfigError::Invalid {
-        name: name.to_owned(),
-        value: redact_password(&url),
-        reason,
-    };
+    let wrong = |reason: &str| invalid(name, &redact_password(&url), reason);
     if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-        return Err(invalid(
-            "expected a postgres:// or postgresql:// URL".into(),
-        ));
+        return Err(wrong("expected a postgres:// or postgresql:// URL"));
     }
     url.parse::<sqlx::postgres::PgConnectOptions>()
-        .map_err(|e| invalid(e.to_string()))?;
+        .map_err(|e| wrong(&e.to_string()))?;
     Ok(url)
 }
 

@@ -270,6 +270,22 @@ mod tests {
     }
 
     #[test]
+    fn or_missing_and_or_conflict_reword_only_their_own_code() {
+        let missing = ApiError::NotFound("no record matches this reference".into())
+            .or_missing(|| "no user with id 7".into())
+            .or_conflict(|| unreachable!("not a conflict"));
+        assert!(matches!(&missing, ApiError::NotFound(m) if m == "no user with id 7"));
+        let taken = ApiError::AlreadyExists("phone".into())
+            .or_missing(|| unreachable!("not a missing parent"))
+            .or_conflict(|| "that phone is taken".into());
+        assert!(matches!(&taken, ApiError::AlreadyExists(m) if m == "that phone is taken"));
+        let other = ApiError::Unavailable("retry".into())
+            .or_missing(|| unreachable!())
+            .or_conflict(|| unreachable!());
+        assert!(matches!(&other, ApiError::Unavailable(m) if m == "retry"));
+    }
+
+    #[test]
     fn out_of_range_keeps_its_code_and_message() {
         let status: Status = ApiError::OutOfRange("cursor too old".into()).into();
         assert_eq!(status.code(), Code::OutOfRange);

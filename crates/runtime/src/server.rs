@@ -127,7 +127,7 @@ impl Application {
             .await
             .with_context(|| format!("cannot listen on {}", config.addr))?;
         let local_addr = listener.local_addr()?;
-        Ok(Self {
+        let app = Self {
             listener,
             local_addr,
             routes,
@@ -138,11 +138,13 @@ impl Application {
             spec,
             drain_grace: config.drain_grace,
             shutdown,
-            housekeeping: vec![Housekeeping {
-                what: "expired idempotency keys",
-                run: Box::new(|pool| Box::pin(async move { Ok(idempotency::prune(&pool).await?) })),
-            }],
-        })
+            housekeeping: Vec::new(),
+        };
+        Ok(
+            app.with_housekeeping("expired idempotency keys", |pool| async move {
+                Ok(idempotency::prune(&pool).await?)
+            }),
+        )
     }
 
     /// Adds a clean-up the service runs hourly once it is serving (on every

@@ -11,11 +11,11 @@ use opentelemetry::{
 };
 use opentelemetry_sdk::{propagation::TraceContextPropagator, trace::SdkTracerProvider};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
-
-use crate::config::ConfigError;
 use tracing_subscriber::{
     EnvFilter, Layer, filter::LevelFilter, layer::SubscriberExt, util::SubscriberInitExt,
 };
+
+use crate::config::{invalid, optional};
 
 /// Flushes spans still buffered for export when dropped at shutdown.
 pub struct TelemetryGuard {
@@ -32,13 +32,29 @@ impl Drop for TelemetryGuard {
 
 /// Installs the global subscriber for `service`. Call once, first thing in main.
 pub fn init(service: &'static str) -> anyhow::Result<TelemetryGuard> {
+    // The variables first: a bad one stops start-up before anything is set up.
+    // RUST_LOG filters what is logged, not what is traced: spans at INFO and
+    // above always reach the OpenTelemetry layer, so a quiet log level never
+    // breaks a trace that runs through this service.
+    let log_filter = match optional("RUST_LOG") {
+        None => EnvFilter::new("info"),
+        Some(value) => {
+            EnvFilter::try_new(&value).map_err(|e| invalid("RUST_LOG", &value, &e.to_string()))?
+        }
+    };
+    let json = match optional("LOG_FORMAT").as_deref() {
+        None | Some("text") => false,
+        Some("json") => true,
+        Some(other) => return Err(invalid("LOG_FORMAT", other, "expected text or json").into()),
+    };
+
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
 
     let resource = opentelemetry_sdk::Resource::builder()
         .with_service_name(service)
         .build();
     let mut provider = SdkTracerProvider::builder().with_resource(resource);
-    if crate::config::optional("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() {
+    if optional("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() {
         // The exporter reads OTEL_EXPORTER_OTLP_ENDPOINT (and the other
         // standard OTEL_EXPORTER_OTLP_* variables) itself.
         let exporter = opentelemetry_otlp::SpanExporter::builder()
@@ -49,32 +65,9 @@ pub fn init(service: &'static str) -> anyhow::Result<TelemetryGuard> {
     let provider = provider.build();
     let tracer = provider.tracer(service);
 
-    // RUST_LOG filters what is logged, not what is traced: spans at INFO and
-    // above always reach the OpenTelemetry layer, so a quiet log level never
-    // breaks a trace that runs through this service.
-    let log_filter = match crate::config::optional("RUST_LOG") {
-        None => EnvFilter::new("info"),
-        Some(value) => EnvFilter::try_new(&value).map_err(|e| ConfigError::Invalid {
-            name: "RUST_LOG".into(),
-            value,
-            reason: e.to_string(),
-        })?,
-    };
     let otel = tracing_opentelemetry::layer()
         .with_tracer(tracer)
         .with_filter(LevelFilter::INFO);
-    let json = match crate::config::optional("LOG_FORMAT").as_deref() {
-        None | Some("text") => false,
-        Some("json") => true,
-        Some(other) => {
-            return Err(ConfigError::Invalid {
-                name: "LOG_FORMAT".into(),
-                value: other.into(),
-                reason: "expected text or json".into(),
-            }
-            .into());
-        }
-    };
     let registry = tracing_subscriber::registry().with(otel);
     if json {
         registry

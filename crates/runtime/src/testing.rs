@@ -191,6 +191,29 @@ pub fn bad_fields(status: &tonic::Status) -> Vec<String> {
         .collect()
 }
 
+/// The grpcurl binary the tests use as an independent client: the one
+/// `cargo xtask test` installs and names in `MESH_GRPCURL`.
+pub fn grpcurl_path() -> std::path::PathBuf {
+    std::env::var_os("MESH_GRPCURL")
+        .expect("MESH_GRPCURL must name a grpcurl binary: run the tests with `cargo xtask test`")
+        .into()
+}
+
+/// Runs `command` and returns what it printed, asserting it succeeded (its
+/// stderr is the failure message).
+pub fn run_ok(command: &mut std::process::Command) -> String {
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("run {:?}: {e}", command.get_program()));
+    assert!(
+        output.status.success(),
+        "{:?} failed: {}",
+        command.get_program(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("UTF-8 output")
+}
+
 /// The lines of the first ```sh block after `heading` in `readme`, trimmed,
 /// with line continuations joined, blank lines left out.
 pub fn readme_sh_lines(readme: &str, heading: &str) -> Vec<String> {

@@ -7,10 +7,9 @@
 pub mod telegram;
 pub mod whatsapp;
 
-use std::sync::Arc;
-
 use chrono::Utc;
 use mesh_proto::mesh::conversations::v1 as conv;
+use mesh_runtime::idempotency::MAX_REQUEST_ID_LEN;
 use sha2::{Digest, Sha256};
 use tonic::Code;
 
@@ -23,7 +22,7 @@ use crate::{
 /// One delivery being handed on.
 pub struct Delivery<'a> {
     pub mesh: &'a Mesh,
-    pub metrics: &'a Arc<Metrics>,
+    pub metrics: &'a Metrics,
     /// The body as received, kept with every dead letter.
     pub raw: &'a [u8],
     pub source: conv::WebhookSource,
@@ -36,13 +35,11 @@ pub struct DeadLetter<'a> {
     /// same letter, which the conversations service keeps once.
     pub key: String,
     pub phone: Option<String>,
-    pub user_id: Option<String>,
     pub provider_message_id: &'a str,
     pub reason: String,
 }
 
-/// The longest `request_id` and `error` the conversations service takes.
-const MAX_REQUEST_ID: usize = 128;
+/// The longest `error` the conversations service takes.
 const MAX_ERROR_CHARS: usize = 10_000;
 
 impl Delivery<'_> {
@@ -87,7 +84,6 @@ impl Delivery<'_> {
                 request_id,
                 source: self.source.into(),
                 phone: letter.phone.unwrap_or_default(),
-                user_id: letter.user_id.unwrap_or_default(),
                 provider_message_id: letter.provider_message_id.chars().take(256).collect(),
                 raw_payload: self.raw.to_vec(),
                 error: letter.reason.chars().take(MAX_ERROR_CHARS).collect(),
@@ -104,7 +100,7 @@ impl Delivery<'_> {
 /// long (a wamid alone may take 128 characters).
 fn request_id(source: &str, kind: &str, key: &str) -> String {
     let id = format!("{source}:{kind}:{key}");
-    if id.len() <= MAX_REQUEST_ID {
+    if id.len() <= MAX_REQUEST_ID_LEN {
         return id;
     }
     let digest = hex::encode(Sha256::digest(key.as_bytes()));
@@ -121,12 +117,10 @@ pub async fn store(
     message: conv::Message,
     referral: Option<conv::Referral>,
 ) -> Result<bool, Failure> {
-    // A provider clock ahead of ours must not push the time into the future.
-    let now = mesh_runtime::convert::timestamp(Utc::now());
-    let touched_at = match &message.provider_time {
-        Some(t) if t.seconds < now.seconds => *t,
-        _ => now,
-    };
+    // A provider clock ahead of ours must not push the time into the future:
+    // then none is sent, and the users service takes its own now.
+    let now = Utc::now().timestamp();
+    let touched_at = message.provider_time.filter(|t| t.seconds < now);
     let record = async {
         let mut attempt = 0;
         loop {
@@ -151,7 +145,7 @@ pub async fn store(
             }
         }
     };
-    let touch = mesh.touch_last_message(user_id.to_owned(), Some(touched_at));
+    let touch = mesh.touch_last_message(user_id.to_owned(), touched_at);
     let (recorded, touched) = tokio::join!(record, touch);
     let duplicate = recorded?;
     if let Err(e) = touched {
@@ -174,4 +168,30 @@ fn metadata(value: serde_json::Value) -> Option<prost_types::Struct> {
 /// Unix seconds as a protobuf Timestamp.
 fn unix_time(seconds: i64) -> Option<prost_types::Timestamp> {
     Some(prost_types::Timestamp { seconds, nanos: 0 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_fit_the_limit_and_stay_stable() {
+        assert_eq!(
+            request_id("whatsapp", "message", "wamid.X"),
+            "whatsapp:message:wamid.X"
+        );
+        let wamid = format!("wamid.{}", "A".repeat(128));
+        let long = request_id("whatsapp", "status", &format!("{wamid}:delivered"));
+        assert!(long.len() <= MAX_REQUEST_ID_LEN, "{long}");
+        assert!(long.starts_with("whatsapp:status:sha256:"), "{long}");
+        assert_eq!(
+            long,
+            request_id("whatsapp", "status", &format!("{wamid}:delivered")),
+            "a repeat files the same letter"
+        );
+        assert_ne!(
+            long,
+            request_id("whatsapp", "status", &format!("{wamid}:read"))
+        );
+    }
 }

@@ -35,7 +35,7 @@ pub async fn deliver(mut delivery: Delivery<'_>, update: tg::Update) -> Result<S
         }
         UpdateKind::CallbackQuery(q) => {
             let id = format!("callback:{}", q.id);
-            (callback(&delivery, update_id, q).await, id)
+            (callback(&delivery, update_id, q, &id).await, id)
         }
         UpdateKind::Other { kind } => {
             tracing::debug!(update_id, kind, "skipped: nothing to store");
@@ -50,7 +50,6 @@ pub async fn deliver(mut delivery: Delivery<'_>, update: tg::Update) -> Result<S
             let letter = DeadLetter {
                 key: update_id.to_string(),
                 phone: None,
-                user_id: None,
                 provider_message_id: &provider_id,
                 reason,
             };
@@ -79,41 +78,46 @@ async fn message(
         _ => None,
     };
     let (user, link) = sender(delivery.mesh, from, start).await?;
+    let kind = message_type(&m);
+    let tg::Message {
+        chat,
+        date,
+        text,
+        caption,
+        file,
+        reply_to_message_id,
+        raw,
+        ..
+    } = m;
     let mut telegram = json!({
         "update_id": update_id,
-        "chat": {"id": m.chat.id, "type": m.chat.kind},
+        "chat": {"id": chat.id, "type": chat.kind},
     });
-    let kind = message_type(&m);
     if kind != MessageType::Text {
-        telegram["message"] = m.raw.clone();
+        telegram["message"] = raw;
     }
-    if let Some(original) = &edit_of {
-        telegram["edit_of"] = Value::from(original.as_str());
+    if let Some(original) = edit_of {
+        telegram["edit_of"] = Value::from(original);
     }
     if let Some(link) = link {
         telegram["link"] = link;
     }
-    let media = m.file.as_ref().map(|file| conv::Media {
-        provider_media_id: file.file_id.clone(),
-        mime_type: file.mime_type.clone().unwrap_or_default(),
-        caption: m.caption.clone().unwrap_or_default(),
+    let media = file.map(|file| conv::Media {
+        provider_media_id: file.file_id,
+        mime_type: file.mime_type.unwrap_or_default(),
+        caption: caption.clone().unwrap_or_default(),
         ..Default::default()
     });
     let message = conv::Message {
         r#type: kind.into(),
-        content: m
-            .text
-            .clone()
-            .or_else(|| m.caption.clone())
-            .unwrap_or_default(),
+        content: text.or(caption).unwrap_or_default(),
         media,
         provider_message_id: provider_message_id.to_owned(),
-        reply_to_provider_message_id: m
-            .reply_to_message_id
-            .map(|id| format!("{}:{id}", m.chat.id))
+        reply_to_provider_message_id: reply_to_message_id
+            .map(|id| format!("{}:{id}", chat.id))
             .unwrap_or_default(),
         metadata: metadata(json!({ "telegram": telegram })),
-        provider_time: unix_time(m.date),
+        provider_time: unix_time(date),
         ..Default::default()
     };
     store(delivery.mesh, &user.id, Channel::Telegram, message, None).await
@@ -126,6 +130,7 @@ async fn callback(
     delivery: &Delivery<'_>,
     update_id: i64,
     q: CallbackQuery,
+    provider_message_id: &str,
 ) -> Result<bool, Failure> {
     let (user, _) = sender(delivery.mesh, &q.from, None).await?;
     let on_message = match (q.chat_id, q.message_id) {
@@ -135,7 +140,7 @@ async fn callback(
     let message = conv::Message {
         r#type: MessageType::Interactive.into(),
         content: q.data.clone().unwrap_or_default(),
-        provider_message_id: format!("callback:{}", q.id),
+        provider_message_id: provider_message_id.to_owned(),
         reply_to_provider_message_id: on_message,
         metadata: metadata(json!({ "telegram": {
             "update_id": update_id,

@@ -18,17 +18,18 @@ pub async fn deliver(
     parsed: wa::Delivery,
 ) -> Result<Summary, CallError> {
     delivery.summary.skipped = parsed.skipped;
-    for message in &parsed.messages {
+    for message in parsed.messages {
         let phone = format!("+{}", message.wa_id);
         let phone = is_e164(&phone).then_some(phone);
+        // Kept for a dead letter: the message itself is handed on.
+        let id = message.id.clone();
         match store_message(&delivery, message, phone.clone()).await {
             Ok(duplicate) => delivery.stored(duplicate),
             Err(Failure::Permanent(reason)) => {
                 let letter = DeadLetter {
-                    key: message.id.clone(),
+                    key: id.clone(),
                     phone,
-                    user_id: None,
-                    provider_message_id: &message.id,
+                    provider_message_id: &id,
                     reason,
                 };
                 delivery.dead_letter("message", letter).await?;
@@ -46,7 +47,6 @@ pub async fn deliver(
                 let letter = DeadLetter {
                     key: format!("{}:{}", status.id, status_name(&status.status)),
                     phone: None,
-                    user_id: None,
                     provider_message_id: &status.id,
                     reason,
                 };
@@ -68,7 +68,7 @@ pub async fn deliver(
 
 async fn store_message(
     delivery: &Delivery<'_>,
-    message: &InboundMessage,
+    mut message: InboundMessage,
     phone: Option<String>,
 ) -> Result<bool, Failure> {
     let Some(phone) = phone else {
@@ -79,14 +79,14 @@ async fn store_message(
     };
     let user = delivery
         .mesh
-        .upsert_user_by_phone(phone, message.profile_name.clone().unwrap_or_default())
+        .upsert_user_by_phone(phone, message.profile_name.take().unwrap_or_default())
         .await?;
-    let referral = message.referral.as_ref().map(|r| conv::Referral {
-        source_url: r.source_url.clone().unwrap_or_default(),
-        source_id: r.source_id.clone().unwrap_or_default(),
-        source_type: r.source_type.clone().unwrap_or_default(),
-        headline: r.headline.clone().unwrap_or_default(),
-        ctwa_clid: r.ctwa_clid.clone().unwrap_or_default(),
+    let referral = message.referral.take().map(|r| conv::Referral {
+        source_url: r.source_url.unwrap_or_default(),
+        source_id: r.source_id.unwrap_or_default(),
+        source_type: r.source_type.unwrap_or_default(),
+        headline: r.headline.unwrap_or_default(),
+        ctwa_clid: r.ctwa_clid.unwrap_or_default(),
     });
     store(
         delivery.mesh,
@@ -101,34 +101,7 @@ async fn store_message(
 /// The message as the conversations service stores it. Everything but plain
 /// text keeps the whole WhatsApp object in `metadata.whatsapp.message`, so a
 /// type this gateway does not know (stored as UNKNOWN) loses nothing.
-pub fn to_message(m: &InboundMessage) -> conv::Message {
-    let mut whatsapp = json!({
-        "phone_number_id": m.phone_number_id,
-        "type": m.wire_type,
-    });
-    if m.kind != MessageKind::Text {
-        whatsapp["message"] = m.raw.clone();
-    }
-    if let Some(payload) = &m.reply_payload {
-        whatsapp["reply_payload"] = Value::from(payload.as_str());
-    }
-    if !m.errors.is_empty() {
-        whatsapp["errors"] = m
-            .errors
-            .iter()
-            .map(|e| json!({"code": e.code, "title": e.title, "message": e.message, "details": e.details}))
-            .collect();
-    }
-    let media = m.media.as_ref().and_then(|media| {
-        let id = media.id.clone().filter(|id| !id.is_empty())?;
-        Some(conv::Media {
-            provider_media_id: id,
-            mime_type: media.mime_type.clone().unwrap_or_default(),
-            sha256: media.sha256.clone().unwrap_or_default(),
-            caption: media.caption.clone().unwrap_or_default(),
-            url: String::new(),
-        })
-    });
+fn to_message(m: InboundMessage) -> conv::Message {
     // A reaction refers to the message reacted to, as a reply does.
     let reacted_to = (m.kind == MessageKind::Reaction)
         .then(|| {
@@ -138,12 +111,39 @@ pub fn to_message(m: &InboundMessage) -> conv::Message {
         })
         .flatten()
         .map(str::to_owned);
+    let mut whatsapp = json!({
+        "phone_number_id": m.phone_number_id,
+        "type": m.wire_type,
+    });
+    if m.kind != MessageKind::Text {
+        whatsapp["message"] = m.raw;
+    }
+    if let Some(payload) = m.reply_payload {
+        whatsapp["reply_payload"] = Value::from(payload);
+    }
+    if !m.errors.is_empty() {
+        whatsapp["errors"] = m
+            .errors
+            .into_iter()
+            .map(|e| json!({"code": e.code, "title": e.title, "message": e.message, "details": e.details}))
+            .collect();
+    }
+    let media = m.media.and_then(|media| {
+        let id = media.id.filter(|id| !id.is_empty())?;
+        Some(conv::Media {
+            provider_media_id: id,
+            mime_type: media.mime_type.unwrap_or_default(),
+            sha256: media.sha256.unwrap_or_default(),
+            caption: media.caption.unwrap_or_default(),
+            url: String::new(),
+        })
+    });
     conv::Message {
         r#type: message_type(m.kind).into(),
-        content: m.text.clone().unwrap_or_default(),
+        content: m.text.unwrap_or_default(),
         media,
-        provider_message_id: m.id.clone(),
-        reply_to_provider_message_id: m.reply_to.clone().or(reacted_to).unwrap_or_default(),
+        provider_message_id: m.id,
+        reply_to_provider_message_id: m.reply_to.or(reacted_to).unwrap_or_default(),
         metadata: metadata(json!({ "whatsapp": whatsapp })),
         provider_time: unix_time(m.timestamp),
         ..Default::default()

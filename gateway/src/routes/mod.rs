@@ -53,9 +53,7 @@ impl AppState {
             }),
         })
     }
-}
 
-impl AppState {
     /// A delivery of `raw` (verified and parsed) about to be handed on.
     fn delivery<'a>(
         &'a self,
@@ -132,7 +130,7 @@ fn status_outcome(status: StatusCode) -> &'static str {
 fn body(read: Result<Bytes, BytesRejection>) -> Result<Bytes, Answer> {
     read.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            Answer::TooLarge(MAX_WHATSAPP_BODY)
+            Answer::TooLarge
         } else {
             Answer::BadRequest(rejection.body_text())
         }

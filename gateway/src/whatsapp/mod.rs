@@ -145,13 +145,11 @@ impl StatusKind {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StatusUpdate {
-    pub phone_number_id: String,
     /// The wamid we sent.
     pub id: String,
     pub status: StatusKind,
     /// Unix seconds.
     pub timestamp: i64,
-    pub recipient_id: Option<String>,
     pub errors: Vec<ProviderError>,
     pub pricing: Option<Pricing>,
 }
@@ -168,21 +166,22 @@ pub struct ProviderError {
 /// Parses a webhook body. Any failure is a [`PayloadError`] (answer 400).
 pub fn parse(raw: &[u8]) -> Result<Delivery, PayloadError> {
     // Two steps, so "not JSON" and "not the shape" get different reasons.
+    // Each step takes the value over rather than copying it.
     let value: Value = serde_json::from_slice(raw).map_err(|e| PayloadError::not_json(&e))?;
     let envelope =
-        wire::Envelope::deserialize(&value).map_err(|e| PayloadError::shape("body", e))?;
+        wire::Envelope::deserialize(value).map_err(|e| PayloadError::shape("body", e))?;
     if envelope.object != OBJECT {
         return Err(PayloadError::wrong_object(&envelope.object));
     }
     let mut delivery = Delivery::default();
-    for (e, entry) in envelope.entry.iter().enumerate() {
-        for (c, change) in entry.changes.iter().enumerate() {
+    for (e, entry) in envelope.entry.into_iter().enumerate() {
+        for (c, change) in entry.changes.into_iter().enumerate() {
             if change.field != "messages" {
                 delivery.skipped += 1;
                 continue;
             }
             let path = format!("entry[{e}].changes[{c}].value");
-            normalize::change(&path, &change.value, &mut delivery)?;
+            normalize::change(&path, change.value, &mut delivery)?;
         }
     }
     Ok(delivery)

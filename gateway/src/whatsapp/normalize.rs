@@ -8,7 +8,7 @@ use super::{Delivery, InboundMessage, MessageKind, ProviderError, StatusKind, St
 use crate::PayloadError;
 
 /// Appends one `field == "messages"` change to `out`; `path` names it in errors.
-pub(super) fn change(path: &str, value: &Value, out: &mut Delivery) -> Result<(), PayloadError> {
+pub(super) fn change(path: &str, value: Value, out: &mut Delivery) -> Result<(), PayloadError> {
     let value = ChangeValue::deserialize(value).map_err(|e| PayloadError::shape(path, e))?;
     let phone_number_id = &value.metadata.phone_number_id;
     for (i, raw) in value.messages.into_iter().enumerate() {
@@ -19,11 +19,9 @@ pub(super) fn change(path: &str, value: &Value, out: &mut Delivery) -> Result<()
     for (i, s) in value.statuses.into_iter().enumerate() {
         let path = format!("{path}.statuses[{i}]");
         out.statuses.push(StatusUpdate {
-            phone_number_id: phone_number_id.clone(),
             timestamp: timestamp(&path, &s.timestamp)?,
             status: StatusKind::from_wire(&s.status),
             id: s.id,
-            recipient_id: s.recipient_id,
             errors: errors(s.errors),
             pricing: s.pricing,
         });

@@ -49,8 +49,6 @@ pub struct ChangeValue {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Metadata {
-    #[serde(default)]
-    pub display_phone_number: Option<String>,
     pub phone_number_id: String,
 }
 
@@ -128,9 +126,6 @@ pub struct Media {
     pub sha256: Option<String>,
     #[serde(default)]
     pub caption: Option<String>,
-    /// Documents only.
-    #[serde(default)]
-    pub filename: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -218,8 +213,6 @@ pub struct Referral {
     #[serde(default)]
     pub headline: Option<String>,
     #[serde(default)]
-    pub body: Option<String>,
-    #[serde(default)]
     pub ctwa_clid: Option<String>,
 }
 
@@ -228,8 +221,6 @@ pub struct Status {
     pub id: String,
     pub status: String,
     pub timestamp: Value,
-    #[serde(default)]
-    pub recipient_id: Option<String>,
     #[serde(default, deserialize_with = "lenient")]
     pub pricing: Option<Pricing>,
     #[serde(default, deserialize_with = "lenient_vec")]

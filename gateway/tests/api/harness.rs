@@ -5,16 +5,16 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use hmac::{Hmac, Mac};
 use mesh_conversations::config::{TelegramConfig, WhatsAppConfig};
 use mesh_proto::mesh::{
     conversations::v1::{self as conv, conversations_service_client::ConversationsServiceClient},
     users::v1::{self as users, users_service_client::UsersServiceClient},
 };
 use mesh_runtime::testing::{Auth, TestDatabase, bearer, channel, wait_serving};
-use sha2::Sha256;
 use tokio::{sync::oneshot, task::JoinHandle};
 use tonic::{service::interceptor::InterceptedService, transport::Channel};
+
+use crate::faults::Faults;
 
 pub const APP_SECRET: &str = "test-app-secret";
 pub const VERIFY_TOKEN: &str = "test-verify-token";
@@ -53,6 +53,17 @@ pub struct TestApp {
 }
 
 pub async fn spawn_app() -> TestApp {
+    spawn(None).await
+}
+
+/// The app with the gateway calling the services through pass-throughs that
+/// give the errors injected into the returned [`Faults`].
+pub async fn spawn_app_with_faults() -> (TestApp, Faults) {
+    let faults = Faults::default();
+    (spawn(Some(faults.clone())).await, faults)
+}
+
+async fn spawn(faults: Option<Faults>) -> TestApp {
     let db = TestDatabase::create().await;
     let users_service = {
         let app = mesh_users::build(&db.service_config("users"))
@@ -90,10 +101,17 @@ pub async fn spawn_app() -> TestApp {
     let conversations_service = spawn_conversations(&conversations_config).await;
     // A restart must come back where the gateway looks for it.
     conversations_config.service.addr = conversations_service.addr;
+    let (users_addr, conversations_addr) = match faults {
+        None => (users_service.addr, conversations_service.addr),
+        Some(faults) => (
+            crate::faults::start(users_service.addr, faults.clone()).await,
+            crate::faults::start(conversations_service.addr, faults).await,
+        ),
+    };
     let gateway_config = mesh_gateway::Config {
         addr: "127.0.0.1:0".parse().unwrap(),
-        users_url: format!("http://{}", users_service.addr),
-        conversations_url: format!("http://{}", conversations_service.addr),
+        users_url: format!("http://{users_addr}"),
+        conversations_url: format!("http://{conversations_addr}"),
         auth_token: mesh_runtime::testing::TOKEN.into(),
         downstream_timeout: Duration::from_secs(3),
         drain_grace: Duration::from_secs(5),
@@ -151,9 +169,7 @@ async fn spawn_conversations(config: &mesh_conversations::Config) -> Running {
 
 /// `sha256=<hex>` of `body` under `secret`, as Meta sends it.
 pub fn sign(secret: &str, body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+    mesh_gateway::signature::sign_whatsapp(secret.as_bytes(), body)
 }
 
 impl TestApp {
@@ -262,6 +278,12 @@ impl TestApp {
         self.messages_of(&user.id).await
     }
 
+    /// The texts of the messages of the user with this phone, oldest first.
+    pub async fn texts_from(&mut self, phone: &str) -> Vec<String> {
+        let messages = self.messages_from(phone).await;
+        messages.into_iter().map(|m| m.content).collect()
+    }
+
     /// The dead letters, oldest first.
     pub async fn webhook_failures(&mut self) -> Vec<conv::WebhookFailure> {
         self.conversations
@@ -309,6 +331,11 @@ impl TestApp {
     pub async fn stored_messages(&self) -> i64 {
         self.db.count("conversations", "messages").await
     }
+}
+
+/// A stored message's metadata, as JSON.
+pub fn metadata(m: &conv::Message) -> serde_json::Value {
+    mesh_runtime::convert::struct_to_json(m.metadata.as_ref().expect("metadata"))
 }
 
 /// The JSON answer of a response that must be 200.

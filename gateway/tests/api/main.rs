@@ -3,7 +3,9 @@
 //! front of them, provider-shaped webhooks signed as the providers sign them,
 //! and every result read back through the services' gRPC APIs.
 
+mod failures;
 mod fake_whatsapp;
+mod faults;
 mod harness;
 mod ops;
 mod payloads;

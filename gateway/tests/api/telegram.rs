@@ -8,11 +8,11 @@ use mesh_proto::mesh::{
 use serde_json::json;
 
 use crate::{
-    harness::{TestApp, ok_json, spawn_app},
+    harness::{TestApp, metadata, ok_json, spawn_app},
     payloads::{telegram_from, telegram_id, telegram_message},
 };
 
-async fn user_by_telegram_id(app: &mut TestApp, id: i64) -> users::User {
+pub async fn user_by_telegram_id(app: &mut TestApp, id: i64) -> users::User {
     app.users
         .get_user_by_telegram_id(users::GetUserByTelegramIdRequest {
             telegram_user_id: id,
@@ -22,10 +22,6 @@ async fn user_by_telegram_id(app: &mut TestApp, id: i64) -> users::User {
         .into_inner()
         .user
         .unwrap()
-}
-
-fn metadata(m: &conv::Message) -> serde_json::Value {
-    mesh_runtime::convert::struct_to_json(m.metadata.as_ref().expect("metadata"))
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -223,4 +219,55 @@ async fn a_wrong_secret_token_is_401_and_bad_updates_are_400() {
     }
     assert_eq!(app.stored_messages().await, 0);
     assert_eq!(app.db.count("users", "users").await, 0);
+}
+
+/// A message with no `from` (a channel post forwarded as a message) has no
+/// user to belong to: it is dead-lettered whole, once, and answered 200.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_message_without_a_sender_is_dead_lettered() {
+    let mut app = spawn_app().await;
+    let update = json!({"update_id": 9101, "message": {"message_id": 12,
+        "chat": {"id": -1_001_234_567_890_i64, "type": "channel", "title": "news"},
+        "date": 1_700_000_000, "text": "hola"}});
+    let answer = ok_json(app.post_telegram(&update).await).await;
+    assert_eq!(
+        (answer["stored"].as_u64(), answer["dead_lettered"].as_u64()),
+        (Some(0), Some(1)),
+        "{answer}"
+    );
+    ok_json(app.post_telegram(&update).await).await;
+
+    let failures = app.webhook_failures().await;
+    assert_eq!(failures.len(), 1, "the retry files nothing twice");
+    let failure = &failures[0];
+    assert_eq!(failure.source(), conv::WebhookSource::Telegram);
+    assert_eq!(failure.provider_message_id, "-1001234567890:12");
+    assert!(
+        failure.error.contains("without a sender"),
+        "{}",
+        failure.error
+    );
+    assert_eq!(failure.raw_payload, update.to_string().as_bytes());
+    assert_eq!(app.db.count("users", "users").await, 0);
+}
+
+/// The users service refuses the profile (here a language that is not ISO
+/// 639-1): the user is made with the Telegram account alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_profile_still_makes_the_telegram_user() {
+    let mut app = spawn_app().await;
+    let id = telegram_id();
+    let mut from = telegram_from(id, "Ana", "ana_b");
+    from["language_code"] = json!("zz");
+    let update = telegram_message(9201, 1, &from, json!({"text": "hola"}));
+    let answer = ok_json(app.post_telegram(&update).await).await;
+    assert_eq!(answer["stored"], 1, "{answer}");
+
+    let user = user_by_telegram_id(&mut app, id).await;
+    assert_eq!(
+        (user.display_name.as_str(), user.telegram_username.as_str()),
+        ("", ""),
+        "made bare"
+    );
+    assert_eq!(app.messages_of(&user.id).await.len(), 1);
 }

@@ -5,13 +5,9 @@ use mesh_proto::mesh::conversations::v1::{self as conv, MessageType};
 use serde_json::json;
 
 use crate::{
-    harness::{APP_SECRET, ok_json, sign, spawn_app},
+    harness::{APP_SECRET, metadata, ok_json, sign, spawn_app},
     payloads::{self, delivery, message, messages_value, sender, single, text, wamid},
 };
-
-fn metadata(m: &conv::Message) -> serde_json::Value {
-    mesh_runtime::convert::struct_to_json(m.metadata.as_ref().expect("metadata"))
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_text_message_is_stored_with_its_sender_and_opens_the_window() {
@@ -77,12 +73,8 @@ async fn a_delivery_with_several_entries_and_messages_stores_them_all_in_order()
     let answer = ok_json(app.post_whatsapp(body.to_string().as_bytes()).await).await;
     assert_eq!(answer["stored"], 4, "{answer}");
 
-    let texts = |ms: Vec<conv::Message>| ms.into_iter().map(|m| m.content).collect::<Vec<_>>();
-    assert_eq!(
-        texts(app.messages_from(&ana_phone).await),
-        ["uno", "dos", "tres"]
-    );
-    assert_eq!(texts(app.messages_from(&ben_phone).await), ["one"]);
+    assert_eq!(app.texts_from(&ana_phone).await, ["uno", "dos", "tres"]);
+    assert_eq!(app.texts_from(&ben_phone).await, ["one"]);
     let ben_user = app.user_by_phone(&ben_phone).await;
     assert_eq!(ben_user.whatsapp_profile_name, "Ben");
 }

@@ -79,15 +79,23 @@ pub async fn update(
         pricing_category: wire::non_empty(&request.pricing_category).map(str::to_owned),
     };
 
+    let provider_id = &request.provider_message_id;
     let mut tx = pool.begin().await?;
-    lock_provider_id(&mut tx, channel, &request.provider_message_id).await?;
+    lock_provider_id(&mut tx, channel, provider_id).await?;
+    // Most statuses move their message forward: try that first.
+    if let Some(message) = apply(&mut tx, channel, provider_id, &status).await? {
+        tx.commit().await?;
+        return Ok(pb::UpdateDeliveryStatusResponse {
+            message: Some(message.into_proto()),
+            applied: true,
+            deferred: false,
+        });
+    }
     let message: Option<MessageRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        // NO KEY: rows that reference the message (feedback, interactions) stay insertable.
-        "SELECT {MESSAGE_COLUMNS} FROM messages
-         WHERE channel = $1 AND provider_message_id = $2 FOR NO KEY UPDATE"
+        "SELECT {MESSAGE_COLUMNS} FROM messages WHERE channel = $1 AND provider_message_id = $2"
     )))
     .bind(channel)
-    .bind(&request.provider_message_id)
+    .bind(provider_id)
     .fetch_optional(&mut *tx)
     .await?;
     let Some(message) = message else {
@@ -98,7 +106,7 @@ pub async fn update(
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
         )
         .bind(channel)
-        .bind(&request.provider_message_id)
+        .bind(provider_id)
         .bind(&status.status)
         .bind(status.status_time)
         .bind(&status.error_code)
@@ -114,11 +122,12 @@ pub async fn update(
             deferred: true,
         });
     };
-    let (message, applied) = apply(&mut tx, message, &status).await?;
+    // Stored, but not moved: the status is not forward of its own, or the
+    // message is inbound.
     tx.commit().await?;
     Ok(pb::UpdateDeliveryStatusResponse {
         message: Some(message.into_proto()),
-        applied,
+        applied: false,
         deferred: false,
     })
 }
@@ -139,29 +148,33 @@ pub async fn lock_provider_id(
     Ok(())
 }
 
-/// Moves `message` to `status` if that is forward; emits the change.
+/// Moves the outbound message with `provider_id` on `channel` to `status` if
+/// that is forward, and emits the change; `None` when nothing moved (no such
+/// outbound message, or the status is not forward of its own).
 async fn apply(
     conn: &mut PgConnection,
-    message: MessageRow,
+    channel: &str,
+    provider_id: &str,
     status: &Status,
-) -> ApiResult<(MessageRow, bool)> {
+) -> ApiResult<Option<MessageRow>> {
     let updated: Option<MessageRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "UPDATE messages SET
-            delivery_status = $2,
-            sent_time = CASE WHEN $2 = 'sent' THEN $3 ELSE sent_time END,
-            delivered_time = CASE WHEN $2 = 'delivered' THEN $3 ELSE delivered_time END,
-            read_time = CASE WHEN $2 = 'read' THEN $3 ELSE read_time END,
-            played_time = CASE WHEN $2 = 'played' THEN $3 ELSE played_time END,
-            failed_time = CASE WHEN $2 = 'failed' THEN $3 ELSE failed_time END,
-            error_code = CASE WHEN $2 = 'failed' THEN $4 ELSE error_code END,
-            error_title = CASE WHEN $2 = 'failed' THEN $5 ELSE error_title END,
-            error_message = CASE WHEN $2 = 'failed' THEN $6 ELSE error_message END,
-            pricing_category = COALESCE($7, pricing_category)
-         WHERE id = $1 AND direction = 'outbound'
-           AND delivery_rank($2) > delivery_rank(delivery_status)
+            delivery_status = $3,
+            sent_time = CASE WHEN $3 = 'sent' THEN $4 ELSE sent_time END,
+            delivered_time = CASE WHEN $3 = 'delivered' THEN $4 ELSE delivered_time END,
+            read_time = CASE WHEN $3 = 'read' THEN $4 ELSE read_time END,
+            played_time = CASE WHEN $3 = 'played' THEN $4 ELSE played_time END,
+            failed_time = CASE WHEN $3 = 'failed' THEN $4 ELSE failed_time END,
+            error_code = CASE WHEN $3 = 'failed' THEN $5 ELSE error_code END,
+            error_title = CASE WHEN $3 = 'failed' THEN $6 ELSE error_title END,
+            error_message = CASE WHEN $3 = 'failed' THEN $7 ELSE error_message END,
+            pricing_category = COALESCE($8, pricing_category)
+         WHERE channel = $1 AND provider_message_id = $2 AND direction = 'outbound'
+           AND delivery_rank($3) > delivery_rank(delivery_status)
          RETURNING {MESSAGE_COLUMNS}"
     )))
-    .bind(message.id)
+    .bind(channel)
+    .bind(provider_id)
     .bind(&status.status)
     .bind(status.status_time)
     .bind(&status.error_code)
@@ -170,13 +183,10 @@ async fn apply(
     .bind(&status.pricing_category)
     .fetch_optional(&mut *conn)
     .await?;
-    match updated {
-        None => Ok((message, false)),
-        Some(updated) => {
-            status_changed(conn, &updated).await?;
-            Ok((updated, true))
-        }
+    if let Some(updated) = &updated {
+        status_changed(conn, updated).await?;
     }
+    Ok(updated)
 }
 
 /// Tells the watchers of `message` that its delivery status changed; call it
@@ -190,7 +200,9 @@ pub async fn status_changed(conn: &mut PgConnection, message: &MessageRow) -> Ap
 /// Applies the statuses that arrived for `message`'s provider id before the
 /// message had it, in the order they move forward, and forgets them; when any
 /// waited, resolves the webhook failures recorded for them. Call it in the
-/// transaction that gives the message its provider id.
+/// transaction that gives the message its provider id, which took
+/// [`lock_provider_id`] before storing the id (and before emitting anything:
+/// a status holding that lock may be waiting for the event head).
 pub async fn apply_deferred(
     conn: &mut PgConnection,
     mut message: MessageRow,
@@ -198,7 +210,6 @@ pub async fn apply_deferred(
     let Some(provider_id) = message.provider_message_id.clone() else {
         return Ok(message);
     };
-    lock_provider_id(conn, &message.channel, &provider_id).await?;
     let waiting: Vec<Status> = sqlx::query_as(
         "WITH d AS (
              DELETE FROM deferred_statuses WHERE channel = $1 AND provider_message_id = $2
@@ -211,7 +222,9 @@ pub async fn apply_deferred(
     .fetch_all(&mut *conn)
     .await?;
     for status in &waiting {
-        message = apply(conn, message, status).await?.0;
+        if let Some(moved) = apply(conn, &message.channel, &provider_id, status).await? {
+            message = moved;
+        }
     }
     if !waiting.is_empty() {
         resolve_failures(conn, &message.channel, &provider_id).await?;

@@ -11,7 +11,7 @@ use mesh_runtime::{
 use sqlx::{PgConnection, PgPool, postgres::PgRow};
 use uuid::Uuid;
 
-use crate::records::{list_args, list_page, non_negative, parents};
+use crate::records::{list_page, non_negative, parents};
 use crate::wire;
 
 const MAX_NAME: usize = 200;
@@ -131,12 +131,6 @@ where
     idempotency::run_once(pool, key, request, insert).await
 }
 
-/// A foreign key refused the insert: the conversation or message was deleted
-/// after [`record_once`] found it.
-fn gone(error: sqlx::Error) -> ApiError {
-    ApiError::from(error).or_missing(|| "the conversation or message no longer exists".into())
-}
-
 const INSERT_TOOL: &str = "
     INSERT INTO tool_executions (id, conversation_id, message_id, tool_name, input, output,
         status, latency_ms, tokens, error)
@@ -201,7 +195,7 @@ pub async fn record_tool(
                 .bind(&execution.error)
                 .fetch_one(&mut *conn)
                 .await
-                .map_err(gone)?;
+                .map_err(parents::gone)?;
             Ok(pb::RecordToolExecutionResponse {
                 execution: Some(row.into()),
             })
@@ -279,7 +273,7 @@ pub async fn record_agent(
                 .bind(&metadata)
                 .fetch_one(&mut *conn)
                 .await
-                .map_err(gone)?;
+                .map_err(parents::gone)?;
             Ok(pb::RecordAgentExecutionResponse {
                 execution: Some(row.into()),
             })
@@ -288,12 +282,12 @@ pub async fn record_agent(
     .await
 }
 
-/// A page of one conversation's executions, which `sql` lists as
-/// [`list_page`] says; an empty page of a conversation that does not exist is
+/// A page of one conversation's executions in `table`, as [`list_page`]
+/// gives it; an empty page of a conversation that does not exist is
 /// NOT_FOUND.
 async fn list<R, T>(
     pool: &PgPool,
-    sql: &'static str,
+    table: &'static str,
     conversation_id: &str,
     page_size: i32,
     page_token: &str,
@@ -302,9 +296,16 @@ async fn list<R, T>(
 where
     R: for<'r> sqlx::FromRow<'r, PgRow> + Send + Unpin + Into<T>,
 {
-    let (conversation, page) =
-        list_args("conversation_id", conversation_id, page_size, page_token)?;
-    let (executions, next_page_token) = list_page(pool, sql, conversation, &page, id).await?;
+    let (conversation, executions, next_page_token) = list_page(
+        pool,
+        table,
+        "conversation_id",
+        conversation_id,
+        page_size,
+        page_token,
+        id,
+    )
+    .await?;
     if executions.is_empty() {
         // An empty page: tell "nothing recorded" from "no such conversation".
         parents::conversation_user(pool, conversation).await?;
@@ -319,8 +320,7 @@ pub async fn list_tools(
 ) -> ApiResult<pb::ListToolExecutionsResponse> {
     let (executions, next_page_token) = list(
         pool,
-        "SELECT * FROM tool_executions WHERE conversation_id = $1 AND ($2::uuid IS NULL OR id > $2)
-         ORDER BY id LIMIT $3",
+        "tool_executions",
         &request.conversation_id,
         request.page_size,
         &request.page_token,
@@ -340,8 +340,7 @@ pub async fn list_agents(
 ) -> ApiResult<pb::ListAgentExecutionsResponse> {
     let (executions, next_page_token) = list(
         pool,
-        "SELECT * FROM agent_executions WHERE conversation_id = $1 AND ($2::uuid IS NULL OR id > $2)
-         ORDER BY id LIMIT $3",
+        "agent_executions",
         &request.conversation_id,
         request.page_size,
         &request.page_token,

@@ -61,87 +61,33 @@ pub struct MessageRow {
     pub feedback_time: Option<DateTime<Utc>>,
 }
 
-/// The columns of [`MessageRow`] but `send_request` (up to ~130 KiB, read
-/// only to check a replay), each after the literal `$p` (a table alias).
+/// [`MESSAGE_COLUMNS`] as a literal, for `concat!`.
 macro_rules! message_columns {
-    ($p:literal) => {
-        concat!(
-            $p,
-            "id, ",
-            $p,
-            "conversation_id, ",
-            $p,
-            "user_id, ",
-            $p,
-            "channel, ",
-            $p,
-            "sequence_number, ",
-            $p,
-            "direction, ",
-            $p,
-            "role, ",
-            $p,
-            "type, ",
-            $p,
-            "content, ",
-            $p,
-            "media_url, ",
-            $p,
-            "media_provider_id, ",
-            $p,
-            "media_mime_type, ",
-            $p,
-            "media_sha256, ",
-            $p,
-            "media_caption, ",
-            $p,
-            "provider_message_id, ",
-            $p,
-            "reply_to_message_id, ",
-            $p,
-            "reply_to_provider_message_id, ",
-            $p,
-            "metadata, ",
-            $p,
-            "provider_time, ",
-            $p,
-            "create_time, ",
-            $p,
-            "delivery_status, ",
-            $p,
-            "sent_time, ",
-            $p,
-            "delivered_time, ",
-            $p,
-            "read_time, ",
-            $p,
-            "played_time, ",
-            $p,
-            "failed_time, ",
-            $p,
-            "error_code, ",
-            $p,
-            "error_title, ",
-            $p,
-            "error_message, ",
-            $p,
-            "proactive, ",
-            $p,
-            "send_retryable"
-        )
+    () => {
+        "id, conversation_id, user_id, channel, sequence_number, direction, role, type, content,
+         media_url, media_provider_id, media_mime_type, media_sha256, media_caption,
+         provider_message_id, reply_to_message_id, reply_to_provider_message_id, metadata,
+         provider_time, create_time, delivery_status, sent_time, delivered_time, read_time,
+         played_time, failed_time, error_code, error_title, error_message, proactive,
+         send_retryable"
     };
 }
 
-/// Every column of `messages` a [`MessageRow`] reads but `send_request`.
-pub const MESSAGE_COLUMNS: &str = message_columns!("");
+/// Every column of `messages` a [`MessageRow`] reads but `send_request` (up
+/// to ~130 KiB, read only to check a replay).
+pub const MESSAGE_COLUMNS: &str = message_columns!();
 
-/// Selects messages with their feedback; append a WHERE clause on `m`.
+/// Selects messages with their feedback; append a WHERE clause on `m`. The
+/// feedback columns come renamed from a subquery, so that no column of
+/// `messages` needs its table's name.
 const SELECT_WITH_FEEDBACK: &str = concat!(
     "SELECT ",
-    message_columns!("m."),
-    ", f.rating AS feedback_rating,
-        f.comment AS feedback_comment, f.update_time AS feedback_time
-     FROM messages m LEFT JOIN message_feedback f ON f.message_id = m.id"
+    message_columns!(),
+    ", feedback_rating, feedback_comment, feedback_time
+     FROM messages m LEFT JOIN (
+         SELECT message_id, rating AS feedback_rating, comment AS feedback_comment,
+             update_time AS feedback_time
+         FROM message_feedback) f ON f.message_id = m.id"
 );
 
 impl MessageRow {
@@ -224,7 +170,8 @@ pub async fn insert(
     sequence_number: i64,
     message: &NewMessage,
 ) -> Result<MessageRow, sqlx::Error> {
-    let media = message.media.clone().unwrap_or_default();
+    let no_media = pb::Media::default();
+    let media = message.media.as_ref().unwrap_or(&no_media);
     let reply_to = match (
         message.reply_to_message_id,
         &message.reply_to_provider_message_id,
@@ -497,7 +444,7 @@ pub async fn record_inbound(
     let mut tx = pool.begin().await?;
     let conversation = conversations::lock_for_append(&mut tx, conversation_id).await?;
     if let Some(reply_to) = message.reply_to_message_id {
-        ensure_message_of_user(
+        message_of_user(
             &mut tx,
             reply_to,
             conversation.user_id,
@@ -547,25 +494,26 @@ fn duplicate(stored: MessageRow) -> pb::RecordInboundMessageResponse {
     }
 }
 
-/// NOT_FOUND unless `message` exists and belongs to `user`.
-pub async fn ensure_message_of_user(
+/// The channel and provider id of `message`, which must be one of `user`'s
+/// (NOT_FOUND, naming `field`, otherwise).
+pub async fn message_of_user(
     conn: &mut PgConnection,
     message: Uuid,
     user: Uuid,
     field: &str,
-) -> ApiResult<()> {
-    let found: Option<bool> =
-        sqlx::query_scalar("SELECT true FROM messages WHERE id = $1 AND user_id = $2")
-            .bind(message)
-            .bind(user)
-            .fetch_optional(conn)
-            .await?;
-    match found {
-        Some(_) => Ok(()),
-        None => Err(ApiError::not_found(format!(
+) -> ApiResult<(String, Option<String>)> {
+    sqlx::query_as(
+        "SELECT channel, provider_message_id FROM messages WHERE id = $1 AND user_id = $2",
+    )
+    .bind(message)
+    .bind(user)
+    .fetch_optional(conn)
+    .await?
+    .ok_or_else(|| {
+        ApiError::not_found(format!(
             "{field}: the user has no message with id {message}"
-        ))),
-    }
+        ))
+    })
 }
 
 #[tracing::instrument(skip_all)]

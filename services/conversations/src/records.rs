@@ -19,43 +19,44 @@ use uuid::Uuid;
 /// oldest first.
 pub(crate) type Page = pagination::Page<Uuid>;
 
-/// A list request's key (the id in `field`: whose records it lists) and
-/// page, checked.
-pub(crate) fn list_args(
-    field: &str,
+/// One page of the rows of `table` whose `column` is `key`, the id a list
+/// request gives in its field of the same name, oldest first: the page's
+/// rows as `T` (the row's id given by `id`) and the next page's token (empty
+/// after the last page). `key` and the page are checked together, so every
+/// bad field is named. Gives the checked key too.
+pub(crate) async fn list_page<R, T>(
+    pool: &PgPool,
+    table: &'static str,
+    column: &'static str,
     key: &str,
     page_size: i32,
     page_token: &str,
-) -> ApiResult<(Uuid, Page)> {
-    let mut violations = Violations::default();
-    let key = violations.check(parse_uuid(field, key));
-    let page = Page::check(&mut violations, page_size, page_token);
-    violations.into_result()?;
-    Ok((key.expect("validated"), page.expect("validated")))
-}
-
-/// One page of what `sql` lists: `sql` selects the rows of key `$1` whose id
-/// (given by `id`) is after `$2` (NULL for the first page), ordered by id,
-/// `$3` at most. Gives the page's rows as `T` and the next page's token
-/// (empty after the last page).
-pub(crate) async fn list_page<R, T>(
-    pool: &PgPool,
-    sql: &'static str,
-    key: Uuid,
-    page: &Page,
     id: impl Fn(&R) -> Uuid,
-) -> ApiResult<(Vec<T>, String)>
+) -> ApiResult<(Uuid, Vec<T>, String)>
 where
     R: for<'r> sqlx::FromRow<'r, PgRow> + Send + Unpin + Into<T>,
 {
-    let mut rows: Vec<R> = sqlx::query_as(sql)
-        .bind(key)
-        .bind(page.after)
-        .bind(page.size + 1)
-        .fetch_all(pool)
-        .await?;
+    let mut violations = Violations::default();
+    let key = violations.check(parse_uuid(column, key));
+    let page = Page::check(&mut violations, page_size, page_token);
+    violations.into_result()?;
+    let (key, page) = (key.expect("validated"), page.expect("validated"));
+    // The names are the callers' constants, not input.
+    let mut rows: Vec<R> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT * FROM {table} WHERE {column} = $1 AND ($2::uuid IS NULL OR id > $2)
+         ORDER BY id LIMIT $3"
+    )))
+    .bind(key)
+    .bind(page.after)
+    .bind(page.size + 1)
+    .fetch_all(pool)
+    .await?;
     let next_page_token = pagination::next_page(&mut rows, page.size, |r| id(r).to_string());
-    Ok((rows.into_iter().map(Into::into).collect(), next_page_token))
+    Ok((
+        key,
+        rows.into_iter().map(Into::into).collect(),
+        next_page_token,
+    ))
 }
 
 /// Counts (latency, tokens, seconds) are never negative.

@@ -2,19 +2,18 @@
 //!
 //! Each mapping gives `name(i32) -> Option<&str>` (None for UNSPECIFIED or an
 //! unknown number), `parse(&str) -> pb enum` and `require(field, i32)`, which
-//! names the allowed values when the caller sent something else.
+//! names the allowed values (by their proto names) when the caller sent
+//! something else.
 
 use mesh_runtime::FieldViolation;
 
 macro_rules! text_enum {
-    ($module:ident, $pb:ident, $prefix:literal { $($variant:ident => $text:literal),+ $(,)? }) => {
+    ($module:ident, $pb:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
         // Every mapping offers the same functions; not every caller needs all.
         #[allow(dead_code)]
         pub mod $module {
             use mesh_proto::mesh::conversations::v1::$pb;
             use super::FieldViolation;
-
-            pub const NAMES: &[&str] = &[$($text),+];
 
             pub fn name(value: i32) -> Option<&'static str> {
                 match $pb::try_from(value).ok()? {
@@ -37,8 +36,7 @@ macro_rules! text_enum {
                         field,
                         format!(
                             "must be one of {}",
-                            NAMES.iter().map(|n| format!("{}{}", $prefix, n.to_uppercase()))
-                                .collect::<Vec<_>>().join(", ")
+                            [$($pb::$variant.as_str_name()),+].join(", ")
                         ),
                     )
                 })
@@ -52,60 +50,60 @@ macro_rules! text_enum {
     };
 }
 
-text_enum!(channel, Channel, "CHANNEL_" {
+text_enum!(channel, Channel {
     Whatsapp => "whatsapp", Telegram => "telegram", Web => "web", App => "app",
 });
-text_enum!(conversation_status, ConversationStatus, "CONVERSATION_STATUS_" {
+text_enum!(conversation_status, ConversationStatus {
     Active => "active", Closed => "closed", Archived => "archived",
 });
-text_enum!(direction, MessageDirection, "MESSAGE_DIRECTION_" {
+text_enum!(direction, MessageDirection {
     Inbound => "inbound", Outbound => "outbound",
 });
-text_enum!(role, MessageRole, "MESSAGE_ROLE_" {
+text_enum!(role, MessageRole {
     User => "user", Assistant => "assistant", System => "system",
 });
-text_enum!(message_type, MessageType, "MESSAGE_TYPE_" {
+text_enum!(message_type, MessageType {
     Text => "text", Image => "image", Audio => "audio", Sticker => "sticker",
     Video => "video", Document => "document", Location => "location",
     Interactive => "interactive", Button => "button", Reaction => "reaction",
     Order => "order", Contacts => "contacts", System => "system",
     Unknown => "unknown", Template => "template",
 });
-text_enum!(delivery_status, DeliveryStatus, "DELIVERY_STATUS_" {
+text_enum!(delivery_status, DeliveryStatus {
     Pending => "pending", Accepted => "accepted", Sent => "sent",
     Delivered => "delivered", Read => "read", Played => "played", Failed => "failed",
 });
-text_enum!(event_type, EventType, "EVENT_TYPE_" {
+text_enum!(event_type, EventType {
     MessageReceived => "message_received", MessageSent => "message_sent",
     DeliveryStatusChanged => "delivery_status_changed",
     ConversationStarted => "conversation_started", ConversationUpdated => "conversation_updated",
 });
-text_enum!(flow_type, FlowType, "FLOW_TYPE_" {
+text_enum!(flow_type, FlowType {
     Navigate => "navigate", DataExchange => "data_exchange",
 });
-text_enum!(flow_status, FlowSessionStatus, "FLOW_SESSION_STATUS_" {
+text_enum!(flow_status, FlowSessionStatus {
     Pending => "pending", InProgress => "in_progress", Completed => "completed",
     Expired => "expired", Failed => "failed",
 });
-text_enum!(call_direction, CallDirection, "CALL_DIRECTION_" {
+text_enum!(call_direction, CallDirection {
     Inbound => "inbound", Outbound => "outbound",
 });
-text_enum!(call_status, CallStatus, "CALL_STATUS_" {
+text_enum!(call_status, CallStatus {
     Ringing => "ringing", Answered => "answered", Completed => "completed",
     Missed => "missed", Rejected => "rejected", Failed => "failed",
 });
-text_enum!(interaction_type, InteractionType, "INTERACTION_TYPE_" {
+text_enum!(interaction_type, InteractionType {
     CtaTap => "cta_tap", ButtonReply => "button_reply", ListReply => "list_reply",
     FlowCompletion => "flow_completion", CallAccepted => "call_accepted",
     CallRejected => "call_rejected",
 });
-text_enum!(execution_status, ExecutionStatus, "EXECUTION_STATUS_" {
+text_enum!(execution_status, ExecutionStatus {
     Success => "success", Error => "error", Timeout => "timeout",
 });
-text_enum!(webhook_source, WebhookSource, "WEBHOOK_SOURCE_" {
+text_enum!(webhook_source, WebhookSource {
     Whatsapp => "whatsapp", Telegram => "telegram", Lemonsqueezy => "lemonsqueezy",
 });
-text_enum!(webhook_status, WebhookFailureStatus, "WEBHOOK_FAILURE_STATUS_" {
+text_enum!(webhook_status, WebhookFailureStatus {
     Pending => "pending", Retrying => "retrying", Resolved => "resolved", Abandoned => "abandoned",
 });
 
@@ -180,5 +178,27 @@ fn has_nul(value: &serde_json::Value) -> bool {
         serde_json::Value::Array(items) => items.iter().any(has_nul),
         serde_json::Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_value_outside_the_mapping_is_refused_naming_the_proto_values() {
+        let refused = channel::require("channel", 99).unwrap_err();
+        assert_eq!(refused.field, "channel");
+        assert_eq!(
+            refused.description,
+            "must be one of CHANNEL_WHATSAPP, CHANNEL_TELEGRAM, CHANNEL_WEB, CHANNEL_APP"
+        );
+        assert!(channel::require("channel", 0).is_err());
+        assert_eq!(channel::optional("channel", 0).unwrap(), None);
+        assert_eq!(flow_status::require("status", 2).unwrap(), "in_progress");
+        assert_eq!(
+            webhook_status::parse("abandoned"),
+            mesh_proto::mesh::conversations::v1::WebhookFailureStatus::Abandoned
+        );
     }
 }

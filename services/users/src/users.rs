@@ -539,7 +539,10 @@ pub async fn touch_last_message(
     if at > now + MAX_CLOCK_SKEW {
         return Err(ApiError::invalid(
             "message_time",
-            "must not be more than 5 minutes in the future",
+            format!(
+                "must not be more than {} minutes in the future",
+                MAX_CLOCK_SKEW.num_minutes()
+            ),
         ));
     }
     // Only ever forward: a late or repeated touch leaves the row untouched.

@@ -7,27 +7,21 @@
 
 use std::{
     collections::HashMap,
-    str::FromStr,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail};
 use hdrhistogram::Histogram;
-use mesh_proto::mesh::conversations::v1::{
-    self as pb, conversations_service_client::ConversationsServiceClient,
-};
-use sqlx::{
-    PgPool,
-    postgres::{PgConnectOptions, PgListener, PgPoolOptions},
-};
+use mesh_proto::mesh::conversations::v1 as pb;
+use sqlx::{PgPool, postgres::PgListener};
 use tokio::sync::watch;
-use tonic::{service::interceptor::InterceptedService, transport::Channel};
 use uuid::Uuid;
 
 use super::{
-    Auth, Measurement, Options, Roles, Service, bearer, latency_histogram, measure, peak_rss_note,
-    print_table, run_bench, spread, with_service_cpu,
+    ConversationsClient as Client, Measurement, Options, Roles, latency_histogram, measure,
+    peak_rss_note, print_table, run_bench, spread, start_conversations_service,
+    start_users_service, with_service_cpu,
 };
 use crate::tools::Paths;
 
@@ -41,52 +35,17 @@ const NOTIFY_CHANNEL: &str = "conversation_events";
 
 pub async fn run(options: &Options) -> Result<()> {
     // The conversations service is configured with the users service.
-    run_bench(
-        options,
-        &["users", "conversations"],
-        DATABASE,
-        |paths, admin_url, options| async move { measure_all(&paths, &admin_url, options).await },
-    )
-    .await
+    run_bench(options, &["users", "conversations"], DATABASE, measure_all).await
 }
 
-type Client = ConversationsServiceClient<InterceptedService<Channel, Auth>>;
-
-async fn measure_all(paths: &Paths, admin_url: &str, options: Options) -> Result<()> {
-    let roles = Roles::prepare(admin_url, DATABASE).await?;
-    let service_url = roles.url("mesh_conversations")?;
-
+async fn measure_all(paths: &Paths, roles: &Roles, options: Options) -> Result<()> {
     // Only SendMessage asks the users service (for recipients), but the
     // conversations service is configured with it, as in production.
-    let mut users = Service::start(
-        paths,
-        "users",
-        &[("USERS_DATABASE_URL", roles.url("mesh_users")?)],
-    )?;
-    users.wait_serving().await?;
-    let mut service = Service::start(
-        paths,
-        "conversations",
-        &[
-            ("CONVERSATIONS_DATABASE_URL", service_url.clone()),
-            // One more than the direct pool: the event listener holds one.
-            (
-                "CONVERSATIONS_DB_MAX_CONNECTIONS",
-                (options.concurrency + 1).to_string(),
-            ),
-            ("CONVERSATIONS_USERS_URL", format!("http://{}", users.addr)),
-        ],
-    )?;
-    let client: Client =
-        ConversationsServiceClient::with_interceptor(service.wait_serving().await?, bearer as Auth);
+    let (mut users, _) = start_users_service(paths, roles, options).await?;
+    let (mut service, client) = start_conversations_service(paths, roles, options, &users).await?;
     let spread = Arc::new(start_conversations(&client, CONVERSATIONS).await?);
     let hot = Arc::new(start_conversations(&client, 1).await?);
-    let direct_options = PgConnectOptions::from_str(&service_url)?
-        .options([("search_path", "conversations,public")]);
-    let direct = PgPoolOptions::new()
-        .max_connections(options.concurrency as u32)
-        .connect_with(direct_options.clone())
-        .await?;
+    let direct = roles.pool("conversations", options.concurrency).await?;
     println!(
         "xtask: measuring {} requests per workload, {} in flight",
         options.requests, options.concurrency
@@ -128,13 +87,7 @@ async fn measure_all(paths: &Paths, admin_url: &str, options: Options) -> Result
 
     // The same transactions straight to Postgres, with a LISTEN of our own.
     let direct_lag = LagProbe::new();
-    let mut listener = PgListener::connect_with(
-        &PgPoolOptions::new()
-            .max_connections(1)
-            .connect_with(direct_options)
-            .await?,
-    )
-    .await?;
+    let mut listener = PgListener::connect_with(&roles.pool("conversations", 1).await?).await?;
     listener.listen(NOTIFY_CHANNEL).await?;
     let listening = tokio::spawn(listen(listener, direct_lag.clone()));
     let spread_direct = inbound_direct(

@@ -15,17 +15,14 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use mesh_proto::mesh::{
-    conversations::v1::{self as conv, conversations_service_client::ConversationsServiceClient},
-    users::v1::{self as users, users_service_client::UsersServiceClient},
-};
-use tonic::{service::interceptor::InterceptedService, transport::Channel};
+use mesh_proto::mesh::{conversations::v1 as conv, users::v1 as users};
 
 use super::{
-    Auth, Measurement, Options, Roles, Service, bearer, cpu_time, drive, measure, peak_rss_mib,
-    print_table_with, run_bench, spread, with_service_cpu,
+    ConversationsClient as Conversations, Measurement, Options, Roles, Service,
+    UsersClient as Users, cpu_time, drive, measure, peak_rss, print_table_with, run_bench, spread,
+    start_conversations_service, start_users_service,
 };
-use crate::{postgres, tools::Paths, whatsapp};
+use crate::{tools::Paths, whatsapp};
 
 const DATABASE: &str = "mesh_bench_gateway";
 /// Distinct senders (users, hence conversations) the messages come from.
@@ -52,42 +49,15 @@ pub async fn run(options: &Options) -> Result<()> {
         options,
         &["users", "conversations", "gateway"],
         DATABASE,
-        |paths, admin_url, options| async move { measure_all(&paths, &admin_url, options).await },
+        measure_all,
     )
     .await
 }
 
-type Users = UsersServiceClient<InterceptedService<Channel, Auth>>;
-type Conversations = ConversationsServiceClient<InterceptedService<Channel, Auth>>;
-
-async fn measure_all(paths: &Paths, admin_url: &str, options: Options) -> Result<()> {
-    let roles = Roles::prepare(admin_url, DATABASE).await?;
-    let mut users = Service::start(
-        paths,
-        "users",
-        &[
-            ("USERS_DATABASE_URL", roles.url("mesh_users")?),
-            ("USERS_DB_MAX_CONNECTIONS", options.concurrency.to_string()),
-        ],
-    )?;
-    let users_channel = users.wait_serving().await?;
-    let mut conversations = Service::start(
-        paths,
-        "conversations",
-        &[
-            (
-                "CONVERSATIONS_DATABASE_URL",
-                roles.url("mesh_conversations")?,
-            ),
-            // One more: the event listener holds one.
-            (
-                "CONVERSATIONS_DB_MAX_CONNECTIONS",
-                (options.concurrency + 1).to_string(),
-            ),
-            ("CONVERSATIONS_USERS_URL", format!("http://{}", users.addr)),
-        ],
-    )?;
-    let conversations_channel = conversations.wait_serving().await?;
+async fn measure_all(paths: &Paths, roles: &Roles, options: Options) -> Result<()> {
+    let (mut users, users_client) = start_users_service(paths, roles, options).await?;
+    let (mut conversations, conversations_client) =
+        start_conversations_service(paths, roles, options, &users).await?;
     let mut gateway = Service::start(
         paths,
         "gateway",
@@ -118,9 +88,6 @@ async fn measure_all(paths: &Paths, admin_url: &str, options: Options) -> Result
         grpc_prefix: format!("{prefix}grpc."),
         timestamp,
     });
-    let users_client: Users = UsersServiceClient::with_interceptor(users_channel, bearer as Auth);
-    let conversations_client: Conversations =
-        ConversationsServiceClient::with_interceptor(conversations_channel, bearer as Auth);
     seed_senders(&users_client, &conversations_client, options).await?;
     println!(
         "xtask: measuring {} webhooks per path, {} in flight, message ids {prefix}*",
@@ -135,12 +102,11 @@ async fn measure_all(paths: &Paths, admin_url: &str, options: Options) -> Result
     let gateway_url = format!("http://{}/webhooks/whatsapp", gateway.addr);
     let via_gateway_tally = Arc::new(Tally::default());
     let before = cpu_all(&pids);
-    let via_gateway = with_service_cpu(
-        pids[0].1,
-        post_webhooks(&http, &gateway_url, &messages, &via_gateway_tally, options),
-    )
-    .await?;
+    let mut via_gateway =
+        post_webhooks(&http, &gateway_url, &messages, &via_gateway_tally, options).await?;
     let via_gateway_cpu = cpu_since(&pids, &before);
+    // The table's service CPU column: the gateway's (pids[0]).
+    via_gateway.service_cpu = via_gateway_cpu[0];
 
     let direct_tally = Arc::new(Tally::default());
     let before = cpu_all(&pids);
@@ -155,7 +121,7 @@ async fn measure_all(paths: &Paths, admin_url: &str, options: Options) -> Result
     let direct_cpu = cpu_since(&pids, &before);
 
     // What was acknowledged, against what the database holds.
-    let mut db = postgres::connect(admin_url, Some(DATABASE)).await?;
+    let mut db = roles.superuser().await?;
     let via_gateway_check =
         check_stored(&mut db, &messages.gateway_prefix, &via_gateway_tally).await?;
     let direct_check = check_stored(&mut db, &messages.grpc_prefix, &direct_tally).await?;
@@ -166,12 +132,7 @@ async fn measure_all(paths: &Paths, admin_url: &str, options: Options) -> Result
 
     let rss: Vec<String> = pids
         .iter()
-        .map(|(name, pid)| {
-            format!(
-                "{name} {}",
-                peak_rss_mib(*pid).map_or("unknown".into(), |mib| format!("{mib:.1} MiB"))
-            )
-        })
+        .map(|(name, pid)| format!("{name} {}", peak_rss(*pid)))
         .collect();
     gateway.stop();
     conversations.stop();
@@ -614,17 +575,15 @@ async fn repost(
             .step_by(DUPLICATE_EVERY)
             .collect(),
     );
-    let answered = Arc::new(Mutex::new(0usize));
     let call = {
-        let (http, url, messages, sample, answered) = (
+        let (http, url, messages, sample) = (
             http.clone(),
             Arc::new(url.to_owned()),
             messages.clone(),
             sample.clone(),
-            answered.clone(),
         );
         move |k: usize| {
-            let (http, url, answered) = (http.clone(), url.clone(), answered.clone());
+            let (http, url) = (http.clone(), url.clone());
             let (body, signature) = messages.webhook(sample[k]);
             async move {
                 let (status, summary) = post(&http, &url, body, signature).await?;
@@ -634,7 +593,6 @@ async fn repost(
                 {
                     bail!("a duplicate was answered {status} {summary:?}");
                 }
-                *answered.lock().expect("not poisoned") += 1;
                 Ok(())
             }
         }
@@ -643,11 +601,11 @@ async fn repost(
         "xtask: posting {} acknowledged webhooks again",
         sample.len()
     );
-    let (latency_us, _errors) = drive(Arc::new(call), 0..sample.len(), options.concurrency).await?;
-    let answered_duplicate = *answered.lock().expect("not poisoned");
+    // Every call that did not fail was answered as a duplicate.
+    let (latency_us, errors) = drive(Arc::new(call), 0..sample.len(), options.concurrency).await?;
     Ok(Duplicates {
         posted: sample.len(),
-        answered_duplicate,
+        answered_duplicate: sample.len() - errors,
         latency_us,
     })
 }
@@ -664,4 +622,59 @@ fn cpu_since(pids: &[(&str, u32)], before: &[Option<Duration>]) -> Vec<Option<Du
         .zip(before)
         .map(|(after, before)| after.zip(*before).map(|(a, b)| a.saturating_sub(b)))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_webhook_is_rebuilt_byte_for_byte_and_signed() {
+        let messages = Messages {
+            gateway_prefix: "wamid.bench.x.gw.".into(),
+            grpc_prefix: "wamid.bench.x.grpc.".into(),
+            timestamp: 1_732_270_000,
+        };
+        let (body, signature) = messages.webhook(7);
+        // What the re-post relies on: the same index gives the same bytes.
+        assert_eq!(messages.webhook(7), (body.clone(), signature.clone()));
+        assert_ne!(messages.webhook(8).0, body);
+        assert_eq!(signature, whatsapp::signature(APP_SECRET, &body));
+        let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let message = &value["entry"][0]["changes"][0]["value"]["messages"][0];
+        assert_eq!(message["id"], "wamid.bench.x.gw.7");
+        assert_eq!(message["from"], Messages::sender(7).0);
+    }
+
+    #[test]
+    fn a_check_fails_when_acknowledged_and_stored_differ() {
+        let check = |acknowledged, stored, missing: &[&str]| Check {
+            acknowledged,
+            stored,
+            missing: missing.iter().map(|id| id.to_string()).collect(),
+            missing_count: missing.len(),
+        };
+        assert_eq!(check(3, 3, &[]).problem(), None);
+        let lost = check(3, 2, &["wamid.bench.x.gw.1"]).problem().unwrap();
+        assert!(lost.contains("1 acknowledged but not stored"), "{lost}");
+        // As many rows as acknowledgements, but not the acknowledged ones.
+        assert!(check(3, 3, &["wamid.bench.x.gw.1"]).problem().is_some());
+        // More stored than acknowledged (a webhook answered 5xx yet stored).
+        assert!(check(3, 4, &[]).problem().is_some());
+    }
+
+    #[test]
+    fn the_tally_counts_measured_answers_only_and_sorts_acknowledgements() {
+        let tally = Tally::default();
+        assert_eq!(tally.statuses(), "none");
+        tally.answered(true, "200 OK");
+        tally.answered(true, "200 OK");
+        tally.answered(false, "200 OK");
+        tally.answered(true, "503 Service Unavailable");
+        assert_eq!(tally.statuses(), "200 OK × 2, 503 Service Unavailable × 1");
+        for i in [5, 1, 3] {
+            tally.acknowledge(i);
+        }
+        assert_eq!(tally.acknowledged(), [1, 3, 5]);
+    }
 }

@@ -11,7 +11,7 @@ mod users;
 use std::{
     fs::File,
     future::Future,
-    process::{Child, Command, Stdio},
+    process::Child,
     sync::{
         Arc,
         atomic::{AtomicUsize, Ordering},
@@ -21,11 +21,22 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use hdrhistogram::Histogram;
-use tonic::{Request, Status, metadata::MetadataValue, transport::Channel};
+use mesh_proto::mesh::{
+    conversations::v1::conversations_service_client::ConversationsServiceClient,
+    users::v1::users_service_client::UsersServiceClient,
+};
+use sqlx::{
+    PgConnection, PgPool,
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
+use tonic::{
+    Request, Status, metadata::MetadataValue, service::interceptor::InterceptedService,
+    transport::Channel,
+};
 
 use crate::{
+    health::{self, wait_ready},
     postgres::{self, Source},
-    process::die_with_parent,
     tools::Paths,
 };
 
@@ -83,17 +94,16 @@ impl Options {
 /// Builds `services` (release), then on a multi-threaded runtime of its own
 /// (xtask's own runtime is single-threaded, which would cap the load
 /// generator): takes a server (DATABASE_URL's or a throwaway one), creates
-/// `database` on it, runs `measure_all(paths, admin_url, options)`, and drops
-/// the database again whatever happened.
-pub async fn run_bench<F, Fut>(
+/// and bootstraps `database` on it, runs `measure_all(paths, roles, options)`,
+/// and drops the database again whatever happened.
+pub async fn run_bench<F>(
     options: &Options,
     services: &[&str],
     database: &'static str,
     measure_all: F,
 ) -> Result<()>
 where
-    F: FnOnce(Paths, String, Options) -> Fut + Send + 'static,
-    Fut: Future<Output = Result<()>>,
+    F: AsyncFnOnce(&Paths, &Roles, Options) -> Result<()> + Send + 'static,
 {
     let paths = Paths::discover()?;
     let source = Source::from_env(&paths)?;
@@ -108,23 +118,17 @@ where
                 if !postgres::create_database(&admin_url, database).await? {
                     bail!("database {database} already exists on that server: drop it first");
                 }
-                let outcome = measure_all(paths, admin_url.clone(), options).await;
-                drop_database(&admin_url, database).await;
+                let outcome = async {
+                    let roles = Roles::prepare(&admin_url, database).await?;
+                    measure_all(&paths, &roles, options).await
+                }
+                .await;
+                // Best effort: a failure here must not hide the bench's own outcome.
+                let _ = postgres::drop_database(&admin_url, database).await;
                 outcome
             })
     })
     .await?
-}
-
-/// Best effort: a failure here must not hide the bench's own outcome.
-async fn drop_database(admin_url: &str, database: &str) {
-    if let Ok(mut conn) = postgres::connect(admin_url, None).await {
-        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {database} WITH (FORCE)"
-        )))
-        .execute(&mut conn)
-        .await;
-    }
 }
 
 /// How the services log in to the bench database.
@@ -137,7 +141,7 @@ pub struct Roles {
 impl Roles {
     /// Bootstraps `database` (roles, schemas) and sets the roles' password
     /// when MESH_DB_PASSWORD asks for one.
-    pub async fn prepare(admin_url: &str, database: &'static str) -> Result<Self> {
+    async fn prepare(admin_url: &str, database: &'static str) -> Result<Self> {
         postgres::bootstrap(admin_url, database).await?;
         let password = mesh_runtime::config::optional("MESH_DB_PASSWORD");
         if let Some(password) = &password {
@@ -150,22 +154,43 @@ impl Roles {
         })
     }
 
-    /// A URL logging in as `role` to the bench database.
-    pub fn url(&self, role: &str) -> Result<String> {
+    /// A URL logging in as `context`'s service role to the bench database.
+    fn url(&self, context: &str) -> Result<String> {
         postgres::with_login(
             &self.admin_url,
-            role,
+            &format!("mesh_{context}"),
             self.password.as_deref(),
             self.database,
         )
     }
+
+    /// The superuser, connected to the bench database (seeding, checks).
+    pub async fn superuser(&self) -> Result<PgConnection> {
+        postgres::connect(&self.admin_url, Some(self.database)).await
+    }
+
+    /// `size` connections as `context`'s service role, its schema first on
+    /// the search path, as the service has them: the direct reference.
+    pub async fn pool(&self, context: &str, size: usize) -> Result<PgPool> {
+        let options = self
+            .url(context)?
+            .parse::<PgConnectOptions>()?
+            .options([("search_path", format!("{context},public"))]);
+        Ok(PgPoolOptions::new()
+            .max_connections(size as u32)
+            .connect_with(options)
+            .await?)
+    }
 }
 
 /// The interceptor type of [`bearer`], for naming clients.
-pub type Auth = fn(Request<()>) -> Result<Request<()>, Status>;
+type Auth = fn(Request<()>) -> Result<Request<()>, Status>;
+
+pub type UsersClient = UsersServiceClient<InterceptedService<Channel, Auth>>;
+pub type ConversationsClient = ConversationsServiceClient<InterceptedService<Channel, Auth>>;
 
 /// Adds the bench token to every request of a client.
-pub fn bearer(mut request: Request<()>) -> Result<Request<()>, Status> {
+fn bearer(mut request: Request<()>) -> Result<Request<()>, Status> {
     request.metadata_mut().insert(
         "authorization",
         MetadataValue::try_from(format!("Bearer {TOKEN}")).expect("ASCII"),
@@ -178,12 +203,64 @@ pub fn spread(i: usize, n: usize) -> usize {
     i.wrapping_mul(7919) % n
 }
 
+/// The users service on the bench database, its pool as large as the load;
+/// SERVING, with a client.
+pub async fn start_users_service(
+    paths: &Paths,
+    roles: &Roles,
+    options: Options,
+) -> Result<(Service, UsersClient)> {
+    let mut service = Service::start(
+        paths,
+        "users",
+        &[
+            ("USERS_DATABASE_URL", roles.url("users")?),
+            ("USERS_DB_MAX_CONNECTIONS", options.concurrency.to_string()),
+        ],
+    )?;
+    let channel = service.wait_serving().await?;
+    Ok((
+        service,
+        UsersServiceClient::with_interceptor(channel, bearer as Auth),
+    ))
+}
+
+/// The conversations service on the bench database, configured with `users`
+/// (asked for recipients), its pool one larger than the load (the event
+/// listener holds one); SERVING, with a client.
+pub async fn start_conversations_service(
+    paths: &Paths,
+    roles: &Roles,
+    options: Options,
+    users: &Service,
+) -> Result<(Service, ConversationsClient)> {
+    let mut service = Service::start(
+        paths,
+        "conversations",
+        &[
+            ("CONVERSATIONS_DATABASE_URL", roles.url("conversations")?),
+            (
+                "CONVERSATIONS_DB_MAX_CONNECTIONS",
+                (options.concurrency + 1).to_string(),
+            ),
+            ("CONVERSATIONS_USERS_URL", format!("http://{}", users.addr)),
+        ],
+    )?;
+    let channel = service.wait_serving().await?;
+    Ok((
+        service,
+        ConversationsServiceClient::with_interceptor(channel, bearer as Auth),
+    ))
+}
+
 /// The notes line giving a service's peak resident memory so far.
 pub fn peak_rss_note(name: &str, pid: u32) -> String {
-    format!(
-        "{name} service (release) peak RSS: {}",
-        peak_rss_mib(pid).map_or("unknown".into(), |mib| format!("{mib:.1} MiB"))
-    )
+    format!("{name} service (release) peak RSS: {}", peak_rss(pid))
+}
+
+/// A process's peak resident memory so far: `12.9 MiB`, or `unknown`.
+pub fn peak_rss(pid: u32) -> String {
+    peak_rss_mib(pid).map_or("unknown".into(), |mib| format!("{mib:.1} MiB"))
 }
 
 /// What one workload measured.
@@ -317,17 +394,14 @@ impl Service {
         let log = paths.tools.join("logs").join(format!("bench-{name}.log"));
         std::fs::create_dir_all(log.parent().expect("has a parent"))?;
         let file = File::create(&log)?;
-        let mut command = Command::new(paths.target.join("release").join(name));
+        let mut command = crate::up::service_command(paths, name);
         command
-            .env_remove("DATABASE_URL")
             .env(format!("{}_ADDR", name.to_uppercase()), &addr)
             .env("MESH_AUTH_TOKEN", TOKEN)
             .env("RUST_LOG", "warn")
             .envs(env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
             .stdout(file.try_clone()?)
             .stderr(file);
-        die_with_parent(&mut command);
         let child = command
             .spawn()
             .with_context(|| format!("starting target/release/{name}"))?;
@@ -340,49 +414,28 @@ impl Service {
         })
     }
 
+    /// Waits until its gRPC health reports SERVING; a channel to it.
     pub async fn wait_serving(&mut self) -> Result<Channel> {
-        let addr = self.addr.clone();
-        self.wait_for("SERVING", || crate::health::serving_channel(&addr))
-            .await
-    }
-
-    /// Polls `GET http://<addr><path>` until it answers 200 (the gateway's
-    /// /readyz: once the services it calls report SERVING).
-    pub async fn wait_http_ok(&mut self, client: &reqwest::Client, path: &str) -> Result<()> {
-        let url = format!("http://{}{path}", self.addr);
-        let what = format!("answering 200 on {path}");
-        self.wait_for(&what, || async {
-            crate::health::http_ok(client, &url).await.then_some(())
-        })
+        let addr = &self.addr;
+        wait_ready(
+            &mut self.child,
+            self.name,
+            &self.log,
+            "report SERVING",
+            || health::serving_channel(addr),
+        )
         .await
     }
 
-    /// Polls `probe` every 100 ms for up to 60 s, failing early when the
-    /// process exits.
-    async fn wait_for<T, F, Fut>(&mut self, what: &str, mut probe: F) -> Result<T>
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Option<T>>,
-    {
-        let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(60) {
-            if let Some(status) = self.child.try_wait()? {
-                bail!(
-                    "the {} service exited ({status}); see {}",
-                    self.name,
-                    self.log.display()
-                );
-            }
-            if let Some(ready) = probe().await {
-                return Ok(ready);
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        bail!(
-            "the {} service was not {what} within 60 s; see {}",
-            self.name,
-            self.log.display()
-        )
+    /// Waits until `GET http://<addr><path>` answers 200 (the gateway's
+    /// /readyz: once the services it calls report SERVING).
+    pub async fn wait_http_ok(&mut self, client: &reqwest::Client, path: &str) -> Result<()> {
+        let url = format!("http://{}{path}", self.addr);
+        let what = format!("answer 200 on {path}");
+        wait_ready(&mut self.child, self.name, &self.log, &what, || async {
+            health::http_ok(client, &url).await.then_some(())
+        })
+        .await
     }
 
     pub fn stop(&mut self) {
@@ -508,4 +561,36 @@ fn clock_ticks_per_second() -> u64 {
     // SAFETY: sysconf reads a constant and has no preconditions.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     if ticks > 0 { ticks as u64 } else { 100 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(text: &str) -> Vec<String> {
+        text.split_whitespace().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn options_default_and_parse() {
+        let default = Options::parse(&[]).unwrap();
+        assert_eq!((default.requests, default.concurrency), (20_000, 16));
+        assert_eq!(default.warm_up(), 2_000);
+        let set = Options::parse(&args("--concurrency 4 --requests 30")).unwrap();
+        assert_eq!((set.requests, set.concurrency), (30, 4));
+        // At least one warm-up request per worker.
+        assert_eq!(set.warm_up(), 4);
+        for bad in ["--requests", "--requests 0", "--requests x", "--workers 2"] {
+            assert!(Options::parse(&args(bad)).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn spread_reaches_every_key() {
+        let mut seen = [false; 1_000];
+        for i in 0..1_000 {
+            seen[spread(i, 1_000)] = true;
+        }
+        assert!(seen.iter().all(|s| *s));
+    }
 }

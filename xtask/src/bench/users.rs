@@ -5,56 +5,26 @@
 use std::sync::Arc;
 
 use anyhow::{Result, bail};
-use mesh_proto::mesh::users::v1::{
-    GetUserRequest, UpsertUserByPhoneRequest, users_service_client::UsersServiceClient,
-};
-use sqlx::postgres::PgPoolOptions;
-use tonic::{service::interceptor::InterceptedService, transport::Channel};
+use mesh_proto::mesh::users::v1::{GetUserRequest, UpsertUserByPhoneRequest};
 
 use super::{
-    Auth, Measurement, Options, Roles, Service, bearer, measure, peak_rss_note, print_table,
-    run_bench, spread, with_service_cpu,
+    Measurement, Options, Roles, UsersClient as Client, measure, peak_rss_note, print_table,
+    run_bench, spread, start_users_service, with_service_cpu,
 };
-use crate::{postgres, tools::Paths};
+use crate::tools::Paths;
 
 /// Users seeded before measuring.
 const SEEDED: usize = 10_000;
 const DATABASE: &str = "mesh_bench_users";
 
 pub async fn run(options: &Options) -> Result<()> {
-    run_bench(
-        options,
-        &["users"],
-        DATABASE,
-        |paths, admin_url, options| async move { measure_all(&paths, &admin_url, options).await },
-    )
-    .await
+    run_bench(options, &["users"], DATABASE, measure_all).await
 }
 
-async fn measure_all(paths: &Paths, admin_url: &str, options: Options) -> Result<()> {
-    let roles = Roles::prepare(admin_url, DATABASE).await?;
-    let service_url = roles.url("mesh_users")?;
-
-    let mut service = Service::start(
-        paths,
-        "users",
-        &[
-            ("USERS_DATABASE_URL", service_url.clone()),
-            ("USERS_DB_MAX_CONNECTIONS", options.concurrency.to_string()),
-        ],
-    )?;
-    let channel = service.wait_serving().await?;
-    let seeded = seed(admin_url).await?;
-    let direct = PgPoolOptions::new()
-        .max_connections(options.concurrency as u32)
-        .connect_with(
-            service_url
-                .parse::<sqlx::postgres::PgConnectOptions>()?
-                .options([("search_path", "users,public")]),
-        )
-        .await?;
-    let client: Client = UsersServiceClient::with_interceptor(channel, bearer as Auth);
-    let seeded = Arc::new(seeded);
+async fn measure_all(paths: &Paths, roles: &Roles, options: Options) -> Result<()> {
+    let (mut service, client) = start_users_service(paths, roles, options).await?;
+    let seeded = Arc::new(seed(roles).await?);
+    let direct = roles.pool("users", options.concurrency).await?;
     println!(
         "xtask: measuring {} requests per workload, {} in flight",
         options.requests, options.concurrency
@@ -105,8 +75,8 @@ impl Seeded {
     }
 }
 
-async fn seed(admin_url: &str) -> Result<Seeded> {
-    let mut conn = postgres::connect(admin_url, Some(DATABASE)).await?;
+async fn seed(roles: &Roles) -> Result<Seeded> {
+    let mut conn = roles.superuser().await?;
     let rows: Vec<(uuid::Uuid, String)> = sqlx::query_as(
         "INSERT INTO users.users (id, phone, whatsapp_profile_name)
          SELECT uuidv7(), '+5730' || lpad(i::text, 8, '0'), 'User ' || i
@@ -124,8 +94,6 @@ async fn seed(admin_url: &str) -> Result<Seeded> {
         phones: rows.into_iter().map(|(_, phone)| phone).collect(),
     })
 }
-
-type Client = UsersServiceClient<InterceptedService<Channel, Auth>>;
 
 async fn get_user_grpc(
     client: &Client,

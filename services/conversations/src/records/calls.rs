@@ -11,7 +11,7 @@ use mesh_runtime::{
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::{list_args, list_page, non_negative, parents};
+use super::{list_page, non_negative, parents};
 use crate::wire;
 
 #[derive(sqlx::FromRow)]
@@ -172,18 +172,13 @@ pub async fn list_calls(
     pool: &PgPool,
     request: pb::ListCallsRequest,
 ) -> ApiResult<pb::ListCallsResponse> {
-    let (user, page) = list_args(
+    let (_, calls, next_page_token) = list_page(
+        pool,
+        "call_logs",
         "user_id",
         &request.user_id,
         request.page_size,
         &request.page_token,
-    )?;
-    let (calls, next_page_token) = list_page(
-        pool,
-        "SELECT * FROM call_logs WHERE user_id = $1 AND ($2::uuid IS NULL OR id > $2)
-         ORDER BY id LIMIT $3",
-        user,
-        &page,
         |r: &CallRow| r.id,
     )
     .await?;

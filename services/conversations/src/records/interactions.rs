@@ -11,7 +11,7 @@ use mesh_runtime::{
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::{list_args, list_page, parents};
+use super::{list_page, parents};
 use crate::wire;
 
 #[derive(sqlx::FromRow)]
@@ -112,8 +112,7 @@ pub async fn record_interaction(
         .bind(&payload)
         .fetch_one(&mut *conn)
         .await
-        // Only when the conversation or message was deleted since the check.
-        .map_err(|e| ApiError::from(e).or_missing(|| "the conversation or message no longer exists".into()))?;
+        .map_err(parents::gone)?;
         Ok(pb::RecordInteractionResponse {
             interaction: Some(row.into()),
         })
@@ -126,18 +125,13 @@ pub async fn list_interactions(
     pool: &PgPool,
     request: pb::ListInteractionsRequest,
 ) -> ApiResult<pb::ListInteractionsResponse> {
-    let (user, page) = list_args(
+    let (_, interactions, next_page_token) = list_page(
+        pool,
+        "interactions",
         "user_id",
         &request.user_id,
         request.page_size,
         &request.page_token,
-    )?;
-    let (interactions, next_page_token) = list_page(
-        pool,
-        "SELECT * FROM interactions WHERE user_id = $1 AND ($2::uuid IS NULL OR id > $2)
-         ORDER BY id LIMIT $3",
-        user,
-        &page,
         |r: &InteractionRow| r.id,
     )
     .await?;

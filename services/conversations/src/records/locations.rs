@@ -10,7 +10,7 @@ use mesh_runtime::{
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::{list_args, list_page, parents};
+use super::{list_page, parents};
 use crate::wire;
 
 #[derive(sqlx::FromRow)]
@@ -108,18 +108,13 @@ pub async fn list_locations(
     pool: &PgPool,
     request: pb::ListLocationsRequest,
 ) -> ApiResult<pb::ListLocationsResponse> {
-    let (user, page) = list_args(
+    let (_, locations, next_page_token) = list_page(
+        pool,
+        "user_locations",
         "user_id",
         &request.user_id,
         request.page_size,
         &request.page_token,
-    )?;
-    let (locations, next_page_token) = list_page(
-        pool,
-        "SELECT * FROM user_locations WHERE user_id = $1 AND ($2::uuid IS NULL OR id > $2)
-         ORDER BY id LIMIT $3",
-        user,
-        &page,
         |r: &LocationRow| r.id,
     )
     .await?;

@@ -54,3 +54,9 @@ pub(crate) async fn message(
     }
     Ok(())
 }
+
+/// A foreign key refused an insert: the conversation or message it names was
+/// deleted after the checks above found it.
+pub(crate) fn gone(error: sqlx::Error) -> ApiError {
+    ApiError::from(error).or_missing(|| "the conversation or message no longer exists".into())
+}

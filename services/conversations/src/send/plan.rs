@@ -14,7 +14,7 @@ use super::{
     telegram,
     validate::{Checked, Content, TEMPLATE_ON_TELEGRAM, Target},
 };
-use crate::{conversations, windows};
+use crate::{conversations, messages, windows};
 
 /// Everything resolved before anything is written.
 pub(super) struct Plan {
@@ -110,18 +110,8 @@ async fn reply_context(
     channel: &str,
     recipient: &Recipient,
 ) -> ApiResult<(Option<String>, Option<Context>)> {
-    let found: Option<(String, Option<String>)> = sqlx::query_as(
-        "SELECT channel, provider_message_id FROM messages WHERE id = $1 AND user_id = $2",
-    )
-    .bind(id)
-    .bind(user)
-    .fetch_optional(conn)
-    .await?;
-    let Some((reply_channel, provider_id)) = found else {
-        return Err(ApiError::not_found(format!(
-            "reply_to_message_id: the user has no message with id {id}"
-        )));
-    };
+    let (reply_channel, provider_id) =
+        messages::message_of_user(conn, id, user, "reply_to_message_id").await?;
     if reply_channel != channel {
         return Ok((None, None));
     }

@@ -163,7 +163,7 @@ pub(super) async fn finish(
             Outcome::Accepted {
                 provider_message_id,
             } => mark_accepted(pool, &row, provider_message_id).await,
-            _ => mark_failed(pool, row.clone(), &outcome).await,
+            _ => mark_failed(pool, row.id, &outcome).await,
         };
         match result {
             Err(ApiError::Unavailable(reason)) if attempt < FINISH_ATTEMPTS => {
@@ -239,7 +239,7 @@ async fn mark_accepted(
 /// provider's code and title; retryable for a rate limit or an outage.
 pub(super) async fn mark_failed(
     pool: &PgPool,
-    row: MessageRow,
+    id: Uuid,
     outcome: &Outcome,
 ) -> ApiResult<(MessageRow, bool)> {
     let (code, title) = match outcome {
@@ -263,7 +263,7 @@ pub(super) async fn mark_failed(
          WHERE id = $1 AND delivery_status = 'pending'
          RETURNING {MESSAGE_COLUMNS}"
     )))
-    .bind(row.id)
+    .bind(id)
     .bind(truncate(&code, 64))
     .bind(truncate(&title, 1024))
     .bind(outcome::retryable_note(outcome))
@@ -272,7 +272,7 @@ pub(super) async fn mark_failed(
     .await?;
     let Some(updated) = updated else {
         tx.rollback().await?;
-        return Ok((load(pool, row.id).await?, false));
+        return Ok((load(pool, id).await?, false));
     };
     delivery::status_changed(&mut tx, &updated).await?;
     tx.commit().await?;

@@ -102,7 +102,7 @@ impl Inner {
                 let lost = Outcome::Unknown {
                     reason: "the send in flight never recorded its outcome".into(),
                 };
-                return Ok(mark_failed(pool, row, &lost).await?.0);
+                return Ok(mark_failed(pool, id, &lost).await?.0);
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(POLL_MAX);

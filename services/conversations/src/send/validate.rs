@@ -203,8 +203,6 @@ fn check_components(violations: &mut Violations, components: &[prost_types::Stru
 
 #[cfg(test)]
 mod tests {
-    use mesh_runtime::ApiError;
-
     use super::*;
 
     fn request() -> pb::SendMessageRequest {
@@ -217,15 +215,8 @@ mod tests {
     }
 
     fn fields(result: ApiResult<Checked>) -> Vec<String> {
-        match result {
-            Err(ApiError::InvalidArgument(violations)) => violations
-                .to_string()
-                .split("; ")
-                .map(|v| v.split(':').next().unwrap_or_default().to_owned())
-                .collect(),
-            Err(other) => panic!("{other:?}"),
-            Ok(_) => panic!("valid"),
-        }
+        let Err(error) = result else { panic!("valid") };
+        mesh_runtime::testing::bad_fields(&error.into())
     }
 
     #[test]

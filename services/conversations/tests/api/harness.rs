@@ -231,17 +231,11 @@ pub fn sorted_bad_fields(status: &Status) -> Vec<String> {
 }
 
 /// `time` as a protobuf Timestamp.
-pub fn ts(time: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: time.timestamp(),
-        nanos: time.timestamp_subsec_nanos() as i32,
-    }
-}
+pub use mesh_runtime::convert::timestamp as ts;
 
 /// A protobuf Timestamp as a time.
 pub fn time_of(timestamp: &prost_types::Timestamp) -> chrono::DateTime<chrono::Utc> {
-    chrono::DateTime::from_timestamp(timestamp.seconds, timestamp.nanos as u32)
-        .expect("a valid timestamp")
+    mesh_runtime::convert::from_timestamp("timestamp", timestamp).expect("a valid timestamp")
 }
 
 /// `ago` before now, to the microsecond (what Postgres keeps), so that a time
@@ -329,5 +323,57 @@ impl TestApp {
             .fetch_one(&mut conn)
             .await
             .unwrap()
+    }
+}
+
+/// A superuser transaction holding the row lock of one conversation: the
+/// service's appends to it, and sends that find it active, queue behind it
+/// until [`HeldConversation::release`]. It lines racing calls up, so that a
+/// test of what the losers of a race do certainly has losers.
+pub struct HeldConversation(sqlx::PgConnection);
+
+impl HeldConversation {
+    pub async fn release(mut self) {
+        sqlx::raw_sql("ROLLBACK")
+            .execute(&mut self.0)
+            .await
+            .expect("release the conversation");
+    }
+}
+
+impl TestApp {
+    /// Locks the row of conversation `id` until what it returns is released.
+    pub async fn hold_conversation(&self, id: &str) -> HeldConversation {
+        let mut conn = self.db.admin_connection().await;
+        sqlx::raw_sql("BEGIN").execute(&mut conn).await.unwrap();
+        sqlx::query("SELECT 1 FROM conversations.conversations WHERE id = $1::uuid FOR UPDATE")
+            .bind(id)
+            .fetch_one(&mut conn)
+            .await
+            .expect("lock the conversation");
+        HeldConversation(conn)
+    }
+
+    /// Waits until at least `n` statements on this test's database wait on a lock.
+    pub async fn wait_for_lock_waiters(&self, n: i64) {
+        let mut conn = self.db.admin_connection().await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+            if waiting >= n {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "only {waiting} of {n} calls came to wait on the lock"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }

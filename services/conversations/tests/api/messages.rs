@@ -247,6 +247,9 @@ async fn the_same_provider_id_sent_in_parallel_is_stored_once() {
     let conversation = app.conversation(&fresh_user(), pb::Channel::Whatsapp).await;
     app.inbound(&conversation.id, "before", &wamid()).await;
     let id = wamid();
+    // The repeats find nothing stored and queue on the conversation, so that
+    // all but the first lose the insert to it.
+    let held = app.hold_conversation(&conversation.id).await;
     let repeats = (0..20).map(|i| {
         let mut client = app.client.clone();
         // Each repeat differs: only the first stored one counts.
@@ -259,7 +262,10 @@ async fn the_same_provider_id_sent_in_parallel_is_stored_once() {
                 .into_inner()
         }
     });
-    let answers = join_all(repeats).await;
+    let (answers, ()) = tokio::join!(join_all(repeats), async {
+        app.wait_for_lock_waiters(5).await;
+        held.release().await;
+    });
 
     assert_eq!(
         answers.iter().filter(|a| !a.duplicate).count(),

@@ -3,22 +3,9 @@
 
 use std::process::{Command, Stdio};
 
+use mesh_runtime::testing::{grpcurl_path, run_ok};
+
 use crate::harness::{TOKEN, spawn_app};
-
-fn grpcurl_path() -> String {
-    std::env::var("MESH_GRPCURL")
-        .expect("MESH_GRPCURL must name a grpcurl binary: run the tests with `cargo xtask test`")
-}
-
-fn run_ok(command: &mut Command) -> String {
-    let output = command.output().expect("run grpcurl");
-    assert!(
-        output.status.success(),
-        "grpcurl failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
-}
 
 /// grpcurl 1.8 speaks reflection v1alpha: it lists and describes the service
 /// with no .proto files at hand.

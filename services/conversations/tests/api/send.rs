@@ -379,6 +379,79 @@ async fn a_reply_carries_the_providers_reference_to_the_message() {
     assert_eq!(fake.whatsapp.requests().len(), 1);
 }
 
+/// On Telegram the reference is the message id within the recipient's chat:
+/// a message of another chat, or of another channel, is named in the stored
+/// reply but not sent to the provider.
+#[tokio::test]
+async fn a_telegram_reply_refers_to_the_message_only_within_the_users_chat() {
+    let (mut app, fake) = setup().await;
+    let user = app.new_user().await;
+    let chat_id = user.telegram_user_id.unwrap();
+    let telegram = app.conversation(&user.id, pb::Channel::Telegram).await;
+    let whatsapp = app.conversation(&user.id, pb::Channel::Whatsapp).await;
+    let in_chat = format!("{chat_id}:77");
+    let in_other_chat = format!("{}:78", chat_id + 1);
+    let whatsapp_wamid = wamid();
+    let mut ids = Vec::new();
+    for (conversation, provider_id) in [
+        (&telegram.id, &in_chat),
+        (&telegram.id, &in_other_chat),
+        (&whatsapp.id, &whatsapp_wamid),
+    ] {
+        let inbound = app.inbound(conversation, "¿y entonces?", provider_id).await;
+        ids.push(inbound.message.unwrap().id);
+    }
+
+    let reply_to = |id: &str| {
+        let request = pb::SendMessageRequest {
+            target: Some(Target::ConversationId(telegram.id.clone())),
+            content: Some(Content::Text("Claro".into())),
+            reply_to_message_id: id.into(),
+            ..Default::default()
+        };
+        let mut client = app.client.clone();
+        async move { client.send_message(request).await.unwrap().into_inner() }
+    };
+    let sent = [
+        reply_to(&ids[0]).await,
+        reply_to(&ids[1]).await,
+        reply_to(&ids[2]).await,
+    ];
+    let stored: Vec<_> = sent
+        .iter()
+        .map(|s| {
+            let message = s.message.as_ref().unwrap();
+            (
+                message.reply_to_message_id.as_str(),
+                message.reply_to_provider_message_id.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        stored,
+        [
+            (ids[0].as_str(), in_chat.as_str()),
+            (ids[1].as_str(), in_other_chat.as_str()),
+            // Another channel's id means nothing to Telegram.
+            (ids[2].as_str(), ""),
+        ]
+    );
+    let requests = fake.telegram.requests();
+    assert_eq!(requests.len(), 3);
+    assert_eq!(
+        requests[0].body["reply_parameters"],
+        json!({"message_id": 77, "allow_sending_without_reply": true})
+    );
+    for request in &requests[1..] {
+        assert_eq!(
+            request.body,
+            json!({"chat_id": chat_id, "text": "Claro"}),
+            "no reference outside the user's chat"
+        );
+    }
+    assert!(fake.whatsapp.requests().is_empty());
+}
+
 #[tokio::test]
 async fn sequence_numbers_interleave_with_inbound_messages() {
     let (mut app, _fake) = setup().await;
@@ -712,17 +785,24 @@ async fn a_retry_after_success_returns_the_first_answer_without_sending_again() 
 #[tokio::test]
 async fn concurrent_retries_send_once() {
     let (mut app, fake) = setup().await;
-    let (user, _) = user_in_window(&mut app).await;
+    let (user, conversation) = user_in_window(&mut app).await;
     // Slow enough that the twins arrive while the first is in flight.
     fake.whatsapp
         .script([WaReply::AcceptAfter(Duration::from_millis(500))]);
     let request = with_request_id(text_to(&user.id, pb::Channel::Whatsapp, "hola"), "burst-1");
 
-    let calls = (0..10).map(|_| {
-        let mut client = app.client.clone();
-        let request = request.clone();
-        tokio::spawn(async move { client.send_message(request).await })
-    });
+    // The twins find no message with the request_id and queue on the
+    // conversation, so that all but the first lose the insert to it.
+    let held = app.hold_conversation(&conversation.id).await;
+    let calls: Vec<_> = (0..10)
+        .map(|_| {
+            let mut client = app.client.clone();
+            let request = request.clone();
+            tokio::spawn(async move { client.send_message(request).await })
+        })
+        .collect();
+    app.wait_for_lock_waiters(3).await;
+    held.release().await;
     let answers: Vec<_> = futures::future::join_all(calls)
         .await
         .into_iter()
@@ -741,6 +821,15 @@ async fn concurrent_retries_send_once() {
     assert!(!answers[0].provider_message_id.is_empty());
     assert_eq!(fake.whatsapp.requests().len(), 1, "one provider request");
     assert_eq!(outbound(&app).await.len(), 1, "one message");
+    let mut conn = app.db.admin_connection().await;
+    let count: i64 = sqlx::query_scalar(
+        "SELECT message_count FROM conversations.conversations WHERE id = $1::uuid",
+    )
+    .bind(&conversation.id)
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(count, 2, "the twins gave their sequence numbers back");
 }
 
 #[tokio::test]

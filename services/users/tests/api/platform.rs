@@ -8,7 +8,7 @@ use std::{
 };
 
 use mesh_proto::mesh::users::v1::{users_service_client::UsersServiceClient, *};
-use mesh_runtime::testing::TestDatabase;
+use mesh_runtime::testing::{TestDatabase, grpcurl_path, run_ok};
 use sqlx::Connection;
 use tonic::Code;
 use tonic_health::pb::{
@@ -65,19 +65,7 @@ async fn health_answers_without_a_token() {
 }
 
 fn grpcurl() -> Command {
-    let path = std::env::var("MESH_GRPCURL")
-        .expect("MESH_GRPCURL must name a grpcurl binary: run the tests with `cargo xtask test`");
-    Command::new(path)
-}
-
-fn run(command: &mut Command) -> String {
-    let output = command.output().expect("run grpcurl");
-    assert!(
-        output.status.success(),
-        "grpcurl failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
+    Command::new(grpcurl_path())
 }
 
 /// grpcurl 1.8 is an independent client that speaks reflection v1alpha.
@@ -86,7 +74,7 @@ fn run(command: &mut Command) -> String {
 async fn grpcurl_lists_describes_and_decodes_errors() {
     let app = spawn_app().await;
     let addr = app.addr.to_string();
-    let listed = run(grpcurl().args(["-plaintext", &addr, "list"]));
+    let listed = run_ok(grpcurl().args(["-plaintext", &addr, "list"]));
     for service in [
         "mesh.users.v1.UsersService",
         "grpc.health.v1.Health",
@@ -97,14 +85,14 @@ async fn grpcurl_lists_describes_and_decodes_errors() {
             "{service} in:\n{listed}"
         );
     }
-    let described = run(grpcurl().args([
+    let described = run_ok(grpcurl().args([
         "-plaintext",
         &addr,
         "describe",
         "mesh.users.v1.UsersService",
     ]));
     assert!(described.contains("rpc UpsertUserByPhone"), "{described}");
-    let health = run(grpcurl().args(["-plaintext", &addr, "describe", "grpc.health.v1.Health"]));
+    let health = run_ok(grpcurl().args(["-plaintext", &addr, "describe", "grpc.health.v1.Health"]));
     assert!(health.contains("rpc Check"), "{health}");
 
     let auth = format!("authorization: Bearer {TOKEN}");
@@ -333,9 +321,8 @@ fn readme_grpcurl_lines() -> Vec<String> {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_readme_grpcurl_lines_work_as_written() {
     let app = spawn_app().await;
-    let grpcurl = std::env::var("MESH_GRPCURL")
-        .expect("MESH_GRPCURL must name a grpcurl binary: run the tests with `cargo xtask test`");
-    let grpcurl_dir = std::path::Path::new(&grpcurl).parent().unwrap();
+    let grpcurl = grpcurl_path();
+    let grpcurl_dir = grpcurl.parent().unwrap();
     let path = format!(
         "{}:{}",
         grpcurl_dir.display(),
