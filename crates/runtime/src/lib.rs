@@ -20,6 +20,7 @@ pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod validate;
+pub mod wire;
 
 pub use error::{ApiError, ApiResult, Violations};
 pub use tonic_types::FieldViolation;

@@ -48,6 +48,14 @@ pub struct ServiceContext {
 
 type HousekeepingFuture = Pin<Box<dyn Future<Output = anyhow::Result<u64>> + Send>>;
 
+type WorkerFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// A long-running background task (a dispatcher, an ingestion loop).
+struct Worker {
+    what: &'static str,
+    start: Box<dyn FnOnce(CancellationToken) -> WorkerFuture + Send>,
+}
+
 /// A periodic clean-up: returns how many rows it removed.
 struct Housekeeping {
     what: &'static str,
@@ -69,6 +77,7 @@ pub struct Application {
     drain_grace: Duration,
     shutdown: CancellationToken,
     housekeeping: Vec<Housekeeping>,
+    workers: Vec<Worker>,
 }
 
 impl Application {
@@ -139,6 +148,7 @@ impl Application {
             drain_grace: config.drain_grace,
             shutdown,
             housekeeping: Vec::new(),
+            workers: Vec::new(),
         };
         Ok(
             app.with_housekeeping("expired idempotency keys", |pool| async move {
@@ -159,6 +169,24 @@ impl Application {
         self.housekeeping.push(Housekeeping {
             what,
             run: Box::new(move |pool| Box::pin(job(pool))),
+        });
+        self
+    }
+
+    /// Adds a background task that starts once the service first reports
+    /// SERVING (the migrations are applied) and runs until the token it is
+    /// given is cancelled, when the service starts draining; the drain waits
+    /// for it within the grace period. Like housekeeping, it runs on every
+    /// replica, so its claims on shared work must be safe under concurrency.
+    #[must_use]
+    pub fn with_worker<F, Fut>(mut self, what: &'static str, worker: F) -> Self
+    where
+        F: FnOnce(CancellationToken) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.workers.push(Worker {
+            what,
+            start: Box::new(move |shutdown| Box::pin(worker(shutdown))),
         });
         self
     }
@@ -187,6 +215,7 @@ impl Application {
             drain_grace,
             shutdown,
             housekeeping,
+            workers,
         } = self;
         let mut builder = Server::builder().trace_fn(telemetry::request_span);
         if let Some(tls) = tls {
@@ -217,10 +246,20 @@ impl Application {
                 },
             );
         let mut server = tokio::spawn(serve);
-        let (serving_tx, serving_rx) = tokio::sync::oneshot::channel();
-        let mut readiness =
-            tokio::spawn(keep_health(pool.clone(), health.clone(), spec, serving_tx));
-        let chores = tokio::spawn(run_housekeeping(pool.clone(), serving_rx, housekeeping));
+        // Cancelled (fired) when the service first reports SERVING.
+        let serving = CancellationToken::new();
+        let mut readiness = tokio::spawn(keep_health(
+            pool.clone(),
+            health.clone(),
+            spec,
+            serving.clone(),
+        ));
+        let chores = tokio::spawn(run_housekeeping(
+            pool.clone(),
+            serving.clone(),
+            housekeeping,
+        ));
+        let workers = start_workers(workers, serving, shutdown.clone());
         tracing::info!(service = spec.name, %local_addr, "listening");
 
         tokio::select! {
@@ -228,12 +267,14 @@ impl Application {
             result = &mut readiness => {
                 server.abort();
                 chores.abort();
+                shutdown.cancel();
                 return Err(result.map_err(anyhow::Error::from).and_then(|r| r).err()
                     .unwrap_or_else(|| anyhow::anyhow!("health task ended")));
             }
             result = &mut server => {
                 readiness.abort();
                 chores.abort();
+                shutdown.cancel();
                 return result?.context("gRPC server failed");
             }
         }
@@ -247,7 +288,18 @@ impl Application {
                 .await;
         }
         let _ = drain_tx.send(());
-        match tokio::time::timeout(drain_grace, &mut server).await {
+        let deadline = tokio::time::Instant::now() + drain_grace;
+        let drained = tokio::time::timeout_at(deadline, &mut server).await;
+        for (what, mut worker) in workers {
+            if tokio::time::timeout_at(deadline, &mut worker)
+                .await
+                .is_err()
+            {
+                tracing::warn!(what, "background task still running at the drain deadline");
+                worker.abort();
+            }
+        }
+        match drained {
             Ok(result) => {
                 result?.context("gRPC server failed while draining")?;
                 pool.close().await;
@@ -269,14 +321,38 @@ fn health_names(spec: &ServiceSpec) -> impl Iterator<Item = &'static str> {
     std::iter::once("").chain(spec.grpc_services.iter().copied())
 }
 
-/// Waits for the database, migrates it, reports SERVING (and says so once on
-/// `first_serving`), then follows the database's health. Returns only when
-/// the migrations fail.
+/// Starts each worker once `serving` fires; returns their handles by name.
+fn start_workers(
+    workers: Vec<Worker>,
+    serving: CancellationToken,
+    shutdown: CancellationToken,
+) -> Vec<(&'static str, tokio::task::JoinHandle<()>)> {
+    workers
+        .into_iter()
+        .map(|worker| {
+            let serving = serving.clone();
+            let shutdown = shutdown.clone();
+            let handle = tokio::spawn(async move {
+                tokio::select! {
+                    () = serving.cancelled() => {}
+                    () = shutdown.cancelled() => return,
+                }
+                tracing::info!(what = worker.what, "background task started");
+                (worker.start)(shutdown).await;
+            });
+            (worker.what, handle)
+        })
+        .collect()
+}
+
+/// Waits for the database, migrates it, reports SERVING (and fires
+/// `first_serving` the first time), then follows the database's health.
+/// Returns only when the migrations fail.
 async fn keep_health(
     pool: PgPool,
     health: HealthReporter,
     spec: &'static ServiceSpec,
-    first_serving: tokio::sync::oneshot::Sender<()>,
+    first_serving: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut delay = Duration::from_millis(100);
     while !db::ping(&pool).await {
@@ -286,7 +362,6 @@ async fn keep_health(
     }
     db::migrate(&pool, spec.migrator).await?;
     let mut serving = false;
-    let mut first_serving = Some(first_serving);
     loop {
         let up = db::ping(&pool).await;
         if up != serving {
@@ -300,9 +375,8 @@ async fn keep_health(
                 health.set_service_status(name, status).await;
             }
             serving = up;
-            if serving && let Some(first) = first_serving.take() {
-                // The housekeeping task may already be gone (server stopping).
-                let _ = first.send(());
+            if serving {
+                first_serving.cancel();
             }
         }
         tokio::time::sleep(if serving {
@@ -319,12 +393,10 @@ async fn keep_health(
 /// [`keep_health`] so that a long job never holds up the health checks.
 async fn run_housekeeping(
     pool: PgPool,
-    first_serving: tokio::sync::oneshot::Receiver<()>,
+    first_serving: CancellationToken,
     housekeeping: Vec<Housekeeping>,
 ) {
-    if first_serving.await.is_err() {
-        return; // Never served: the health task ended.
-    }
+    first_serving.cancelled().await;
     let mut interval = tokio::time::interval_at(
         tokio::time::Instant::now() + HEALTH_INTERVAL,
         HOUSEKEEPING_INTERVAL,

@@ -234,3 +234,20 @@ pub fn readme_sh_lines(readme: &str, heading: &str) -> Vec<String> {
         .map(str::to_owned)
         .collect()
 }
+
+/// Runs a README `line` with bash as a newcomer would, with the grpcurl that
+/// `cargo xtask` installed first on PATH and no stdin.
+pub fn sh_with_grpcurl(line: &str) -> std::process::Output {
+    let grpcurl = grpcurl_path();
+    let path = format!(
+        "{}:{}",
+        grpcurl.parent().expect("grpcurl has a directory").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    std::process::Command::new("bash")
+        .args(["-c", line])
+        .env("PATH", path)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("bash runs")
+}

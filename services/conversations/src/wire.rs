@@ -1,185 +1,67 @@
-//! The wire enums and the text the database stores for them, in one place.
-//!
-//! Each mapping gives `name(i32) -> Option<&str>` (None for UNSPECIFIED or an
-//! unknown number), `parse(&str) -> pb enum` and `require(field, i32)`, which
-//! names the allowed values (by their proto names) when the caller sent
-//! something else.
+//! The wire enums and the text the database stores for them, in one place
+//! (the mapping itself is mesh_runtime::text_enum!).
 
-use mesh_runtime::FieldViolation;
+use mesh_runtime::text_enum;
+pub use mesh_runtime::wire::{
+    MAX_JSON_BYTES, json_object, non_empty, optional_uuid, required_text, text,
+};
 
-macro_rules! text_enum {
-    ($module:ident, $pb:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
-        // Every mapping offers the same functions; not every caller needs all.
-        #[allow(dead_code)]
-        pub mod $module {
-            use mesh_proto::mesh::conversations::v1::$pb;
-            use super::FieldViolation;
-
-            pub fn name(value: i32) -> Option<&'static str> {
-                match $pb::try_from(value).ok()? {
-                    $($pb::$variant => Some($text),)+
-                    _ => None,
-                }
-            }
-
-            pub fn parse(text: &str) -> $pb {
-                match text {
-                    $($text => $pb::$variant,)+
-                    _ => $pb::Unspecified,
-                }
-            }
-
-            /// The stored name of `value`, which must be one of the named values.
-            pub fn require(field: &str, value: i32) -> Result<&'static str, FieldViolation> {
-                name(value).ok_or_else(|| {
-                    FieldViolation::new(
-                        field,
-                        format!(
-                            "must be one of {}",
-                            [$($pb::$variant.as_str_name()),+].join(", ")
-                        ),
-                    )
-                })
-            }
-
-            /// Like [`require`], but UNSPECIFIED means "none given".
-            pub fn optional(field: &str, value: i32) -> Result<Option<&'static str>, FieldViolation> {
-                if value == 0 { Ok(None) } else { require(field, value).map(Some) }
-            }
-        }
-    };
-}
-
-text_enum!(channel, Channel {
+text_enum!(mesh_proto::mesh::conversations::v1; channel, Channel {
     Whatsapp => "whatsapp", Telegram => "telegram", Web => "web", App => "app",
 });
-text_enum!(conversation_status, ConversationStatus {
+text_enum!(mesh_proto::mesh::conversations::v1; conversation_status, ConversationStatus {
     Active => "active", Closed => "closed", Archived => "archived",
 });
-text_enum!(direction, MessageDirection {
+text_enum!(mesh_proto::mesh::conversations::v1; direction, MessageDirection {
     Inbound => "inbound", Outbound => "outbound",
 });
-text_enum!(role, MessageRole {
+text_enum!(mesh_proto::mesh::conversations::v1; role, MessageRole {
     User => "user", Assistant => "assistant", System => "system",
 });
-text_enum!(message_type, MessageType {
+text_enum!(mesh_proto::mesh::conversations::v1; message_type, MessageType {
     Text => "text", Image => "image", Audio => "audio", Sticker => "sticker",
     Video => "video", Document => "document", Location => "location",
     Interactive => "interactive", Button => "button", Reaction => "reaction",
     Order => "order", Contacts => "contacts", System => "system",
     Unknown => "unknown", Template => "template",
 });
-text_enum!(delivery_status, DeliveryStatus {
+text_enum!(mesh_proto::mesh::conversations::v1; delivery_status, DeliveryStatus {
     Pending => "pending", Accepted => "accepted", Sent => "sent",
     Delivered => "delivered", Read => "read", Played => "played", Failed => "failed",
 });
-text_enum!(event_type, EventType {
+text_enum!(mesh_proto::mesh::conversations::v1; event_type, EventType {
     MessageReceived => "message_received", MessageSent => "message_sent",
     DeliveryStatusChanged => "delivery_status_changed",
     ConversationStarted => "conversation_started", ConversationUpdated => "conversation_updated",
 });
-text_enum!(flow_type, FlowType {
+text_enum!(mesh_proto::mesh::conversations::v1; flow_type, FlowType {
     Navigate => "navigate", DataExchange => "data_exchange",
 });
-text_enum!(flow_status, FlowSessionStatus {
+text_enum!(mesh_proto::mesh::conversations::v1; flow_status, FlowSessionStatus {
     Pending => "pending", InProgress => "in_progress", Completed => "completed",
     Expired => "expired", Failed => "failed",
 });
-text_enum!(call_direction, CallDirection {
+text_enum!(mesh_proto::mesh::conversations::v1; call_direction, CallDirection {
     Inbound => "inbound", Outbound => "outbound",
 });
-text_enum!(call_status, CallStatus {
+text_enum!(mesh_proto::mesh::conversations::v1; call_status, CallStatus {
     Ringing => "ringing", Answered => "answered", Completed => "completed",
     Missed => "missed", Rejected => "rejected", Failed => "failed",
 });
-text_enum!(interaction_type, InteractionType {
+text_enum!(mesh_proto::mesh::conversations::v1; interaction_type, InteractionType {
     CtaTap => "cta_tap", ButtonReply => "button_reply", ListReply => "list_reply",
     FlowCompletion => "flow_completion", CallAccepted => "call_accepted",
     CallRejected => "call_rejected",
 });
-text_enum!(execution_status, ExecutionStatus {
+text_enum!(mesh_proto::mesh::conversations::v1; execution_status, ExecutionStatus {
     Success => "success", Error => "error", Timeout => "timeout",
 });
-text_enum!(webhook_source, WebhookSource {
+text_enum!(mesh_proto::mesh::conversations::v1; webhook_source, WebhookSource {
     Whatsapp => "whatsapp", Telegram => "telegram", Lemonsqueezy => "lemonsqueezy",
 });
-text_enum!(webhook_status, WebhookFailureStatus {
+text_enum!(mesh_proto::mesh::conversations::v1; webhook_status, WebhookFailureStatus {
     Pending => "pending", Retrying => "retrying", Resolved => "resolved", Abandoned => "abandoned",
 });
-
-/// At most `max` characters (the contract counts characters, not bytes) and no NUL,
-/// which Postgres text refuses.
-pub fn text(field: &str, value: &str, max: usize) -> Result<(), FieldViolation> {
-    if value.contains('\0') {
-        return Err(FieldViolation::new(field, "must not contain NUL"));
-    }
-    if value.chars().count() > max {
-        return Err(FieldViolation::new(
-            field,
-            format!("must be at most {max} characters"),
-        ));
-    }
-    Ok(())
-}
-
-/// Like [`text`], and not empty.
-pub fn required_text(field: &str, value: &str, max: usize) -> Result<(), FieldViolation> {
-    if value.is_empty() {
-        return Err(FieldViolation::new(field, "is required"));
-    }
-    text(field, value, max)
-}
-
-/// An optional UUID: empty means none.
-pub fn optional_uuid(field: &str, value: &str) -> Result<Option<uuid::Uuid>, FieldViolation> {
-    if value.is_empty() {
-        Ok(None)
-    } else {
-        mesh_runtime::convert::parse_uuid(field, value).map(Some)
-    }
-}
-
-/// Empty text as NULL.
-pub fn non_empty(value: &str) -> Option<&str> {
-    (!value.is_empty()).then_some(value)
-}
-
-/// The most a free-form JSON field (metadata, payloads, tool input) may hold.
-pub const MAX_JSON_BYTES: usize = 64 * 1024;
-
-/// A free-form protobuf Struct as a JSON object (`{}` when unset): at most
-/// [`MAX_JSON_BYTES`] as JSON, and without U+0000, which Postgres' jsonb
-/// refuses (it would otherwise surface as an error naming no field).
-pub fn json_object(
-    field: &str,
-    value: Option<&prost_types::Struct>,
-) -> Result<serde_json::Value, FieldViolation> {
-    let json = value.map_or_else(
-        || serde_json::json!({}),
-        mesh_runtime::convert::struct_to_json,
-    );
-    let text = json.to_string();
-    if has_nul(&json) {
-        return Err(FieldViolation::new(
-            field,
-            "must not contain the NUL character (U+0000)",
-        ));
-    }
-    if text.len() > MAX_JSON_BYTES {
-        return Err(FieldViolation::new(field, "must be at most 64 KiB as JSON"));
-    }
-    Ok(json)
-}
-
-/// Whether a key or string anywhere in `value` holds U+0000.
-fn has_nul(value: &serde_json::Value) -> bool {
-    match value {
-        serde_json::Value::String(s) => s.contains('\0'),
-        serde_json::Value::Array(items) => items.iter().any(has_nul),
-        serde_json::Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
-        _ => false,
-    }
-}
 
 #[cfg(test)]
 mod tests {

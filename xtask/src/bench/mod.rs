@@ -6,6 +6,7 @@
 
 mod conversations;
 mod gateway;
+mod memory;
 mod users;
 
 use std::{
@@ -47,15 +48,20 @@ pub const TOKEN: &str = "bench-token";
 pub async fn run(args: &[String]) -> Result<()> {
     let Some((name, rest)) = args.split_first() else {
         bail!(
-            "usage: cargo xtask bench <name> [--requests N] [--concurrency C]; names: users, conversations, gateway"
+            "usage: cargo xtask bench <name> [--requests N] [--concurrency C]; names: users, conversations, gateway, memory"
         );
     };
-    let options = Options::parse(rest)?;
+    let defaults = match name.as_str() {
+        "memory" => memory::DEFAULTS,
+        _ => Options::DEFAULTS,
+    };
+    let options = Options::parse_with(defaults, rest)?;
     match name.as_str() {
         "users" => users::run(&options).await,
         "conversations" => conversations::run(&options).await,
         "gateway" => gateway::run(&options).await,
-        other => bail!("unknown bench {other:?}; names: users, conversations, gateway"),
+        "memory" => memory::run(&options).await,
+        other => bail!("unknown bench {other:?}; names: users, conversations, gateway, memory"),
     }
 }
 
@@ -68,16 +74,24 @@ pub struct Options {
 }
 
 impl Options {
+    /// What a bench runs with unless told otherwise.
+    pub const DEFAULTS: Self = Self {
+        requests: 20_000,
+        concurrency: 16,
+    };
+
     /// Warm-up requests before each measured workload.
     pub fn warm_up(&self) -> usize {
         (self.requests / 10).max(self.concurrency)
     }
 
+    #[cfg(test)]
     fn parse(args: &[String]) -> Result<Self> {
-        let mut options = Self {
-            requests: 20_000,
-            concurrency: 16,
-        };
+        Self::parse_with(Self::DEFAULTS, args)
+    }
+
+    /// `defaults` with what `args` sets.
+    fn parse_with(mut options: Self, args: &[String]) -> Result<Self> {
         let mut args = args.iter();
         while let Some(flag) = args.next() {
             let value = args.next().map(|v| v.parse::<usize>());
@@ -311,8 +325,8 @@ where
     let (latency_us, errors) = drive(call, 0..options.requests, options.concurrency).await?;
     let elapsed = started.elapsed();
     println!(
-        "xtask: {workload} via {via}: {:.0} req/s",
-        options.requests as f64 / elapsed.as_secs_f64()
+        "xtask: {workload} via {via}: {} req/s",
+        rate(options.requests as f64 / elapsed.as_secs_f64())
     );
     Ok(Measurement {
         workload: workload.to_owned(),
@@ -471,10 +485,8 @@ pub fn print_table_with(
     notes: &[String],
 ) {
     println!("\n### {title}\n");
-    println!(
-        "| workload | via | requests | errors | throughput (req/s) | p50 (ms) | p99 (ms) | service CPU per request (µs) | {ratio} |"
-    );
-    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!("{HEADER} {ratio} |");
+    println!("{ALIGNMENT}---:|");
     for (grpc, direct) in rows {
         for m in [grpc, direct] {
             let ratio = if std::ptr::eq(m, grpc) {
@@ -482,23 +494,58 @@ pub fn print_table_with(
             } else {
                 String::new()
             };
-            let cpu = m.service_cpu.map_or(String::new(), |cpu| {
-                format!("{:.0}", cpu.as_secs_f64() * 1e6 / m.requests as f64)
-            });
-            println!(
-                "| {} | {} | {} | {} | {:.0} | {:.2} | {:.2} | {} | {} |",
-                m.workload,
-                m.via,
-                m.requests,
-                m.errors,
-                m.throughput(),
-                m.ms(0.5),
-                m.ms(0.99),
-                cpu,
-                ratio
-            );
+            println!("{} {ratio} |", row(m));
         }
     }
+    print_notes(notes);
+}
+
+/// The table of [`print_table`] for workloads without a reference to
+/// compare with: one row each, no ratio column.
+pub fn print_measurements(title: &str, rows: &[Measurement], notes: &[String]) {
+    println!("\n### {title}\n");
+    println!("{HEADER}");
+    println!("{ALIGNMENT}");
+    for m in rows {
+        println!("{}", row(m));
+    }
+    print_notes(notes);
+}
+
+/// The columns every bench table starts with.
+const HEADER: &str = "| workload | via | requests | errors | throughput (req/s) | p50 (ms) | p99 (ms) | service CPU per request (µs) |";
+const ALIGNMENT: &str = "|---|---|---:|---:|---:|---:|---:|---:|";
+
+/// A measurement in the columns of [`HEADER`].
+fn row(m: &Measurement) -> String {
+    let cpu = m.service_cpu.map_or(String::new(), |cpu| {
+        format!("{:.0}", cpu.as_secs_f64() * 1e6 / m.requests as f64)
+    });
+    format!(
+        "| {} | {} | {} | {} | {} | {:.2} | {:.2} | {} |",
+        m.workload,
+        m.via,
+        m.requests,
+        m.errors,
+        rate(m.throughput()),
+        m.ms(0.5),
+        m.ms(0.99),
+        cpu,
+    )
+}
+
+/// Requests per second: whole numbers, but two decimals below 10 (a
+/// workload of seconds per request would otherwise show 0 or 1).
+fn rate(per_second: f64) -> String {
+    if per_second < 10.0 {
+        format!("{per_second:.2}")
+    } else {
+        format!("{per_second:.0}")
+    }
+}
+
+/// The notes under a table, and the machine it ran on.
+fn print_notes(notes: &[String]) {
     println!();
     for note in notes {
         println!("- {note}");
@@ -583,6 +630,13 @@ mod tests {
         for bad in ["--requests", "--requests 0", "--requests x", "--workers 2"] {
             assert!(Options::parse(&args(bad)).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn slow_rates_keep_two_decimals() {
+        assert_eq!(rate(0.54), "0.54");
+        assert_eq!(rate(7.0), "7.00");
+        assert_eq!(rate(3230.4), "3230");
     }
 
     #[test]

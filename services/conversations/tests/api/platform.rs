@@ -3,7 +3,7 @@
 
 use std::process::{Command, Stdio};
 
-use mesh_runtime::testing::{grpcurl_path, run_ok};
+use mesh_runtime::testing::{grpcurl_path, run_ok, sh_with_grpcurl};
 
 use crate::harness::{TOKEN, spawn_app};
 
@@ -65,12 +65,6 @@ fn readme_conversations_lines() -> Vec<String> {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_readme_lines_work_as_written() {
     let app = spawn_app().await;
-    let grpcurl = grpcurl_path();
-    let path = format!(
-        "{}:{}",
-        std::path::Path::new(&grpcurl).parent().unwrap().display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
     let lines = readme_conversations_lines();
     assert!(lines.len() >= 6, "{lines:?}");
     let mut conversation_id: Option<String> = None;
@@ -82,12 +76,7 @@ async fn the_readme_lines_work_as_written() {
                 "<conversation id from the answer above>",
                 conversation_id.as_deref().unwrap_or("missing"),
             );
-        let output = Command::new("bash")
-            .args(["-c", &line])
-            .env("PATH", &path)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
+        let output = sh_with_grpcurl(&line);
         let stdout = String::from_utf8_lossy(&output.stdout);
         if line.contains("/WatchEvents") {
             // It streams until -max-time ends it: what matters is what it printed.

@@ -8,7 +8,7 @@ use std::{
 };
 
 use mesh_proto::mesh::users::v1::{users_service_client::UsersServiceClient, *};
-use mesh_runtime::testing::{TestDatabase, grpcurl_path, run_ok};
+use mesh_runtime::testing::{TestDatabase, grpcurl_path, run_ok, sh_with_grpcurl};
 use sqlx::Connection;
 use tonic::Code;
 use tonic_health::pb::{
@@ -321,13 +321,6 @@ fn readme_grpcurl_lines() -> Vec<String> {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_readme_grpcurl_lines_work_as_written() {
     let app = spawn_app().await;
-    let grpcurl = grpcurl_path();
-    let grpcurl_dir = grpcurl.parent().unwrap();
-    let path = format!(
-        "{}:{}",
-        grpcurl_dir.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
     let lines = readme_grpcurl_lines();
     assert!(lines.len() >= 5, "{lines:?}");
 
@@ -342,11 +335,7 @@ async fn the_readme_grpcurl_lines_work_as_written() {
             );
         let repeats = if line.contains("/CreateUser") { 2 } else { 1 };
         for _ in 0..repeats {
-            let output = Command::new("bash")
-                .args(["-c", &line])
-                .env("PATH", &path)
-                .output()
-                .unwrap();
+            let output = sh_with_grpcurl(&line);
             assert!(
                 output.status.success(),
                 "{line}\n{}",
