@@ -28,11 +28,25 @@ pub struct Limits {
     pub overlap: usize,
 }
 
-/// The sizes documents are chunked with.
+/// The sizes documents are chunked with, for an embedder that reads at
+/// least 400 tokens.
 pub const LIMITS: Limits = Limits {
     target: 400,
     overlap: 50,
 };
+
+impl Limits {
+    /// [`LIMITS`], with chunks no longer than the embedder reads (`max_tokens`):
+    /// a token past it would not shape the chunk's vector, so a semantic
+    /// search could not find what it says. The overlap shrinks in proportion.
+    pub fn for_embedder(max_tokens: usize) -> Self {
+        let target = LIMITS.target.min(max_tokens.max(1));
+        Self {
+            target,
+            overlap: LIMITS.overlap * target / LIMITS.target,
+        }
+    }
+}
 
 /// How the text is read: Markdown has headings, plain text does not.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -638,6 +652,15 @@ fn overlap(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chunks_fit_what_the_embedder_reads() {
+        let local = Limits::for_embedder(254);
+        assert_eq!((local.target, local.overlap), (254, 31));
+        let wide = Limits::for_embedder(8191);
+        assert_eq!((wide.target, wide.overlap), (400, 50));
+        assert_eq!(Limits::for_embedder(0).target, 1);
+    }
 
     /// One token a word: easy to reason about in tests.
     fn words(text: &str) -> usize {

@@ -222,8 +222,9 @@ async fn process(
     };
     // Counting tokens of megabytes of text takes a while: off the async threads.
     let embedder = state.embedder.clone();
+    let limits = chunking::Limits::for_embedder(embedder.max_tokens());
     let chunks = tokio::task::spawn_blocking(move || {
-        chunking::split(&content, format, chunking::LIMITS, &|text| {
+        chunking::split(&content, format, limits, &|text| {
             embedder.count_tokens(text)
         })
     })

@@ -121,12 +121,6 @@ impl LocalEmbedder {
             max_tokens,
         })
     }
-
-    /// Tokens of a text the model reads, [CLS] and [SEP] included; the rest
-    /// is cut off (256, as sentence-transformers does for this model).
-    pub fn max_tokens(&self) -> usize {
-        self.max_tokens
-    }
 }
 
 /// `max_seq_length` from sentence-transformers' own configuration, if present.
@@ -161,6 +155,12 @@ impl Embedder for LocalEmbedder {
             Ok(encoding) => encoding.len(),
             Err(_) => super::estimate_tokens(text),
         }
+    }
+
+    /// 256 as sentence-transformers reads this model, less [CLS] and [SEP]
+    /// (which `count_tokens` leaves out).
+    fn max_tokens(&self) -> usize {
+        self.max_tokens.saturating_sub(2)
     }
 
     async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {

@@ -24,6 +24,12 @@ pub trait Embedder: Send + Sync + 'static {
     /// How many tokens `text` takes (the model's tokenizer when there is one,
     /// else an estimate); chunking and context budgets count with it.
     fn count_tokens(&self, text: &str) -> usize;
+    /// The most tokens of a text (as [`Embedder::count_tokens`] counts them)
+    /// the model reads; the rest does not shape the vector. Chunks are cut
+    /// to fit it.
+    fn max_tokens(&self) -> usize {
+        usize::MAX
+    }
     /// One unit-length vector per text, in order.
     async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError>;
 }

@@ -517,37 +517,3 @@ async fn openai_fails_on_vectors_of_the_wrong_length() {
     assert!(message.contains(&(DIMENSIONS + 1).to_string()), "{message}");
     assert_eq!(fake.received().len(), 1);
 }
-
-#[tokio::test]
-async fn zz_temp_reference_dump() {
-    let model = local_model();
-    let texts: Vec<String> =
-        serde_json::from_str(&std::fs::read_to_string("/tmp/ref/in.json").unwrap()).unwrap();
-    let vectors = model.embed(&texts).await.unwrap();
-    std::fs::write(
-        "/tmp/ref/rust.json",
-        serde_json::to_string(&vectors).unwrap(),
-    )
-    .unwrap();
-    let short: Vec<String> = (0..256)
-        .map(|i| {
-            format!("The user mentioned item number {i} while talking about their weekend plans.")
-        })
-        .collect();
-    model.embed(&short[..32]).await.unwrap();
-    for _ in 0..2 {
-        let start = std::time::Instant::now();
-        model.embed(&short).await.unwrap();
-        let took = start.elapsed();
-        println!(
-            "THROUGHPUT 256 short texts in {took:?}: {:.1} texts/s",
-            256.0 / took.as_secs_f64()
-        );
-    }
-    let one = vec!["what is my favourite food?".to_string()];
-    let start = std::time::Instant::now();
-    for _ in 0..20 {
-        model.embed(&one).await.unwrap();
-    }
-    println!("LATENCY one query: {:?}", start.elapsed() / 20);
-}
