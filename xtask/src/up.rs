@@ -131,11 +131,11 @@ const SERVICES: &[ServiceSpec] = &[
         examples: &[
             (
                 "mesh.memory.v1.MemoryService/CreateMemory",
-                r#"{"memory":{"user_id":"0196f1c2-7a5e-7c3a-9d1e-3f2b8c4d5e6f","kind":"MEMORY_KIND_PREFERENCE","content":"Ana prefers voice notes to long texts, and never before 9 am"},"request_id":"readme-memory-example"}"#,
+                r#"{"memory":{"user_id":"0196f1c2-7a5e-7c3a-9d1e-3f2b8c4d5e6f","kind":"MEMORY_KIND_FACT","content":"Is allergic to peanuts","importance":0.9},"request_id":"readme-memory"}"#,
             ),
             (
                 "mesh.memory.v1.MemoryService/SearchMemories",
-                r#"{"user_id":"0196f1c2-7a5e-7c3a-9d1e-3f2b8c4d5e6f","query":"how does Ana like to be contacted?"}"#,
+                r#"{"user_id":"0196f1c2-7a5e-7c3a-9d1e-3f2b8c4d5e6f","query":"food allergy"}"#,
             ),
         ],
     },
