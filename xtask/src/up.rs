@@ -120,8 +120,8 @@ const SERVICES: &[ServiceSpec] = &[
         ],
     },
     // Embeds with the local model unless EMBEDDER says otherwise
-    // (MEMORY_MODEL_DIR: the model `up` installs, see `model_dir`). README's
-    // fixed user id, and a fixed request id: the same memory on every run.
+    // (MEMORY_MODEL_DIR: see `local_model_dir`). README's fixed user id, and
+    // a fixed request id: the same memory on every run.
     ServiceSpec {
         name: "memory",
         package: "mesh-memory",
@@ -263,20 +263,18 @@ async fn prepare_database(admin_url: &str) -> Result<()> {
     Ok(())
 }
 
-/// The directory of the memory service's local model when `up` must provide
-/// it: all-MiniLM-L6-v2, installed if missing. None when EMBEDDER names
-/// another embedder, or MEMORY_MODEL_DIR already names a model (it reaches
-/// the service unchanged).
+/// The directory of the memory service's local model ([`tools::model_dir`]);
+/// None when EMBEDDER names another embedder, which needs no model.
 fn local_model_dir(paths: &Paths) -> Result<Option<PathBuf>> {
-    let local = optional("EMBEDDER").is_none_or(|embedder| embedder == "local");
-    if !local || optional("MEMORY_MODEL_DIR").is_some() {
+    if optional("EMBEDDER").is_some_and(|embedder| embedder != "local") {
         return Ok(None);
     }
-    tools::ensure_model(paths).map(Some)
+    tools::model_dir(paths).map(Some)
 }
 
 /// The variables `up` adds to its own environment for the services: a dev
-/// default for each that is unset, and nothing for those already set.
+/// default for each that is unset, and nothing for those already set (but
+/// MEMORY_MODEL_DIR, see below).
 fn service_env(admin_url: &str, model_dir: Option<&Path>) -> Result<Vec<(String, String)>> {
     let mut env = Vec::new();
     default(&mut env, "MESH_AUTH_TOKEN", DEV_TOKEN.to_owned());
@@ -298,12 +296,13 @@ fn service_env(admin_url: &str, model_dir: Option<&Path>) -> Result<Vec<(String,
     default(&mut env, "CONVERSATIONS_USERS_URL", users_url.clone());
     default(&mut env, "GATEWAY_USERS_URL", users_url);
     default(&mut env, "GATEWAY_CONVERSATIONS_URL", conversations_url);
+    // Even when xtask's own is set: this is it made absolute, and the
+    // services run in the repository, not in xtask's directory.
     if let Some(dir) = model_dir {
-        default(
-            &mut env,
-            "MEMORY_MODEL_DIR",
+        env.push((
+            "MEMORY_MODEL_DIR".to_owned(),
             dir.to_string_lossy().into_owned(),
-        );
+        ));
     }
     let password = optional("MESH_DB_PASSWORD");
     // The contexts that own a schema: role `mesh_<context>`, variable

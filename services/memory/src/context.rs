@@ -1,8 +1,10 @@
 //! GetContext: the memories most relevant to the recent conversation, as text
-//! for an LLM prompt that fits a token budget.
+//! for an LLM prompt that fits a token budget. Only the memories the text
+//! holds count as accessed.
 
 use mesh_proto::mesh::memory::v1 as pb;
 use mesh_runtime::{ApiResult, Violations, convert::parse_uuid};
+use uuid::Uuid;
 
 use crate::{
     State,
@@ -56,7 +58,7 @@ pub async fn get(
     violations.into_result()?;
 
     let text = tail(&request.recent_messages.join("\n"), QUERY_TAIL_CHARS);
-    let vector = search::embed_query(state, &text).await?;
+    let vector = search::query_vector(state, None, &text).await?;
     let query = Query {
         user: user.expect("checked"),
         text,
@@ -64,7 +66,7 @@ pub async fn get(
         scope: scope.expect("checked"),
         kinds: Vec::new(),
         tags: Vec::new(),
-        metadata: None,
+        metadata: serde_json::json!({}),
         limit: CANDIDATES,
         threshold: 0.0,
         exact: false,
@@ -72,10 +74,11 @@ pub async fn get(
     let (hits, _) = search::run(state, &query).await?;
     let memories = hits
         .into_iter()
-        .map(|hit| (hit.memory.id.to_string(), hit.memory.into_pb()))
+        .map(|hit| (hit.memory.id, hit.memory.into_pb()))
         .collect::<Vec<_>>();
     let count = |text: &str| state.embedder.count_tokens(text);
     let (context, memory_ids) = format_within(&memories, budget, &count);
+    search::touch(&state.pool, &memory_ids).await?;
     let token_count = if context.is_empty() {
         0
     } else {
@@ -83,7 +86,7 @@ pub async fn get(
     };
     Ok(pb::GetContextResponse {
         context,
-        memory_ids,
+        memory_ids: memory_ids.iter().map(Uuid::to_string).collect(),
         token_count: token_count as i32,
     })
 }
@@ -94,14 +97,14 @@ fn tail(text: &str, max: usize) -> String {
     text.chars().skip(skip).collect()
 }
 
-/// Formats the memories (most relevant first) as a header and one section per
-/// kind, adding them in order of relevance while the whole stays within
-/// `budget` tokens. Returns the text and the ids it holds.
-fn format_within(
-    memories: &[(String, pb::Memory)],
+/// Formats the memories (most relevant first, each with its id) as a header
+/// and one section per kind, adding them in order of relevance while the
+/// whole stays within `budget` tokens. Returns the text and the ids it holds.
+fn format_within<Id: Clone + PartialEq>(
+    memories: &[(Id, pb::Memory)],
     budget: usize,
     count: &dyn Fn(&str) -> usize,
-) -> (String, Vec<String>) {
+) -> (String, Vec<Id>) {
     // Sections in order of their most relevant memory; lines in relevance order.
     let mut sections: Vec<(i32, Vec<&str>)> = Vec::new();
     let mut ids = Vec::new();

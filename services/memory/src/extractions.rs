@@ -64,10 +64,14 @@ pub async fn record(
     request: pb::RecordExtractionRequest,
 ) -> ApiResult<pb::RecordExtractionResponse> {
     let mut violations = Violations::default();
-    let given = request.extraction.clone().unwrap_or_default();
-    if request.extraction.is_none() {
-        violations.push("extraction", "is required");
-    }
+    let missing = pb::Extraction::default();
+    let given = match &request.extraction {
+        Some(extraction) => extraction,
+        None => {
+            violations.push("extraction", "is required");
+            &missing
+        }
+    };
     let user = violations.check(parse_uuid("extraction.user_id", &given.user_id));
     let conversation = violations.check(optional_uuid(
         "extraction.conversation_id",

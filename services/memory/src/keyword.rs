@@ -68,6 +68,25 @@ pub fn score(alias: &str, trigram: Option<&str>) -> String {
     }
 }
 
+/// The ids of the `limit` rows of `table` (as `alias`, which `filter` names)
+/// that match the query of CTE `q` (see [`matches`]), best full-text rank
+/// first: a subquery the full-text (and with `trigram`, the trigram) index
+/// serves. The rank is far cheaper than [`score`] on every matching row;
+/// the candidates are scored afterwards.
+pub fn best_matches(
+    table: &str,
+    alias: &str,
+    filter: &str,
+    trigram: Option<&str>,
+    limit: &str,
+) -> String {
+    format!(
+        "(SELECT {alias}.id FROM {table} {alias}, q WHERE {filter} AND {matches}
+          ORDER BY ts_rank_cd({alias}.search_tsv, q.tsq, 32) DESC LIMIT {limit})",
+        matches = matches(alias, trigram),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,11 +16,11 @@ use sqlx::{AssertSqlSafe, PgConnection};
 use uuid::Uuid;
 
 use crate::{
-    State,
+    State, vectors,
     wire::{Scope, entity_type, json_object, memory_kind, required_text, source_type, text},
 };
 
-pub const MAX_CONTENT_CHARS: usize = 8000;
+const MAX_CONTENT_CHARS: usize = 8000;
 const MAX_KEY_CHARS: usize = 200;
 const MAX_TAGS: usize = 32;
 const MAX_TAG_CHARS: usize = 64;
@@ -34,8 +34,14 @@ pub const COLUMNS: &str = "id, user_id, project_id, kind, category, key, content
     previous_content, revision, embedding_model, create_time, update_time, last_access_time, \
     access_count";
 
-/// SQL true for a memory every read may return.
-pub const LIVE: &str = "delete_time IS NULL AND (expire_time IS NULL OR expire_time > now())";
+/// SQL true for a memory every read may return, given the table's name or
+/// alias in the query.
+pub fn live(memories: &str) -> String {
+    format!(
+        "{memories}.delete_time IS NULL \
+         AND ({memories}.expire_time IS NULL OR {memories}.expire_time > now())"
+    )
+}
 
 #[derive(sqlx::FromRow)]
 pub struct MemoryRow {
@@ -221,8 +227,9 @@ fn check_content(field: &str, content: &str) -> Result<String, FieldViolation> {
     Ok(content.to_owned())
 }
 
-/// Tags in the order given, without repeats.
-fn check_tags(field: &str, tags: &[String]) -> Result<Vec<String>, FieldViolation> {
+/// Tags in the order given, without repeats: a memory's, or those a read
+/// filters on.
+pub fn check_tags(field: &str, tags: &[String]) -> Result<Vec<String>, FieldViolation> {
     if tags.len() > MAX_TAGS {
         return Err(FieldViolation::new(
             field,
@@ -265,19 +272,22 @@ fn check_entities(
     Ok(serde_json::to_value(stored).expect("entities serialise"))
 }
 
-/// The caller's vector for the content, checked against the current model.
-fn check_embedding(
-    violations: &mut Violations,
+/// The end of a create's or an upsert's checks (the memory's vector, if
+/// given, and the request id), then the memory and its vector: the caller's,
+/// else the embedder's (made before any transaction: embedding is slow).
+async fn checked_with_vector(
     state: &State,
-    field: &str,
+    mut violations: Violations,
+    input: Option<MemoryInput>,
     embedding: Option<&pb::Embedding>,
-) -> Option<Option<Vector>> {
-    match embedding {
-        None => Some(None),
-        Some(embedding) => violations
-            .check(state.space.check(field, embedding))
-            .map(Some),
-    }
+    request_id: &str,
+) -> ApiResult<(MemoryInput, Vector)> {
+    let supplied = violations.check(state.space.check("embedding", embedding));
+    violations.check(idempotency::check_request_id(request_id));
+    violations.into_result()?;
+    let (input, supplied) = (input.expect("checked"), supplied.expect("checked"));
+    let vector = vectors::vector_of(state.embedder.as_ref(), supplied, &input.content).await?;
+    Ok((input, vector))
 }
 
 #[tracing::instrument(skip_all)]
@@ -298,19 +308,14 @@ pub async fn create(
         // A keyed memory is stated with UpsertMemory, which decides create or update.
         violations.push("memory.key", "keyed memories are written with UpsertMemory");
     }
-    let supplied = check_embedding(
-        &mut violations,
+    let (input, vector) = checked_with_vector(
         state,
-        "embedding",
+        violations,
+        input,
         request.embedding.as_ref(),
-    );
-    violations.check(idempotency::check_request_id(&request.request_id));
-    violations.into_result()?;
-    let (input, supplied) = (input.expect("checked"), supplied.expect("checked"));
-    let vector = state
-        .space
-        .vector_of(state.embedder.as_ref(), supplied, &input.content)
-        .await?;
+        &request.request_id,
+    )
+    .await?;
     let key = Key {
         operation: "CreateMemory",
         request_id: &request.request_id,
@@ -419,19 +424,14 @@ pub async fn upsert(
             "is required: UpsertMemory finds the memory by category and key",
         );
     }
-    let supplied = check_embedding(
-        &mut violations,
+    let (input, vector) = checked_with_vector(
         state,
-        "embedding",
+        violations,
+        input,
         request.embedding.as_ref(),
-    );
-    violations.check(idempotency::check_request_id(&request.request_id));
-    violations.into_result()?;
-    let (input, supplied) = (input.expect("checked"), supplied.expect("checked"));
-    let vector = state
-        .space
-        .vector_of(state.embedder.as_ref(), supplied, &input.content)
-        .await?;
+        &request.request_id,
+    )
+    .await?;
     let key = Key {
         operation: "UpsertMemory",
         request_id: &request.request_id,
@@ -468,7 +468,8 @@ pub async fn get(state: &State, request: pb::GetMemoryRequest) -> ApiResult<pb::
 async fn fetch_live(conn: &mut PgConnection, id: Uuid, lock: bool) -> ApiResult<MemoryRow> {
     let lock = if lock { "FOR UPDATE" } else { "" };
     sqlx::query_as(AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM memories WHERE id = $1 AND {LIVE} {lock}"
+        "SELECT {COLUMNS} FROM memories WHERE id = $1 AND {live} {lock}",
+        live = live("memories"),
     )))
     .bind(id)
     .fetch_optional(conn)
@@ -498,12 +499,7 @@ pub async fn update(
     let paths = violations.merge(field_mask::paths(request.update_mask.as_ref(), UPDATABLE));
     let given = request.memory.unwrap_or_default();
     let id = violations.check(parse_uuid("memory.id", &given.id));
-    let supplied = check_embedding(
-        &mut violations,
-        state,
-        "embedding",
-        request.embedding.as_ref(),
-    );
+    let supplied = violations.check(state.space.check("embedding", request.embedding.as_ref()));
     let new_content = paths
         .as_ref()
         .is_some_and(|p| p.iter().any(|p| p == "content"));
@@ -524,12 +520,7 @@ pub async fn update(
     );
     // Embedding is slow: do it before taking the row's lock.
     let vector = if new_content {
-        Some(
-            state
-                .space
-                .vector_of(state.embedder.as_ref(), supplied, &given.content)
-                .await?,
-        )
+        Some(vectors::vector_of(state.embedder.as_ref(), supplied, &given.content).await?)
     } else {
         None
     };
@@ -612,13 +603,14 @@ pub async fn list(
     );
     let mut rows: Vec<MemoryRow> = sqlx::query_as(AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM memories
-         WHERE user_id = $1 AND {LIVE} AND {scope}
+         WHERE user_id = $1 AND {live} AND {scope}
            AND (cardinality($3::text[]) = 0 OR kind = ANY($3))
            AND tags @> $4
            AND ($5 = '' OR category = $5)
            AND ($6::uuid IS NULL OR id < $6)
          ORDER BY id DESC
          LIMIT $7",
+        live = live("memories"),
         scope = scope.sql("project_id", "$2"),
     )))
     .bind(user)
@@ -643,11 +635,6 @@ pub fn kinds(field: &str, kinds: &[i32]) -> Result<Vec<String>, FieldViolation> 
         .iter()
         .map(|kind| memory_kind::require(field, *kind).map(str::to_owned))
         .collect()
-}
-
-/// Tags a read filters on: the same rules as a memory's.
-pub fn filter_tags(field: &str, tags: &[String]) -> Result<Vec<String>, FieldViolation> {
-    check_tags(field, tags)
 }
 
 #[tracing::instrument(skip_all)]

@@ -7,21 +7,23 @@
 //! index (with pgvector's iterative scan, so the user filter does not starve
 //! the results) and from the full-text and trigram indexes, and only those
 //! are scored.
+//!
+//! A search only reads; the RPCs [`touch`] the memories they hand out
+//! (SearchMemories its hits, GetContext those its text holds).
 
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use mesh_proto::mesh::memory::v1 as pb;
-use mesh_runtime::{ApiError, ApiResult, Violations, convert::parse_uuid};
+use mesh_runtime::{ApiResult, FieldViolation, Violations, convert::parse_uuid};
 use pgvector::Vector;
-use sqlx::{AssertSqlSafe, PgConnection};
+use sqlx::{AssertSqlSafe, PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::{
-    State,
-    embed::EmbedError,
-    keyword,
-    memories::{self, COLUMNS, LIVE, MemoryRow},
+    State, keyword,
+    memories::{self, COLUMNS, MemoryRow},
+    vectors::{self, VectorSpace},
     wire::{Scope, json_object, text},
 };
 
@@ -47,7 +49,8 @@ pub struct Query {
     pub scope: Scope,
     pub kinds: Vec<String>,
     pub tags: Vec<String>,
-    pub metadata: Option<serde_json::Value>,
+    /// What the memories' metadata must contain (`{}`: anything).
+    pub metadata: serde_json::Value,
     pub limit: i64,
     pub threshold: f32,
     pub exact: bool,
@@ -69,36 +72,23 @@ pub async fn search_memories(
 ) -> ApiResult<pb::SearchMemoriesResponse> {
     let mut violations = Violations::default();
     let user = violations.check(parse_uuid("user_id", &request.user_id));
-    violations.check(text("query", &request.query, MAX_QUERY_CHARS));
-    let supplied = match &request.query_embedding {
-        None => Some(None),
-        Some(embedding) => violations
-            .check(state.space.check("query_embedding", embedding))
-            .map(Some),
-    };
-    if request.query.trim().is_empty() && request.query_embedding.is_none() {
-        violations.push(
-            "query",
-            "give the query's text, its query_embedding, or both",
-        );
-    }
+    let supplied = check_query(
+        &mut violations,
+        &state.space,
+        &request.query,
+        request.query_embedding.as_ref(),
+    );
     let scope = violations.check(Scope::check("scope", request.scope.as_ref()));
     let kinds = violations.check(memories::kinds("kinds", &request.kinds));
-    let tags = violations.check(memories::filter_tags("tags", &request.tags));
-    let metadata = match &request.metadata_filter {
-        None => Some(None),
-        Some(filter) => violations
-            .check(json_object("metadata_filter", Some(filter)))
-            .map(Some),
-    };
+    let tags = violations.check(memories::check_tags("tags", &request.tags));
+    let metadata = violations.check(json_object(
+        "metadata_filter",
+        request.metadata_filter.as_ref(),
+    ));
     let limit = violations.check(limit("limit", request.limit));
-    violations.check(threshold("threshold", request.threshold));
+    let threshold = violations.check(threshold("threshold", request.threshold));
     violations.into_result()?;
-    let supplied = supplied.expect("checked");
-    let vector = match supplied {
-        Some(vector) => Some(vector),
-        None => embed_query(state, &request.query).await?,
-    };
+    let vector = query_vector(state, supplied.expect("checked"), &request.query).await?;
     let query = Query {
         user: user.expect("checked"),
         text: request.query,
@@ -108,22 +98,50 @@ pub async fn search_memories(
         tags: tags.expect("checked"),
         metadata: metadata.expect("checked"),
         limit: limit.expect("checked"),
-        threshold: request.threshold,
+        threshold: threshold.expect("checked"),
         exact: request.exact,
     };
     let (hits, approximate) = run(state, &query).await?;
-    Ok(pb::SearchMemoriesResponse {
-        hits: hits.into_iter().map(Hit::into_pb).collect(),
-        approximate,
-    })
+    let ids: Vec<Uuid> = hits.iter().map(|hit| hit.memory.id).collect();
+    let touched = touch(&state.pool, &ids).await?;
+    let hits = hits
+        .into_iter()
+        .map(|mut hit| {
+            if let Some(&(time, count)) = touched.get(&hit.memory.id) {
+                hit.memory.last_access_time = Some(time);
+                hit.memory.access_count = count;
+            }
+            hit.into_pb()
+        })
+        .collect();
+    Ok(pb::SearchMemoriesResponse { hits, approximate })
+}
+
+/// A search's `query` text and `query_embedding` (one of them is required),
+/// checked: the caller's vector, if any.
+pub fn check_query(
+    violations: &mut Violations,
+    space: &VectorSpace,
+    query: &str,
+    embedding: Option<&pb::Embedding>,
+) -> Option<Option<Vector>> {
+    violations.check(text("query", query, MAX_QUERY_CHARS));
+    let supplied = violations.check(space.check("query_embedding", embedding));
+    if query.trim().is_empty() && embedding.is_none() {
+        violations.push(
+            "query",
+            "give the query's text, its query_embedding, or both",
+        );
+    }
+    supplied
 }
 
 /// `limit` of a search: 1 to [`MAX_LIMIT`], [`DEFAULT_LIMIT`] when 0.
-pub fn limit(field: &str, limit: i32) -> Result<i64, mesh_runtime::FieldViolation> {
+pub fn limit(field: &str, limit: i32) -> Result<i64, FieldViolation> {
     match i64::from(limit) {
         0 => Ok(DEFAULT_LIMIT),
         n if (1..=MAX_LIMIT).contains(&n) => Ok(n),
-        _ => Err(mesh_runtime::FieldViolation::new(
+        _ => Err(FieldViolation::new(
             field,
             format!("must be between 1 and {MAX_LIMIT} (0 means {DEFAULT_LIMIT})"),
         )),
@@ -131,28 +149,58 @@ pub fn limit(field: &str, limit: i32) -> Result<i64, mesh_runtime::FieldViolatio
 }
 
 /// `threshold` of a search: a blended score, 0 to 1.
-pub fn threshold(field: &str, threshold: f32) -> Result<f32, mesh_runtime::FieldViolation> {
+pub fn threshold(field: &str, threshold: f32) -> Result<f32, FieldViolation> {
     if threshold.is_finite() && (0.0..=1.0).contains(&threshold) {
         Ok(threshold)
     } else {
-        Err(mesh_runtime::FieldViolation::new(
-            field,
-            "must be between 0 and 1",
-        ))
+        Err(FieldViolation::new(field, "must be between 0 and 1"))
     }
 }
 
-/// The query text's vector; none for an empty text, or when the service has
-/// no embedder (the search then matches by keyword only).
-pub async fn embed_query(state: &State, text: &str) -> ApiResult<Option<Vector>> {
-    if text.trim().is_empty() {
+/// A search's vector: the caller's when given, else the embedder's for the
+/// query text; none for a blank text, or when the service makes no vectors
+/// (the search then matches by keyword only).
+pub async fn query_vector(
+    state: &State,
+    supplied: Option<Vector>,
+    text: &str,
+) -> ApiResult<Option<Vector>> {
+    if supplied.is_none() && (text.trim().is_empty() || !state.embedder.makes_vectors()) {
         return Ok(None);
     }
-    match state.embedder.embed(&[text.to_owned()]).await {
-        Ok(mut vectors) => Ok(vectors.pop().map(Vector::from)),
-        Err(EmbedError::NoEmbedder) => Ok(None),
-        Err(error) => Err(error.into()),
-    }
+    vectors::vector_of(state.embedder.as_ref(), supplied, text)
+        .await
+        .map(Some)
+}
+
+/// SQL true for the candidates of an approximate search among the rows of
+/// `table` (as `alias`, which `filter` names) that pass `filter`: the `limit`
+/// nearest the query vector `vector`, and the `limit` best keyword matches
+/// (against CTE `q`). The vectors alone would miss the names and numbers the
+/// keyword score exists for.
+pub fn candidates(
+    space: &VectorSpace,
+    table: &str,
+    alias: &str,
+    filter: &str,
+    vector: &str,
+    trigram: Option<&str>,
+    limit: &str,
+) -> String {
+    format!(
+        "{alias}.id IN ({nearest} UNION {matching})",
+        nearest = space.nearest(table, alias, filter, vector, limit),
+        matching = keyword::best_matches(table, alias, filter, trigram, limit),
+    )
+}
+
+/// SQL for a blended score: each column times its weight, summed.
+pub fn blend(terms: &[(f32, &str)]) -> String {
+    terms
+        .iter()
+        .map(|(weight, column)| format!("{weight} * {column}"))
+        .collect::<Vec<_>>()
+        .join(" + ")
 }
 
 impl Hit {
@@ -180,42 +228,34 @@ struct ScoredRow {
 }
 
 /// Runs `query`: the hits, best first, and whether the approximate index
-/// served it. The hits' access time and count are updated.
+/// served it. Reading is not an access: callers [`touch`] the memories they
+/// hand out.
 #[tracing::instrument(skip_all, fields(user = %query.user))]
 pub async fn run(state: &State, query: &Query) -> ApiResult<(Vec<Hit>, bool)> {
-    let mut tx = state.pool.begin().await?;
+    let mut conn = state.pool.acquire().await?;
     let approximate = query.vector.is_some()
         && !query.exact
-        && live_count(&mut tx, query.user, state.exact_search_max).await? > state.exact_search_max;
-    let space = &state.space;
+        && live_count(&mut conn, query.user, state.exact_search_max).await?
+            > state.exact_search_max;
     let filter = format!(
         "m.user_id = $1 AND {live} AND {scope}
          AND (cardinality($3::text[]) = 0 OR m.kind = ANY($3))
-         AND m.tags @> $4 AND ($5::jsonb IS NULL OR m.metadata @> $5)",
-        live = LIVE
-            .replace("delete_time", "m.delete_time")
-            .replace("expire_time", "m.expire_time"),
+         AND m.tags @> $4 AND m.metadata @> $5",
+        live = memories::live("m"),
         scope = query.scope.sql("m.project_id", "$2"),
     );
     let trigram = keyword::use_trigram(&query.text).then_some("$6");
-    let source = if approximate {
+    let candidate_count = (query.limit * CANDIDATES_PER_HIT).max(MIN_CANDIDATES);
+    let filter = if approximate {
         // Each index hands over its best candidates; only those are scored.
-        format!(
-            "FROM memories m, q WHERE m.id IN (
-                 (SELECT m.id FROM memories m WHERE {filter} AND {current}
-                  ORDER BY {typed} <=> $7::vector({n}) LIMIT $10)
-                 UNION
-                 (SELECT m.id FROM memories m, q WHERE {filter} AND {matches} LIMIT $10))",
-            current = space.is_current("m.embedding_model"),
-            typed = space.typed("m.embedding"),
-            n = space.dimensions(),
-            matches = keyword::matches("m", trigram),
-        )
+        candidates(&state.space, "memories", "m", &filter, "$7", trigram, "$10")
     } else {
-        format!("FROM memories m, q WHERE {filter}")
+        filter
     };
     let semantic = if query.vector.is_some() {
-        space.similarity("m.embedding", "m.embedding_model", "$7")
+        state
+            .space
+            .similarity("m.embedding", "m.embedding_model", "$7")
     } else {
         "0".to_owned()
     };
@@ -227,35 +267,25 @@ pub async fn run(state: &State, query: &Query) -> ApiResult<(Vec<Hit>, bool)> {
                  ({keyword})::real AS keyword,
                  m.importance AS importance_score,
                  power(0.5, extract(epoch FROM now() - m.update_time) / 86400.0 / {half_life})::real AS recency
-             {source}
-         )
-         SELECT {COLUMNS}, semantic, keyword, importance_score, recency,
-             ({sw} * semantic + {kw} * keyword + {iw} * importance_score + {rw} * recency)::real AS score
-         FROM scored
-         WHERE ({sw} * semantic + {kw} * keyword + {iw} * importance_score + {rw} * recency) >= $9
+             FROM memories m, q WHERE {filter}
+         ),
+         blended AS (SELECT *, ({score})::real AS score FROM scored)
+         SELECT {COLUMNS}, semantic, keyword, importance_score, recency, score
+         FROM blended
+         WHERE score >= $9
          ORDER BY score DESC, id DESC
          LIMIT $8",
         query_cte = keyword::query_cte("$11"),
         keyword = keyword::score("m", trigram),
         half_life = RECENCY_HALF_LIFE_DAYS,
-        sw = SEMANTIC_WEIGHT,
-        kw = KEYWORD_WEIGHT,
-        iw = IMPORTANCE_WEIGHT,
-        rw = RECENCY_WEIGHT,
+        score = blend(&[
+            (SEMANTIC_WEIGHT, "semantic"),
+            (KEYWORD_WEIGHT, "keyword"),
+            (IMPORTANCE_WEIGHT, "importance_score"),
+            (RECENCY_WEIGHT, "recency"),
+        ]),
     );
-    if approximate {
-        // Keep scanning the graph until enough candidates pass the filters.
-        sqlx::query("SET LOCAL hnsw.iterative_scan = relaxed_order")
-            .execute(&mut *tx)
-            .await?;
-        let ef_search = (query.limit * CANDIDATES_PER_HIT).max(MIN_CANDIDATES);
-        sqlx::query(AssertSqlSafe(format!(
-            "SET LOCAL hnsw.ef_search = {ef_search}"
-        )))
-        .execute(&mut *tx)
-        .await?;
-    }
-    let rows: Vec<ScoredRow> = sqlx::query_as(AssertSqlSafe(sql))
+    let select = sqlx::query_as(AssertSqlSafe(sql))
         .bind(query.user)
         .bind(query.scope.project())
         .bind(&query.kinds)
@@ -265,28 +295,19 @@ pub async fn run(state: &State, query: &Query) -> ApiResult<(Vec<Hit>, bool)> {
         .bind(&query.vector)
         .bind(query.limit)
         .bind(query.threshold)
-        .bind((query.limit * CANDIDATES_PER_HIT).max(MIN_CANDIDATES))
-        .bind(keyword::words(&query.text))
-        .fetch_all(&mut *tx)
-        .await?;
-    let ids: Vec<Uuid> = rows.iter().map(|row| row.memory.id).collect();
-    let touched = touch(&mut tx, &ids).await?;
-    tx.commit().await?;
+        .bind(candidate_count)
+        .bind(keyword::words(&query.text));
+    let rows: Vec<ScoredRow> =
+        vectors::fetch_all(&mut conn, approximate.then_some(candidate_count), select).await?;
     let hits = rows
         .into_iter()
-        .map(|mut row| {
-            if let Some((time, count)) = touched.get(&row.memory.id) {
-                row.memory.last_access_time = Some(*time);
-                row.memory.access_count = *count;
-            }
-            Hit {
-                memory: row.memory,
-                score: row.score,
-                semantic: row.semantic,
-                keyword: row.keyword,
-                importance: row.importance_score,
-                recency: row.recency,
-            }
+        .map(|row| Hit {
+            memory: row.memory,
+            score: row.score,
+            semantic: row.semantic,
+            keyword: row.keyword,
+            importance: row.importance_score,
+            recency: row.recency,
         })
         .collect();
     Ok((hits, approximate))
@@ -303,11 +324,9 @@ async fn live_count(conn: &mut PgConnection, user: Uuid, cap: i64) -> ApiResult<
     .await?)
 }
 
-/// Records a retrieval: the new access time and count of each memory.
-async fn touch(
-    conn: &mut PgConnection,
-    ids: &[Uuid],
-) -> ApiResult<HashMap<Uuid, (DateTime<Utc>, i64)>> {
+/// Records that the memories `ids` were handed out: their new access time
+/// and count, by id.
+pub async fn touch(pool: &PgPool, ids: &[Uuid]) -> ApiResult<HashMap<Uuid, (DateTime<Utc>, i64)>> {
     if ids.is_empty() {
         return Ok(HashMap::new());
     }
@@ -319,9 +338,8 @@ async fn touch(
          RETURNING id, last_access_time, access_count",
     )
     .bind(ids)
-    .fetch_all(conn)
-    .await
-    .map_err(ApiError::from)?;
+    .fetch_all(pool)
+    .await?;
     Ok(rows
         .into_iter()
         .map(|(id, time, count)| (id, (time, count)))

@@ -1,6 +1,7 @@
 //! The vectors of the current model: checking a caller's vector, embedding a
-//! text, the SQL that compares vectors of one model only, the per-model HNSW
-//! indexes, and the job that re-embeds rows of another model.
+//! text, the SQL that compares vectors of one model only, the approximate
+//! scan of the per-model HNSW indexes, and the job that builds those indexes
+//! and re-embeds rows of another model.
 //!
 //! Vectors are stored untyped beside their model's name. pgvector indexes
 //! only fixed dimensions, so each model gets a partial index on
@@ -13,7 +14,11 @@ use std::{sync::Arc, time::Duration};
 use mesh_proto::mesh::memory::v1 as pb;
 use mesh_runtime::{ApiError, ApiResult, FieldViolation};
 use pgvector::Vector;
-use sqlx::{AssertSqlSafe, PgPool};
+use sqlx::{
+    AssertSqlSafe, Connection, FromRow, PgConnection, PgPool, Postgres,
+    postgres::{PgArguments, PgRow},
+    query::QueryAs,
+};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -55,6 +60,17 @@ impl VectorSpace {
         format!("{model_column} = {}", self.model_literal)
     }
 
+    /// SQL true for rows whose vector is missing or of another model. Spelt
+    /// as ranges rather than `IS DISTINCT FROM`, which no index serves, so
+    /// that the btree index on the model column finds the few such rows
+    /// instead of the idle re-embedding job reading the whole table.
+    pub fn is_stale(&self, model_column: &str) -> String {
+        format!(
+            "({model_column} IS NULL OR {model_column} < {model} OR {model_column} > {model})",
+            model = self.model_literal,
+        )
+    }
+
     /// Cosine similarity (1 - distance) between `column` and the query vector
     /// parameter `param` (`$n`), floored at 0, and 0 for rows of another model.
     pub fn similarity(&self, column: &str, model_column: &str, param: &str) -> String {
@@ -66,9 +82,36 @@ impl VectorSpace {
         )
     }
 
-    /// A caller's vector, if it has the current model's dimensions and only
-    /// finite values.
-    pub fn check(&self, field: &str, embedding: &pb::Embedding) -> Result<Vector, FieldViolation> {
+    /// The ids of the `limit` rows of `table` (as `alias`, which `filter`
+    /// names) nearest the query vector `param`: a subquery the current
+    /// model's HNSW index serves (see [`fetch_all`] for the scan's settings).
+    pub fn nearest(
+        &self,
+        table: &str,
+        alias: &str,
+        filter: &str,
+        param: &str,
+        limit: &str,
+    ) -> String {
+        format!(
+            "(SELECT {alias}.id FROM {table} {alias} WHERE {filter} AND {current}
+              ORDER BY {typed} <=> {param}::vector({n}) LIMIT {limit})",
+            current = self.is_current(&format!("{alias}.embedding_model")),
+            typed = self.typed(&format!("{alias}.embedding")),
+            n = self.dimensions,
+        )
+    }
+
+    /// A caller's vector, if given: it must have the current model's
+    /// dimensions and only finite values.
+    pub fn check(
+        &self,
+        field: &str,
+        embedding: Option<&pb::Embedding>,
+    ) -> Result<Option<Vector>, FieldViolation> {
+        let Some(embedding) = embedding else {
+            return Ok(None);
+        };
         let values = &embedding.values;
         if values.len() != self.dimensions {
             return Err(FieldViolation::new(
@@ -93,25 +136,7 @@ impl VectorSpace {
                 "must not be all zeros (it has no direction to compare)",
             ));
         }
-        Ok(Vector::from(values.clone()))
-    }
-
-    /// The vector of `text`: the caller's (already checked) when given, else
-    /// the embedder's.
-    pub async fn vector_of(
-        &self,
-        embedder: &dyn Embedder,
-        supplied: Option<Vector>,
-        text: &str,
-    ) -> ApiResult<Vector> {
-        if let Some(vector) = supplied {
-            return Ok(vector);
-        }
-        let mut vectors = embedder.embed(&[text.to_owned()]).await?;
-        let vector = vectors.pop().ok_or_else(|| {
-            ApiError::internal(anyhow::anyhow!("the embedder returned no vector"))
-        })?;
-        Ok(Vector::from(vector))
+        Ok(Some(Vector::from(values.clone())))
     }
 
     /// The index name for `table` and this model: stable, and distinct per
@@ -124,6 +149,55 @@ impl VectorSpace {
         }
         format!("{table}_hnsw_{hash:016x}")
     }
+}
+
+/// The vector of `text`: the caller's (already checked) when given, else the
+/// embedder's (FAILED_PRECONDITION when it makes none).
+pub async fn vector_of(
+    embedder: &dyn Embedder,
+    supplied: Option<Vector>,
+    text: &str,
+) -> ApiResult<Vector> {
+    if let Some(vector) = supplied {
+        return Ok(vector);
+    }
+    let mut vectors = embedder.embed(&[text.to_owned()]).await?;
+    let vector = vectors
+        .pop()
+        .ok_or_else(|| ApiError::internal(anyhow::anyhow!("the embedder returned no vector")))?;
+    Ok(Vector::from(vector))
+}
+
+/// pgvector's largest `hnsw.ef_search`.
+const MAX_EF_SEARCH: i64 = 1000;
+
+/// Runs `query`. With `ef_search` (the query reads the HNSW index through
+/// [`VectorSpace::nearest`]), it runs in a transaction where the scan keeps
+/// that many candidates and, with pgvector's iterative scan, goes on past the
+/// rows the filters drop until it has found enough (relaxed order: the
+/// caller's blend re-sorts anyway). Without, it needs no transaction.
+pub async fn fetch_all<O>(
+    conn: &mut PgConnection,
+    ef_search: Option<i64>,
+    query: QueryAs<'_, Postgres, O, PgArguments>,
+) -> sqlx::Result<Vec<O>>
+where
+    O: Send + Unpin + for<'r> FromRow<'r, PgRow>,
+{
+    let Some(ef_search) = ef_search else {
+        return query.fetch_all(conn).await;
+    };
+    let mut tx = conn.begin().await?;
+    sqlx::query(
+        "SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true),
+                set_config('hnsw.ef_search', $1, true)",
+    )
+    .bind(ef_search.clamp(1, MAX_EF_SEARCH).to_string())
+    .execute(&mut *tx)
+    .await?;
+    let rows = query.fetch_all(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(rows)
 }
 
 /// Creates the current model's HNSW indexes if missing (once across replicas),
@@ -139,7 +213,7 @@ pub async fn maintain(state: Arc<State>, shutdown: CancellationToken) {
         }
         delay = (delay * 2).min(Duration::from_secs(60));
     }
-    if state.embedder.embed(&[]).await.is_err() {
+    if !state.embedder.makes_vectors() {
         // EMBEDDER=supplied: rows of another model wait for their callers.
         return;
     }
@@ -194,7 +268,7 @@ async fn ensure_indexes(pool: &PgPool, space: &VectorSpace) -> anyhow::Result<()
 /// invalid index behind, which `IF NOT EXISTS` would keep forever: it is
 /// dropped and built again.
 async fn ensure_index(
-    conn: &mut sqlx::PgConnection,
+    conn: &mut PgConnection,
     space: &VectorSpace,
     table: &str,
 ) -> anyhow::Result<()> {
@@ -241,10 +315,10 @@ async fn reembed_batch(state: &State) -> anyhow::Result<usize> {
         let mut tx = state.pool.begin().await?;
         let rows: Vec<(Uuid, String)> = sqlx::query_as(AssertSqlSafe(format!(
             "SELECT id, content FROM {table} \
-             WHERE embedding_model IS DISTINCT FROM $1 AND {live} \
-             ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED"
+             WHERE {stale} AND {live} \
+             ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+            stale = state.space.is_stale("embedding_model"),
         )))
-        .bind(state.space.model())
         .bind(REEMBED_BATCH)
         .fetch_all(&mut *tx)
         .await?;

@@ -86,7 +86,7 @@ pub async fn run(options: &Options) -> Result<()> {
 
 async fn measure_all(paths: &Paths, roles: &Roles, options: Options) -> Result<()> {
     let bench_started = Instant::now();
-    let model_dir = model_dir(paths)?;
+    let model_dir = crate::tools::model_dir(paths)?;
     let env = vec![
         ("MEMORY_DATABASE_URL", roles.url("memory")?),
         // The load, the index and re-embedding worker, and the ingestion worker.
@@ -101,13 +101,16 @@ async fn measure_all(paths: &Paths, roles: &Roles, options: Options) -> Result<(
 
     // 1. The vocabulary, embedded by the service: the embedding throughput.
     let (mut service, client) = start(paths, &env).await?;
-    let sentences = Arc::new(vocabulary(
-        VOCABULARY + embedding_options(options).warm_up(),
-    ));
+    // One request per sentence, warm-up included.
+    let embedding_options = Options {
+        requests: VOCABULARY,
+        ..options
+    };
+    let sentences = Arc::new(vocabulary(VOCABULARY + embedding_options.warm_up()));
     let scratch = Uuid::now_v7();
     let embedding = with_service_cpu(
         service.child.id(),
-        embed_vocabulary(&client, &sentences, scratch, options),
+        embed_vocabulary(&client, &sentences, scratch, embedding_options),
     )
     .await?;
     // The queries' vectors too (the service embeds them the same way), for
@@ -115,14 +118,12 @@ async fn measure_all(paths: &Paths, roles: &Roles, options: Options) -> Result<(
     let queries = Arc::new(queries(RECALL_QUERIES));
     let query_user = Uuid::now_v7();
     for query in queries.iter() {
-        create(&client, query_user, query, "context").await?;
+        create(&client, query_user, query).await?;
     }
     let embedding_rss = peak_rss(service.child.id());
     service.stop();
-    let texts: Vec<&str> = sentences.iter().map(|s| s.text.as_str()).collect();
-    let vectors = read_vectors(&mut admin, scratch, &texts).await?;
-    let texts: Vec<&str> = queries.iter().map(String::as_str).collect();
-    let query_vectors = read_vectors(&mut admin, query_user, &texts).await?;
+    let vectors = read_vectors(&mut admin, scratch, &sentences).await?;
+    let query_vectors = read_vectors(&mut admin, query_user, &queries).await?;
 
     // 2. The bench's memories, loaded with the service stopped and its HNSW
     // index dropped, so the index is built once over all of them when the
@@ -224,7 +225,7 @@ async fn measure_all(paths: &Paths, roles: &Roles, options: Options) -> Result<(
             ),
             format!(
                 "{:.3} mean; worst {:.1} ({:?})",
-                recall.mean, recall.worst, queries[recall.worst_query]
+                recall.mean, recall.worst, queries[recall.worst_query].text
             ),
         ),
         (
@@ -277,15 +278,6 @@ fn print_figures(rows: &[(String, String)]) {
         println!("| {measure} | {value} |");
     }
     println!();
-}
-
-/// MEMORY_MODEL_DIR when set (a model already on disk), else the model
-/// xtask installs.
-fn model_dir(paths: &Paths) -> Result<std::path::PathBuf> {
-    match mesh_runtime::config::optional("MEMORY_MODEL_DIR") {
-        Some(dir) => Ok(std::path::absolute(dir)?),
-        None => crate::tools::ensure_model(paths),
-    }
 }
 
 /// The memory service on the bench database, SERVING, with a client.
@@ -465,47 +457,41 @@ struct Sentence {
 
 /// `n` distinct sentences, the same on every run.
 fn vocabulary(n: usize) -> Vec<Sentence> {
-    let mut rng = StdRng::seed_from_u64(SEED);
+    distinct(n, SEED, |rng| {
+        let (kind, template) = TEMPLATES.choose(rng).expect("not empty");
+        Sentence {
+            text: fill(template, rng),
+            kind,
+        }
+    })
+}
+
+/// `n` distinct queries, the same on every run; stored as `context`
+/// memories when the service embeds them (for the index's recall).
+fn queries(n: usize) -> Vec<Sentence> {
+    distinct(n, SEED + 1, |rng| Sentence {
+        text: fill(QUERY_TEMPLATES.choose(rng).expect("not empty"), rng),
+        kind: "context",
+    })
+}
+
+/// The first `n` distinct sentences `make` draws from a generator of `seed`.
+fn distinct(n: usize, seed: u64, make: impl Fn(&mut StdRng) -> Sentence) -> Vec<Sentence> {
+    let mut rng = StdRng::seed_from_u64(seed);
     let mut seen = HashSet::new();
     let mut sentences = Vec::with_capacity(n);
     while sentences.len() < n {
-        let (kind, template) = TEMPLATES.choose(&mut rng).expect("not empty");
-        let text = fill(template, &mut rng);
-        if seen.insert(text.clone()) {
-            sentences.push(Sentence { text, kind });
+        let sentence = make(&mut rng);
+        if seen.insert(sentence.text.clone()) {
+            sentences.push(sentence);
         }
     }
     sentences
 }
 
-/// `n` distinct queries, the same on every run.
-fn queries(n: usize) -> Vec<String> {
-    let mut rng = StdRng::seed_from_u64(SEED + 1);
-    let mut seen = HashSet::new();
-    let mut queries = Vec::with_capacity(n);
-    while queries.len() < n {
-        let query = fill(
-            QUERY_TEMPLATES.choose(&mut rng).expect("not empty"),
-            &mut rng,
-        );
-        if seen.insert(query.clone()) {
-            queries.push(query);
-        }
-    }
-    queries
-}
-
-/// The options of the embedding measurement: one request per sentence.
-fn embedding_options(options: Options) -> Options {
-    Options {
-        requests: VOCABULARY,
-        ..options
-    }
-}
-
 /// Creates one memory per sentence for `user` without a vector, so the
-/// service embeds each: measured requests and warm-up together cover the
-/// vocabulary.
+/// service embeds each: `options`' measured requests and warm-up together
+/// cover the vocabulary.
 async fn embed_vocabulary(
     client: &Client,
     sentences: &Arc<Vec<Sentence>>,
@@ -516,26 +502,23 @@ async fn embed_vocabulary(
     measure(
         "CreateMemory, service embeds the text (local model)",
         "gRPC",
-        embedding_options(options),
+        options,
         move |i| {
             let (client, sentences) = (client.clone(), sentences.clone());
-            async move {
-                let sentence = &sentences[i];
-                create(&client, user, &sentence.text, sentence.kind).await
-            }
+            async move { create(&client, user, &sentences[i]).await }
         },
     )
     .await
 }
 
-/// Creates a memory of `text` for `user` without a vector: the service
+/// Creates a memory of `sentence` for `user` without a vector: the service
 /// embeds it.
-async fn create(client: &Client, user: Uuid, text: &str, kind: &str) -> Result<()> {
+async fn create(client: &Client, user: Uuid, sentence: &Sentence) -> Result<()> {
     let request = pb::CreateMemoryRequest {
         memory: Some(pb::Memory {
             user_id: user.to_string(),
-            kind: kind_number(kind),
-            content: text.to_owned(),
+            kind: kind_number(sentence.kind),
+            content: sentence.text.clone(),
             ..Default::default()
         }),
         ..Default::default()
@@ -552,31 +535,18 @@ async fn create(client: &Client, user: Uuid, text: &str, kind: &str) -> Result<(
     Ok(())
 }
 
+/// The wire number of a stored kind (`follow_up`: MEMORY_KIND_FOLLOW_UP).
 fn kind_number(kind: &str) -> i32 {
-    let kind = match kind {
-        "fact" => pb::MemoryKind::Fact,
-        "preference" => pb::MemoryKind::Preference,
-        "event" => pb::MemoryKind::Event,
-        "goal" => pb::MemoryKind::Goal,
-        "relationship" => pb::MemoryKind::Relationship,
-        "emotion" => pb::MemoryKind::Emotion,
-        "situation" => pb::MemoryKind::Situation,
-        "routine" => pb::MemoryKind::Routine,
-        "struggle" => pb::MemoryKind::Struggle,
-        "follow_up" => pb::MemoryKind::FollowUp,
-        "pattern" => pb::MemoryKind::Pattern,
-        "context" => pb::MemoryKind::Context,
-        other => panic!("unknown kind {other}"),
-    };
-    kind as i32
+    pb::MemoryKind::from_str_name(&format!("MEMORY_KIND_{}", kind.to_ascii_uppercase()))
+        .unwrap_or_else(|| panic!("unknown kind {kind}")) as i32
 }
 
-/// The vectors the service stored for `user`'s memories of `texts`, in that
-/// order; then those scratch memories are removed.
+/// The vectors the service stored for `user`'s memories of `sentences`, in
+/// that order; then those scratch memories are removed.
 async fn read_vectors(
     admin: &mut PgConnection,
     user: Uuid,
-    texts: &[&str],
+    sentences: &[Sentence],
 ) -> Result<Vec<Vec<f32>>> {
     let rows: Vec<(String, Vec<f32>)> = sqlx::query_as(
         "SELECT content, embedding::real[] FROM memory.memories
@@ -587,11 +557,11 @@ async fn read_vectors(
     .fetch_all(&mut *admin)
     .await?;
     let mut by_text: HashMap<String, Vec<f32>> = rows.into_iter().collect();
-    let vectors = texts
+    let vectors = sentences
         .iter()
-        .map(|text| {
+        .map(|Sentence { text, .. }| {
             by_text
-                .remove(*text)
+                .remove(text)
                 .filter(|vector| vector.len() == DIMENSIONS)
                 .with_context(|| format!("no {DIMENSIONS}-dimension vector stored for {text:?}"))
         })
@@ -673,6 +643,9 @@ async fn load(
     buffer.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
     buffer.extend_from_slice(&0i32.to_be_bytes()); // flags
     buffer.extend_from_slice(&0i32.to_be_bytes()); // header extension
+    // Uniform noise of about NOISE in length: each coordinate's variance,
+    // half_width^2 / 3, is NOISE^2 / DIMENSIONS.
+    let half_width = NOISE * (3.0 / DIMENSIONS as f32).sqrt();
     let mut vector = vec![0f32; DIMENSIONS];
     for (user, count) in plan.users() {
         for _ in 0..count {
@@ -692,11 +665,8 @@ async fn load(
                 }
             }
             normalize(&mut vector);
-            // Uniform noise of about NOISE in length: each coordinate's
-            // variance is (NOISE^2 / DIMENSIONS).
-            let spread = NOISE * (3.0 / DIMENSIONS as f32).sqrt();
             for x in &mut vector {
-                *x += rng.random_range(-spread..spread);
+                *x += rng.random_range(-half_width..half_width);
             }
             normalize(&mut vector);
             // Changed up to a year ago, created up to two months before that.
@@ -861,7 +831,7 @@ fn search_request(user: Uuid, query: &str, exact: bool) -> pb::SearchMemoriesReq
 async fn search_small_users(
     client: &Client,
     plan: &Plan,
-    queries: &Arc<Vec<String>>,
+    queries: &Arc<Vec<Sentence>>,
     options: Options,
 ) -> Result<Measurement> {
     let (client, queries) = (client.clone(), queries.clone());
@@ -874,7 +844,7 @@ async fn search_small_users(
             let mut client = client.clone();
             let request = search_request(
                 users[spread(i, users.len())],
-                &queries[i % queries.len()],
+                &queries[i % queries.len()].text,
                 false,
             );
             async move {
@@ -897,7 +867,7 @@ async fn search_small_users(
 async fn search_big_user(
     client: &Client,
     plan: &Plan,
-    queries: &Arc<Vec<String>>,
+    queries: &Arc<Vec<Sentence>>,
     exact: bool,
     ids: &Arc<Mutex<HashMap<usize, Vec<String>>>>,
     options: Options,
@@ -917,7 +887,7 @@ async fn search_big_user(
         move |i| {
             let mut client = client.clone();
             let query = i % queries.len();
-            let request = search_request(user, &queries[query], exact);
+            let request = search_request(user, &queries[query].text, exact);
             let (ids, counted) = (ids.clone(), counted.clone());
             async move {
                 let answer = client.search_memories(request).await?.into_inner();
@@ -1237,5 +1207,10 @@ mod tests {
         assert!((recall.mean - 0.75).abs() < 1e-9);
         assert!((recall.worst - 0.5).abs() < 1e-9);
         assert_eq!(recall.worst_query, 1);
+        // A query only one path answered (or with no exact hits) is left out;
+        // with none left there is no recall.
+        assert!(super::recall(&HashMap::new(), &exact).is_err());
+        let empty = HashMap::from([(0, Vec::new())]);
+        assert!(super::recall(&empty, &empty).is_err());
     }
 }

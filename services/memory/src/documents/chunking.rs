@@ -16,7 +16,7 @@
 //! starts with the last sentences of the one before (up to the overlap) when
 //! they belong to the same section.
 
-use std::collections::VecDeque;
+use std::{borrow::Cow, collections::VecDeque};
 
 /// How large chunks are, in tokens of the embedder's tokenizer.
 #[derive(Clone, Copy, Debug)]
@@ -95,7 +95,12 @@ pub fn split(
     limits: Limits,
     count: &dyn Fn(&str) -> usize,
 ) -> Vec<Chunk> {
-    let text = text.replace("\r\n", "\n").replace('\r', "\n");
+    // Most texts have no carriage return: no copies of megabytes for them.
+    let text = if text.contains('\r') {
+        Cow::Owned(text.replace("\r\n", "\n").replace('\r', "\n"))
+    } else {
+        Cow::Borrowed(text)
+    };
     // What the counter adds to any text (special tokens such as [CLS] and
     // [SEP]): counted once per chunk, not once per unit.
     let base = count("");
@@ -336,7 +341,8 @@ fn paragraph_units(
         });
         return;
     }
-    let mut pieces: Vec<(String, &'static str)> = Vec::new();
+    // Each piece with its measure, taken once: the tokenizer is the costly part.
+    let mut pieces: Vec<(String, usize, &'static str)> = Vec::new();
     let mut first_budget = budget;
     if !prefix.is_empty() {
         if prefix_tokens < budget {
@@ -362,8 +368,9 @@ fn paragraph_units(
         } else {
             budget
         };
-        if measure(sentence) <= limit {
-            pieces.push((sentence.to_owned(), joiner));
+        let tokens = measure(sentence);
+        if tokens <= limit {
+            pieces.push((sentence.to_owned(), tokens, joiner));
         } else {
             let first = pieces.is_empty();
             for (index, (text, word_joiner)) in cut_words(sentence, limit, budget, measure)
@@ -375,18 +382,17 @@ fn paragraph_units(
                 } else {
                     word_joiner
                 };
-                pieces.push((text, joiner));
+                let tokens = measure(&text);
+                pieces.push((text, tokens, joiner));
             }
         }
     }
-    for (index, (text, joiner)) in pieces.into_iter().enumerate() {
+    for (index, (text, tokens, joiner)) in pieces.into_iter().enumerate() {
         if index == 0 {
             let glued = !prefix.is_empty() && prefix_tokens < budget;
             let (text, tokens) = if glued {
-                let tokens = prefix_tokens + measure(&text);
-                (format!("{prefix}{PARAGRAPH}{text}"), tokens)
+                (format!("{prefix}{PARAGRAPH}{text}"), prefix_tokens + tokens)
             } else {
-                let tokens = measure(&text);
                 (text, tokens)
             };
             units.push(Unit {
@@ -394,7 +400,6 @@ fn paragraph_units(
                 ..unit(text, tokens, PARAGRAPH)
             });
         } else {
-            let tokens = measure(&text);
             units.push(unit(text, tokens, joiner));
         }
     }

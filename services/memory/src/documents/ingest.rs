@@ -19,7 +19,10 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::chunking::{self, Chunk, Format};
+use super::{
+    as_i32,
+    chunking::{self, Chunk, Format},
+};
 use crate::{State, embed::EmbedError};
 
 /// How often an idle worker looks for waiting documents: an upload is picked
@@ -215,6 +218,10 @@ async fn process(
         content,
         ..
     } = document;
+    // No chunk could be embedded: fail before chunking megabytes for nothing.
+    if !state.embedder.makes_vectors() {
+        return Err(Stop::Fail(NO_EMBEDDER.to_owned()));
+    }
     let format = if kind == "md" {
         Format::Markdown
     } else {
@@ -330,7 +337,7 @@ impl Job<'_> {
         let stale: Vec<i32> = stored
             .iter()
             .filter(|(index, content)| chunks.get(**index).is_none_or(|c| &c.content != *content))
-            .map(|(index, _)| i32::try_from(*index).unwrap_or(i32::MAX))
+            .map(|(index, _)| as_i32(*index))
             .collect();
         if !stale.is_empty() {
             tracing::warn!(
@@ -353,8 +360,8 @@ impl Job<'_> {
             .collect();
         sqlx::query("UPDATE documents SET chunk_count = $2, chunks_done = $3 WHERE id = $1")
             .bind(id)
-            .bind(i32::try_from(chunks.len()).unwrap_or(i32::MAX))
-            .bind(i32::try_from(chunks.len() - missing.len()).unwrap_or(i32::MAX))
+            .bind(as_i32(chunks.len()))
+            .bind(as_i32(chunks.len() - missing.len()))
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
@@ -409,18 +416,11 @@ impl Job<'_> {
         }
         let picked = || batch.iter().map(|&i| &chunks[i]);
         let ids: Vec<Uuid> = batch.iter().map(|_| Uuid::now_v7()).collect();
-        let indexes: Vec<i32> = batch
-            .iter()
-            .map(|&i| i32::try_from(i).unwrap_or(i32::MAX))
-            .collect();
+        let indexes: Vec<i32> = batch.iter().map(|&i| as_i32(i)).collect();
         let contents: Vec<&str> = picked().map(|c| c.content.as_str()).collect();
-        let pages: Vec<i32> = picked()
-            .map(|c| i32::try_from(c.page).unwrap_or(i32::MAX))
-            .collect();
+        let pages: Vec<i32> = picked().map(|c| as_i32(c.page)).collect();
         let titles: Vec<&str> = picked().map(|c| c.section_title.as_str()).collect();
-        let tokens: Vec<i32> = picked()
-            .map(|c| i32::try_from(c.token_count).unwrap_or(i32::MAX))
-            .collect();
+        let tokens: Vec<i32> = picked().map(|c| as_i32(c.token_count)).collect();
         let vectors: Vec<Vector> = vectors.into_iter().map(Vector::from).collect();
         // The unique position is a second guard: a chunk stored twice is impossible.
         let inserted = sqlx::query(
@@ -454,7 +454,7 @@ impl Job<'_> {
              WHERE id = $1 RETURNING chunks_done",
         )
         .bind(id)
-        .bind(i32::try_from(inserted).unwrap_or(i32::MAX))
+        .bind(as_i32(inserted))
         .bind(lease.as_secs_f64())
         .fetch_one(&mut *tx)
         .await?;

@@ -214,8 +214,10 @@ fn fingerprint(request: &pb::UploadDocumentRequest, text: &str) -> pb::UploadDoc
     }
 }
 
-fn as_i32(value: usize) -> i32 {
-    i32::try_from(value).unwrap_or(i32::MAX)
+/// A count or position as the database's `int`, saturating (no document
+/// comes near it).
+fn as_i32(value: impl TryInto<i32>) -> i32 {
+    value.try_into().unwrap_or(i32::MAX)
 }
 
 #[tracing::instrument(skip_all)]
@@ -234,7 +236,13 @@ pub async fn upload(
         request_id: &request.request_id,
         user_id: Some(upload.user),
     };
-    let fingerprint = fingerprint(&request, upload.text);
+    // run_once keeps and compares a fingerprint only under a request_id:
+    // without one, hashing megabytes of text would be thrown away.
+    let fingerprint = if request.request_id.is_empty() {
+        pb::UploadDocumentRequest::default()
+    } else {
+        fingerprint(&request, upload.text)
+    };
     idempotency::run_once(&state.pool, key, &fingerprint, async |conn| {
         let row: DocumentRow = sqlx::query_as(AssertSqlSafe(format!(
             "INSERT INTO documents (id, user_id, project_id, filename, type, metadata, content,

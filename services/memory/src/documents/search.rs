@@ -12,7 +12,8 @@
 //! When those documents hold at most `exact_search_max` chunks, every chunk
 //! is scored. Above it, the candidates are the nearest chunks by the
 //! per-model HNSW index (iterative scan, so the filter does not starve it)
-//! and the best keyword matches, and only those are scored.
+//! and the best keyword matches (crate::search::candidates), and only those
+//! are scored.
 
 use std::collections::HashMap;
 
@@ -27,8 +28,8 @@ use sqlx::AssertSqlSafe;
 use uuid::Uuid;
 
 use crate::{
-    State, keyword, search,
-    wire::{Scope, json_object, text},
+    State, keyword, search, vectors,
+    wire::{Scope, json_object},
 };
 
 /// Candidates each approximate source (vector, keyword) gives per hit asked for.
@@ -37,8 +38,8 @@ const CANDIDATES_PER_HIT: i64 = 4;
 const MIN_EF_SEARCH: i64 = 40;
 
 /// Weights of the blended score (the proto documents them).
-const SEMANTIC_WEIGHT: f64 = 0.75;
-const KEYWORD_WEIGHT: f64 = 0.25;
+const SEMANTIC_WEIGHT: f32 = 0.75;
+const KEYWORD_WEIGHT: f32 = 0.25;
 
 struct Query {
     user: Uuid,
@@ -57,16 +58,12 @@ struct Query {
 fn check(state: &State, request: &pb::SearchChunksRequest) -> ApiResult<Query> {
     let mut violations = Violations::default();
     let user = violations.check(parse_uuid("user_id", &request.user_id));
-    violations.check(text("query", &request.query, search::MAX_QUERY_CHARS));
-    let supplied = match &request.query_embedding {
-        Some(embedding) => violations
-            .check(state.space.check("query_embedding", embedding))
-            .map(Some),
-        None => Some(None),
-    };
-    if request.query.trim().is_empty() && request.query_embedding.is_none() {
-        violations.push("query", "is required (or query_embedding)");
-    }
+    let supplied = search::check_query(
+        &mut violations,
+        &state.space,
+        &request.query,
+        request.query_embedding.as_ref(),
+    );
     let document = violations.check(optional_uuid("document_id", &request.document_id));
     let scope = violations.check(Scope::check("scope", request.scope.as_ref()));
     let metadata_filter = violations.check(json_object(
@@ -163,90 +160,64 @@ pub async fn search_chunks(
     if documents.is_empty() {
         return Ok(pb::SearchChunksResponse { hits: Vec::new() });
     }
-    // The query's vector: the caller's, else the embedder's; without an
-    // embedder, a text query ranks by keyword only.
-    let vector = match query.supplied.clone() {
-        Some(vector) => Some(vector),
-        None => search::embed_query(state, &query.text).await?,
-    };
+    // Without an embedder, a text query ranks by keyword only.
+    let vector = search::query_vector(state, query.supplied, &query.text).await?;
 
-    let mut tx = state.pool.begin().await?;
     let ids: Vec<Uuid> = documents.iter().map(|d| d.id).collect();
     let chunks_in_scope: i64 = documents.iter().map(|d| i64::from(d.chunk_count)).sum();
-
     let candidates = query.limit * CANDIDATES_PER_HIT;
+    let approximate = vector.is_some() && chunks_in_scope > state.exact_search_max;
+    let filter = if vector.is_none() {
+        // Keyword only: the chunks that match a word.
+        keyword::matches("c", None)
+    } else if approximate {
+        search::candidates(
+            &state.space,
+            "chunks",
+            "c",
+            "c.document_id = ANY($1)",
+            "$2",
+            None,
+            "$6",
+        )
+    } else {
+        "TRUE".to_owned()
+    };
     let semantic = match vector {
         Some(_) => state
             .space
             .similarity("c.embedding", "c.embedding_model", "$2"),
         None => "0".to_owned(),
     };
-    let (with, filter) = match &vector {
-        // Keyword only: the chunks that match a word.
-        None => (String::new(), keyword::matches("c", None)),
-        Some(_) if chunks_in_scope <= state.exact_search_max => (String::new(), "TRUE".to_owned()),
-        Some(_) => {
-            // relaxed_order lets the HNSW scan go on past chunks the filter
-            // drops until it has found enough; the blend re-sorts anyway.
-            let ef_search = candidates.clamp(MIN_EF_SEARCH, 1000);
-            sqlx::query(
-                "SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true),
-                        set_config('hnsw.ef_search', $1, true)",
-            )
-            .bind(ef_search.to_string())
-            .execute(&mut *tx)
-            .await?;
-            let nearest = format!(
-                ", nearest AS MATERIALIZED (
-                     SELECT n.id FROM chunks n
-                     WHERE n.document_id = ANY($1) AND {current}
-                     ORDER BY {typed} <=> $2::vector({dimensions}) LIMIT $6
-                 ),
-                 matching AS MATERIALIZED (
-                     SELECT m.id FROM chunks m, q
-                     WHERE m.document_id = ANY($1) AND {matches}
-                     ORDER BY ts_rank_cd(m.search_tsv, q.tsq, 32) DESC LIMIT $6
-                 )",
-                matches = keyword::matches("m", None),
-                current = state.space.is_current("n.embedding_model"),
-                typed = state.space.typed("n.embedding"),
-                dimensions = state.space.dimensions(),
-            );
-            (
-                nearest,
-                "c.id IN (SELECT id FROM nearest UNION SELECT id FROM matching)".to_owned(),
-            )
-        }
-    };
     let sql = format!(
-        "WITH q AS ({query_cte}){with},
+        "WITH q AS ({query_cte}),
          scored AS (
              SELECT c.id, c.document_id, c.chunk_index, c.content, c.page, c.section_title,
                  c.token_count, ({semantic})::float8 AS semantic,
                  ({keyword})::float8 AS keyword
              FROM chunks c, q
              WHERE c.document_id = ANY($1) AND {filter}
-         )
-         SELECT *, {SEMANTIC_WEIGHT} * semantic + {KEYWORD_WEIGHT} * keyword AS score
-         FROM scored
-         WHERE {SEMANTIC_WEIGHT} * semantic + {KEYWORD_WEIGHT} * keyword > 0
-           AND {SEMANTIC_WEIGHT} * semantic + {KEYWORD_WEIGHT} * keyword >= $4
+         ),
+         blended AS (SELECT *, {score} AS score FROM scored)
+         SELECT * FROM blended
+         WHERE score > 0 AND score >= $4
          ORDER BY score DESC, document_id, chunk_index
          LIMIT $5",
         query_cte = keyword::query_cte("$3"),
         keyword = keyword::score("c", None),
+        score = search::blend(&[(SEMANTIC_WEIGHT, "semantic"), (KEYWORD_WEIGHT, "keyword")]),
     );
     // The SQL is ours: the model literal is escaped by VectorSpace, values are bound.
-    let rows: Vec<HitRow> = sqlx::query_as(AssertSqlSafe(sql))
+    let select = sqlx::query_as(AssertSqlSafe(sql))
         .bind(&ids)
         .bind(vector.as_ref())
         .bind(query.words.as_deref())
         .bind(query.threshold)
         .bind(query.limit)
-        .bind(candidates)
-        .fetch_all(&mut *tx)
-        .await?;
-    tx.commit().await?;
+        .bind(candidates);
+    let ef_search = approximate.then(|| candidates.max(MIN_EF_SEARCH));
+    let rows: Vec<HitRow> =
+        vectors::fetch_all(&mut *state.pool.acquire().await?, ef_search, select).await?;
 
     let documents: HashMap<Uuid, InScope> = documents.into_iter().map(|d| (d.id, d)).collect();
     let hits = rows

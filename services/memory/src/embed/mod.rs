@@ -30,6 +30,11 @@ pub trait Embedder: Send + Sync + 'static {
     fn max_tokens(&self) -> usize {
         usize::MAX
     }
+    /// Whether [`Embedder::embed`] makes vectors at all: false for
+    /// EMBEDDER=supplied, where every vector comes from a caller.
+    fn makes_vectors(&self) -> bool {
+        true
+    }
     /// One unit-length vector per text, in order.
     async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError>;
 }
@@ -87,6 +92,10 @@ impl Embedder for SuppliedVectors {
 
     fn count_tokens(&self, text: &str) -> usize {
         estimate_tokens(text)
+    }
+
+    fn makes_vectors(&self) -> bool {
+        false
     }
 
     async fn embed(&self, _texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {

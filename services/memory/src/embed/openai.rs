@@ -63,14 +63,16 @@ impl OpenAiEmbedder {
                     if attempt == 1 { "" } else { "s" }
                 )));
             }
-            let wait = retry_after.unwrap_or_else(|| backoff(self.config.retry_backoff, attempt));
+            let wait = retry_after
+                .unwrap_or_else(|| backoff(self.config.retry_backoff, attempt))
+                .min(MAX_RETRY_WAIT);
             tracing::warn!(
                 url = %self.url,
                 attempt,
-                wait_ms = wait.min(MAX_RETRY_WAIT).as_millis() as u64,
+                wait_ms = wait.as_millis() as u64,
                 "embedding request failed, retrying: {problem}"
             );
-            tokio::time::sleep(wait.min(MAX_RETRY_WAIT)).await;
+            tokio::time::sleep(wait).await;
             attempt += 1;
         }
     }
@@ -305,6 +307,47 @@ mod tests {
         assert_eq!(parse_retry_after("86400"), Some(MAX_RETRY_WAIT));
         assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
         assert_eq!(parse_retry_after("-1"), None);
+    }
+
+    #[test]
+    fn an_answer_that_does_not_fit_the_texts_is_refused() {
+        let embedder = OpenAiEmbedder::new(OpenAiConfig {
+            api_base: "http://127.0.0.1:1".into(),
+            api_key: None,
+            model: "m".into(),
+            dimensions: 2,
+            batch_size: 8,
+            timeout: Duration::from_secs(1),
+            max_attempts: 1,
+            retry_backoff: Duration::from_millis(1),
+        })
+        .unwrap();
+        let answer = |data: &[(usize, [f32; 2])]| {
+            let data: Vec<String> = data
+                .iter()
+                .map(|(index, [x, y])| format!(r#"{{"index":{index},"embedding":[{x},{y}]}}"#))
+                .collect();
+            format!(r#"{{"data":[{}]}}"#, data.join(","))
+        };
+        assert_eq!(
+            embedder
+                .vectors(answer(&[(1, [0.0, 2.0]), (0, [3.0, 4.0])]).as_bytes(), 2)
+                .unwrap(),
+            [[0.6, 0.8], [0.0, 1.0]]
+        );
+        // Each would leave a text without its vector, or give it another's.
+        for (bytes, says) in [
+            (
+                answer(&[(0, [1.0, 0.0]), (2, [1.0, 0.0])]),
+                "index 2 for 2 texts",
+            ),
+            (answer(&[(1, [1.0, 0.0]), (1, [0.0, 1.0])]), "index 1 twice"),
+            (answer(&[(0, [1.0, 0.0])]), "1 vectors for 2 texts"),
+            ("<html>busy</html>".to_owned(), "not an embeddings response"),
+        ] {
+            let error = format!("{:#}", embedder.vectors(bytes.as_bytes(), 2).unwrap_err());
+            assert!(error.contains(says), "{error}");
+        }
     }
 
     #[test]

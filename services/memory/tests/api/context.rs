@@ -4,7 +4,7 @@ use mesh_proto::mesh::memory::v1::{self as pb, MemoryKind};
 
 use crate::{
     harness::{WordsEmbedder, bad_fields, spawn_app_with},
-    memories::{create, memory, user},
+    memories::{create, list, memory, user},
 };
 
 #[tokio::test]
@@ -124,4 +124,56 @@ async fn the_most_relevant_memories_come_first_within_the_budget() {
     let mut fields = bad_fields(&bad);
     fields.sort();
     assert_eq!(fields, ["recent_messages[0]", "token_budget"]);
+}
+
+#[tokio::test]
+async fn only_the_memories_the_context_holds_count_as_accessed() {
+    let mut app = spawn_app_with(WordsEmbedder::new("words-v1", 1024), |_| {}).await;
+    let user = user();
+    let allergy = create(
+        &mut app.client,
+        memory(&user, MemoryKind::Fact, "Allergic to peanuts"),
+    )
+    .await;
+    for (kind, content) in [
+        (MemoryKind::Preference, "Prefers the cafe near the office"),
+        (
+            MemoryKind::Fact,
+            "Climbed Everest twice in one year with friends",
+        ),
+    ] {
+        create(&mut app.client, memory(&user, kind, content)).await;
+    }
+    // The header, "Facts:" and the allergy take 11 of the 12 tokens (words):
+    // the other memories are candidates but do not fit.
+    let answer = app
+        .client
+        .get_context(pb::GetContextRequest {
+            user_id: user.clone(),
+            recent_messages: vec!["Something with peanuts maybe".into()],
+            token_budget: 12,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        answer.memory_ids,
+        std::slice::from_ref(&allergy.id),
+        "{answer:?}"
+    );
+    let listed = list(
+        &mut app.client,
+        pb::ListMemoriesRequest {
+            user_id: user,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(listed.len(), 3);
+    for memory in listed {
+        let held = memory.id == allergy.id;
+        assert_eq!(memory.access_count, i64::from(held), "{memory:?}");
+        assert_eq!(memory.last_access_time.is_some(), held, "{memory:?}");
+    }
 }

@@ -3,10 +3,10 @@
 //! failures, deletion mid-ingestion, resuming after a restart, and replicas
 //! sharing the work.
 //!
-//! Most tests embed with a small deterministic embedder of their own (words
-//! hashed into a vector), which shares words the way a model shares meaning
-//! closely enough to rank, and can be made to block or fail on cue. One test
-//! runs the real local model end to end.
+//! Most tests embed with [`Scripted`]: the harness's bag-of-words vectors,
+//! which share words the way a model shares meaning closely enough to rank,
+//! and can be made to block or fail on cue. One test runs the real local
+//! model end to end.
 
 use std::{
     collections::HashSet,
@@ -17,60 +17,25 @@ use std::{
     time::Duration,
 };
 
-use mesh_memory::embed::{EmbedError, Embedder, estimate_tokens, normalize};
+use mesh_memory::{
+    documents::ingest::MAX_ATTEMPTS,
+    embed::{EmbedError, Embedder, estimate_tokens},
+};
 use mesh_proto::mesh::memory::v1::{self as pb, upload_document_request::Content};
 use sqlx::Row;
 use tonic::{Code, Status};
 use uuid::Uuid;
 
 use crate::harness::{
-    self, Client, TestApp, bad_fields, spawn_app, spawn_app_with, spawn_on, wait_serving,
+    self, Client, TestApp, WordsEmbedder, bad_fields, spawn_app, spawn_app_with, spawn_on,
+    wait_serving,
 };
 
 // ---------------------------------------------------------------------------
-// Test embedders
+// The test embedder
 
 const DIMENSIONS: usize = 64;
 const MODEL: &str = "test-hashed-words";
-
-/// Each word (letters and digits, lowercased) adds ±1 to a dimension chosen
-/// by its hash: texts sharing words point the same way.
-struct HashedWords;
-
-fn hashed(text: &str) -> Vec<f32> {
-    let mut vector = vec![0.0f32; DIMENSIONS];
-    // A constant part, so no text is the zero vector.
-    vector[0] = 0.05;
-    for word in text
-        .split(|c: char| !c.is_alphanumeric())
-        .filter(|w| !w.is_empty())
-    {
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        for byte in word.to_lowercase().bytes() {
-            hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
-        }
-        let index = 1 + (hash % (DIMENSIONS as u64 - 1)) as usize;
-        vector[index] += if hash & (1 << 63) == 0 { 1.0 } else { -1.0 };
-    }
-    normalize(&mut vector);
-    vector
-}
-
-#[tonic::async_trait]
-impl Embedder for HashedWords {
-    fn model(&self) -> &str {
-        MODEL
-    }
-    fn dimensions(&self) -> usize {
-        DIMENSIONS
-    }
-    fn count_tokens(&self, text: &str) -> usize {
-        estimate_tokens(text)
-    }
-    async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
-        Ok(texts.iter().map(|t| hashed(t)).collect())
-    }
-}
 
 /// What a scripted embedder does once it has served its calls.
 enum Then {
@@ -82,9 +47,12 @@ enum Then {
     Fail,
 }
 
-/// [`HashedWords`] that serves `allowed` calls, then does what `then` says.
-/// Calls with no texts (the re-embedding job's probe) do not count.
+/// [`WordsEmbedder`]'s vectors, with tokens counted as [`estimate_tokens`]
+/// counts them (about 4 characters a token, so each [`long_text`] paragraph
+/// is a chunk of its own), that serves `allowed` calls, then does what `then`
+/// says.
 struct Scripted {
+    words: Arc<WordsEmbedder>,
     allowed: usize,
     then: Then,
     calls: AtomicUsize,
@@ -95,12 +63,18 @@ struct Scripted {
 impl Scripted {
     fn new(allowed: usize, then: Then) -> Arc<Self> {
         Arc::new(Self {
+            words: WordsEmbedder::new(MODEL, DIMENSIONS),
             allowed,
             then,
             calls: AtomicUsize::new(0),
             texts: AtomicUsize::new(0),
             open: tokio::sync::watch::Sender::new(false),
         })
+    }
+
+    /// One that embeds every call.
+    fn serving() -> Arc<Self> {
+        Self::new(usize::MAX, Then::Fail)
     }
 
     fn open(&self) {
@@ -125,9 +99,6 @@ impl Embedder for Scripted {
         estimate_tokens(text)
     }
     async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
-        if texts.is_empty() {
-            return Ok(Vec::new());
-        }
         let call = self.calls.fetch_add(1, Ordering::SeqCst);
         if call >= self.allowed {
             match self.then {
@@ -135,7 +106,7 @@ impl Embedder for Scripted {
                     let mut open = self.open.subscribe();
                     let _ = open.wait_for(|open| *open).await;
                 }
-                Then::Unavailable(times) if call < self.allowed + times => {
+                Then::Unavailable(times) if call - self.allowed < times => {
                     return Err(EmbedError::Unavailable("503 from the test endpoint".into()));
                 }
                 Then::Unavailable(_) => {}
@@ -147,12 +118,8 @@ impl Embedder for Scripted {
             }
         }
         self.texts.fetch_add(texts.len(), Ordering::SeqCst);
-        Ok(texts.iter().map(|t| hashed(t)).collect())
+        Ok(texts.iter().map(|text| self.words.vector(text)).collect())
     }
-}
-
-fn hashed_words() -> Arc<dyn Embedder> {
-    Arc::new(HashedWords)
 }
 
 // ---------------------------------------------------------------------------
@@ -177,6 +144,13 @@ async fn upload(
         .map(|r| r.into_inner().document.expect("a document"))
 }
 
+/// Uploads `text` as `filename`, which must be accepted.
+async fn upload_text(client: &mut Client, user: &str, filename: &str, text: &str) -> pb::Document {
+    upload(client, upload_request(user, filename, text))
+        .await
+        .expect("the upload is accepted")
+}
+
 async fn get(client: &mut Client, id: &str) -> Result<pb::Document, Status> {
     client
         .get_document(pb::GetDocumentRequest { id: id.into() })
@@ -192,6 +166,13 @@ async fn search(
         .search_chunks(request)
         .await
         .map(|r| r.into_inner().hits)
+}
+
+async fn delete(client: &mut Client, id: &str) -> Result<(), Status> {
+    client
+        .delete_document(pb::DeleteDocumentRequest { id: id.into() })
+        .await
+        .map(|_| ())
 }
 
 fn status_of(document: &pb::Document) -> pb::DocumentStatus {
@@ -237,6 +218,24 @@ async fn wait_completed(client: &mut Client, id: &str) -> pb::Document {
         "{document:?}"
     );
     document
+}
+
+async fn wait_failed(client: &mut Client, id: &str) -> pb::Document {
+    wait_until(client, id, "failed", |d| {
+        status_of(d) == pb::DocumentStatus::Failed
+    })
+    .await
+}
+
+/// The ids of every stored chunk, read as the superuser.
+async fn chunk_ids(db: &mesh_runtime::testing::TestDatabase) -> HashSet<String> {
+    let mut conn = db.admin_connection().await;
+    sqlx::query_scalar("SELECT id::text FROM memory.chunks")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect()
 }
 
 /// Chunk rows of one document, read as the superuser: (rows, distinct
@@ -345,7 +344,7 @@ impl Replica {
 
 #[tokio::test]
 async fn an_upload_is_ingested_into_chunks_with_its_counts() {
-    let mut app = spawn_app_with(hashed_words(), |_| {}).await;
+    let mut app = spawn_app_with(Scripted::serving(), |_| {}).await;
     let user = Uuid::now_v7().to_string();
     let text = format!(
         "# Handbook\n\nWelcome to the handbook.\n\n## Travel\n\n{}\u{c}## Expenses\n\n{}\n",
@@ -434,7 +433,7 @@ async fn an_upload_is_ingested_into_chunks_with_its_counts() {
 
 #[tokio::test]
 async fn the_type_comes_from_the_extension_and_bytes_are_read_as_utf8() {
-    let mut app = spawn_app_with(hashed_words(), |_| {}).await;
+    let mut app = spawn_app_with(Scripted::serving(), |_| {}).await;
     let user = Uuid::now_v7().to_string();
     let mut request = upload_request(&user, "notes.TXT", "");
     request.content = Some(Content::Data("café\u{c}página dos".as_bytes().to_vec()));
@@ -454,7 +453,7 @@ async fn the_type_comes_from_the_extension_and_bytes_are_read_as_utf8() {
 
 #[tokio::test]
 async fn bad_uploads_are_refused_naming_each_field_and_store_nothing() {
-    let mut app = spawn_app_with(hashed_words(), |c| c.max_document_bytes = 1000).await;
+    let mut app = spawn_app_with(Scripted::serving(), |c| c.max_document_bytes = 1000).await;
     let user = Uuid::now_v7().to_string();
     let valid = || upload_request(&user, "a.txt", "some text");
 
@@ -597,7 +596,7 @@ async fn bad_uploads_are_refused_naming_each_field_and_store_nothing() {
 
 #[tokio::test]
 async fn an_upload_with_a_request_id_is_stored_once() {
-    let mut app = spawn_app_with(hashed_words(), |_| {}).await;
+    let mut app = spawn_app_with(Scripted::serving(), |_| {}).await;
     let user = Uuid::now_v7().to_string();
     let request = pb::UploadDocumentRequest {
         request_id: "upload-1".into(),
@@ -637,7 +636,7 @@ async fn an_upload_with_a_request_id_is_stored_once() {
 
 #[tokio::test]
 async fn documents_are_listed_newest_first_by_scope_and_deleted_with_their_chunks() {
-    let mut app = spawn_app_with(hashed_words(), |_| {}).await;
+    let mut app = spawn_app_with(Scripted::serving(), |_| {}).await;
     let user = Uuid::now_v7().to_string();
     let someone_else = Uuid::now_v7().to_string();
     let project = Uuid::now_v7().to_string();
@@ -649,12 +648,7 @@ async fn documents_are_listed_newest_first_by_scope_and_deleted_with_their_chunk
         };
         ids.push(upload(&mut app.client, request).await.unwrap().id);
     }
-    upload(
-        &mut app.client,
-        upload_request(&someone_else, "x.txt", "theirs"),
-    )
-    .await
-    .unwrap();
+    upload_text(&mut app.client, &someone_else, "x.txt", "theirs").await;
 
     let list = |user: &str, scope: Option<pb::ProjectScope>, page_size: i32, page_token: &str| {
         pb::ListDocumentsRequest {
@@ -696,16 +690,12 @@ async fn documents_are_listed_newest_first_by_scope_and_deleted_with_their_chunk
     assert_eq!(names(&in_project), ["g2.txt", "p1.txt", "g1.txt"]);
 
     // Page by page, newest first, with every project.
-    let all = Some(pb::ProjectScope {
-        project_id: String::new(),
-        all_projects: true,
-    });
     let mut seen = Vec::new();
     let mut token = String::new();
     loop {
         let page = app
             .client
-            .list_documents(list(&user, all.clone(), 2, &token))
+            .list_documents(list(&user, all_projects(), 2, &token))
             .await
             .unwrap()
             .into_inner();
@@ -742,20 +732,13 @@ async fn documents_are_listed_newest_first_by_scope_and_deleted_with_their_chunk
     let first = wait_completed(&mut app.client, &ids[0]).await;
     assert_eq!(first.filename, "g1.txt");
     assert!(stored_chunks(&app.db, &ids[0]).await.0 > 0);
-    app.client
-        .delete_document(pb::DeleteDocumentRequest { id: ids[0].clone() })
-        .await
-        .unwrap();
+    delete(&mut app.client, &ids[0]).await.unwrap();
     assert_eq!(
         get(&mut app.client, &ids[0]).await.unwrap_err().code(),
         Code::NotFound
     );
     assert_eq!(stored_chunks(&app.db, &ids[0]).await.0, 0);
-    let again = app
-        .client
-        .delete_document(pb::DeleteDocumentRequest { id: ids[0].clone() })
-        .await
-        .unwrap_err();
+    let again = delete(&mut app.client, &ids[0]).await.unwrap_err();
     assert_eq!(again.code(), Code::NotFound);
     let missing = Uuid::now_v7().to_string();
     assert_eq!(
@@ -766,11 +749,7 @@ async fn documents_are_listed_newest_first_by_scope_and_deleted_with_their_chunk
         bad_fields(&get(&mut app.client, "nope").await.unwrap_err()),
         ["id"]
     );
-    let status = app
-        .client
-        .delete_document(pb::DeleteDocumentRequest { id: "nope".into() })
-        .await
-        .unwrap_err();
+    let status = delete(&mut app.client, "nope").await.unwrap_err();
     assert_eq!(bad_fields(&status), ["id"]);
     assert_eq!(app.count("documents").await, 3);
 }
@@ -864,6 +843,22 @@ fn query(user: &str, text: &str) -> pb::SearchChunksRequest {
     }
 }
 
+/// A search within one document.
+fn in_document(user: &str, text: &str, document: &str) -> pb::SearchChunksRequest {
+    pb::SearchChunksRequest {
+        document_id: document.into(),
+        ..query(user, text)
+    }
+}
+
+/// The scope of every project.
+fn all_projects() -> Option<pb::ProjectScope> {
+    Some(pb::ProjectScope {
+        project_id: String::new(),
+        all_projects: true,
+    })
+}
+
 fn documents_of(hits: &[pb::ChunkHit]) -> Vec<String> {
     hits.iter()
         .map(|h| h.chunk.as_ref().unwrap().document_id.clone())
@@ -872,7 +867,8 @@ fn documents_of(hits: &[pb::ChunkHit]) -> Vec<String> {
 
 #[tokio::test]
 async fn search_ranks_chunks_by_document_scope_and_metadata() {
-    let mut app = spawn_app_with(hashed_words(), |_| {}).await;
+    let embedder = Scripted::serving();
+    let mut app = spawn_app_with(embedder.clone(), |_| {}).await;
     let lib = library(&mut app.client).await;
 
     // Global scope: the user's global documents only, never another user's.
@@ -906,10 +902,7 @@ async fn search_ranks_chunks_by_document_scope_and_metadata() {
 
     // Every project, filtered by the documents' metadata.
     let mut notes = query(&lib.user, "wind boat ocean");
-    notes.scope = Some(pb::ProjectScope {
-        project_id: String::new(),
-        all_projects: true,
-    });
+    notes.scope = all_projects();
     notes.metadata_filter = Some(metadata(&[("kind", "notes")]));
     let hits = search(&mut app.client, notes).await.unwrap();
     assert_eq!(documents_of(&hits)[0], lib.sailing.id);
@@ -919,16 +912,16 @@ async fn search_ranks_chunks_by_document_scope_and_metadata() {
         lib.cake.id.clone()
     ])));
 
-    // One document, whatever its project.
-    let mut one = query(&lib.user, "lava");
-    one.document_id = lib.cake.id.clone();
+    // One document, whatever its project (the volcano manual matches too).
+    let one = in_document(&lib.user, "lava cake", &lib.cake.id);
     let hits = search(&mut app.client, one).await.unwrap();
+    assert!(!hits.is_empty());
     assert!(documents_of(&hits).iter().all(|d| *d == lib.cake.id));
 
     // A vector alone; a limit; a threshold nothing reaches.
     let mut by_vector = query(&lib.user, "");
     by_vector.query_embedding = Some(pb::Embedding {
-        values: hashed("magma rises through the crust"),
+        values: embedder.words.vector("magma rises through the crust"),
     });
     by_vector.limit = 1;
     let hits = search(&mut app.client, by_vector).await.unwrap();
@@ -940,8 +933,7 @@ async fn search_ranks_chunks_by_document_scope_and_metadata() {
     assert!(search(&mut app.client, strict).await.unwrap().is_empty());
 
     // Another user's document is not found; nothing matches an empty metadata match.
-    let mut theirs = query(&lib.user, "lava");
-    theirs.document_id = lib.theirs.id.clone();
+    let theirs = in_document(&lib.user, "lava", &lib.theirs.id);
     assert_eq!(
         search(&mut app.client, theirs).await.unwrap_err().code(),
         Code::NotFound
@@ -953,7 +945,7 @@ async fn search_ranks_chunks_by_document_scope_and_metadata() {
 
 #[tokio::test]
 async fn bad_searches_name_each_field() {
-    let mut app = spawn_app_with(hashed_words(), |_| {}).await;
+    let mut app = spawn_app_with(Scripted::serving(), |_| {}).await;
     let status = search(
         &mut app.client,
         pb::SearchChunksRequest {
@@ -991,11 +983,11 @@ async fn bad_searches_name_each_field() {
     });
     let status = search(&mut app.client, wrong_size).await.unwrap_err();
     assert_eq!(bad_fields(&status), ["query_embedding.values"]);
-    let missing = query(&Uuid::now_v7().to_string(), "text");
-    let missing = pb::SearchChunksRequest {
-        document_id: Uuid::now_v7().to_string(),
-        ..missing
-    };
+    let missing = in_document(
+        &Uuid::now_v7().to_string(),
+        "text",
+        &Uuid::now_v7().to_string(),
+    );
     assert_eq!(
         search(&mut app.client, missing).await.unwrap_err().code(),
         Code::NotFound
@@ -1005,17 +997,14 @@ async fn bad_searches_name_each_field() {
 #[tokio::test]
 async fn the_approximate_index_serves_large_scopes() {
     // Every scope counts as large: the HNSW index and keyword candidates serve.
-    let mut app = spawn_app_with(hashed_words(), |c| c.exact_search_max = 1).await;
+    let mut app = spawn_app_with(Scripted::serving(), |c| c.exact_search_max = 1).await;
     let lib = library(&mut app.client).await;
     let hits = search(&mut app.client, query(&lib.user, "lava flows eruption"))
         .await
         .unwrap();
     assert_eq!(documents_of(&hits)[0], lib.volcano.id);
     let mut all = query(&lib.user, "wind boat ocean");
-    all.scope = Some(pb::ProjectScope {
-        project_id: String::new(),
-        all_projects: true,
-    });
+    all.scope = all_projects();
     let hits = search(&mut app.client, all).await.unwrap();
     assert_eq!(documents_of(&hits)[0], lib.sailing.id);
     assert!(!documents_of(&hits).contains(&lib.theirs.id));
@@ -1024,7 +1013,7 @@ async fn the_approximate_index_serves_large_scopes() {
 #[tokio::test]
 async fn without_an_embedder_documents_fail_and_search_is_by_keyword() {
     // Documents ingested by a service with an embedder...
-    let mut app = spawn_app_with(hashed_words(), |_| {}).await;
+    let mut app = spawn_app_with(Scripted::serving(), |_| {}).await;
     let lib = library(&mut app.client).await;
     let config = harness::config(&app.db);
     let db = app.stop().await;
@@ -1046,16 +1035,8 @@ async fn without_an_embedder_documents_fail_and_search_is_by_keyword() {
     );
 
     // A new document cannot be embedded: it fails and says why.
-    let document = upload(
-        &mut app.client,
-        upload_request(&lib.user, "new.txt", "some new text"),
-    )
-    .await
-    .unwrap();
-    let failed = wait_until(&mut app.client, &document.id, "failed", |d| {
-        status_of(d) == pb::DocumentStatus::Failed
-    })
-    .await;
+    let document = upload_text(&mut app.client, &lib.user, "new.txt", "some new text").await;
+    let failed = wait_failed(&mut app.client, &document.id).await;
     assert!(
         failed.error.contains("need an embedder"),
         "{}",
@@ -1063,8 +1044,7 @@ async fn without_an_embedder_documents_fail_and_search_is_by_keyword() {
     );
     assert_eq!(stored_chunks(&app.db, &document.id).await.0, 0);
     // A failed document is not searched.
-    let mut in_it = query(&lib.user, "new text");
-    in_it.document_id = document.id.clone();
+    let in_it = in_document(&lib.user, "new text", &document.id);
     assert_eq!(
         search(&mut app.client, in_it).await.unwrap_err().code(),
         Code::FailedPrecondition
@@ -1079,13 +1059,8 @@ async fn an_embedder_that_cannot_read_a_document_fails_it() {
     let embedder = Scripted::new(0, Then::Fail);
     let mut app = spawn_app_with(embedder, |_| {}).await;
     let user = Uuid::now_v7().to_string();
-    let document = upload(&mut app.client, upload_request(&user, "a.txt", "hello"))
-        .await
-        .unwrap();
-    let failed = wait_until(&mut app.client, &document.id, "failed", |d| {
-        status_of(d) == pb::DocumentStatus::Failed
-    })
-    .await;
+    let document = upload_text(&mut app.client, &user, "a.txt", "hello").await;
+    let failed = wait_failed(&mut app.client, &document.id).await;
     assert!(
         failed.error.contains("the test model cannot read this"),
         "{}",
@@ -1101,16 +1076,60 @@ async fn an_embedder_outage_is_waited_out() {
     let user = Uuid::now_v7().to_string();
     // 20 chunks: the first batch goes in, the second meets the outage, and
     // the retry stores the rest.
-    let document = upload(
-        &mut app.client,
-        upload_request(&user, "a.txt", &long_text("x", 20)),
-    )
-    .await
-    .unwrap();
+    let document = upload_text(&mut app.client, &user, "a.txt", &long_text("x", 20)).await;
     let done = wait_completed(&mut app.client, &document.id).await;
     assert_eq!(done.chunk_count, 20);
     assert_every_chunk_once(&app.db, &done).await;
     assert_eq!(embedder.embedded(), 20, "nothing embedded twice");
+}
+
+#[tokio::test]
+async fn an_embedder_that_stays_down_fails_the_document_at_its_last_attempt() {
+    // One batch goes in, then the endpoint is down for good.
+    let embedder = Scripted::new(1, Then::Unavailable(usize::MAX));
+    let mut app = spawn_app_with(embedder, |_| {}).await;
+    let user = Uuid::now_v7().to_string();
+    let document = upload_text(&mut app.client, &user, "a.txt", &long_text("x", 20)).await;
+    wait_until(&mut app.client, &document.id, "a first batch", |d| {
+        d.chunks_done > 0
+    })
+    .await;
+    // Once the outage has released the document, every attempt but the last
+    // is spent here rather than waited out (the delays double).
+    let id = Uuid::parse_str(&document.id).unwrap();
+    let mut conn = app.db.admin_connection().await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while sqlx::query(
+        "UPDATE memory.documents SET attempts = $2 - 1, lease_until = NULL
+         WHERE id = $1 AND lease_owner IS NULL",
+    )
+    .bind(id)
+    .bind(MAX_ATTEMPTS)
+    .execute(&mut conn)
+    .await
+    .unwrap()
+    .rows_affected()
+        == 0
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the outage never released the document"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let failed = wait_failed(&mut app.client, &document.id).await;
+    assert!(
+        failed
+            .error
+            .contains(&format!("gave up after {MAX_ATTEMPTS} attempts")),
+        "{}",
+        failed.error
+    );
+    assert!(failed.error.contains("503 from the test endpoint"));
+    // What was stored is deleted: a failed document is never searched.
+    assert_eq!(failed.chunks_done, 0);
+    assert_eq!(stored_chunks(&app.db, &document.id).await.0, 0);
 }
 
 #[tokio::test]
@@ -1119,12 +1138,7 @@ async fn deleting_a_document_mid_ingestion_stops_its_worker_cleanly() {
     let embedder = Scripted::new(1, Then::Block);
     let mut app = spawn_app_with(embedder.clone(), |_| {}).await;
     let user = Uuid::now_v7().to_string();
-    let document = upload(
-        &mut app.client,
-        upload_request(&user, "a.txt", &long_text("x", 40)),
-    )
-    .await
-    .unwrap();
+    let document = upload_text(&mut app.client, &user, "a.txt", &long_text("x", 40)).await;
     let midway = wait_until(&mut app.client, &document.id, "a first batch", |d| {
         d.chunks_done > 0
     })
@@ -1133,27 +1147,16 @@ async fn deleting_a_document_mid_ingestion_stops_its_worker_cleanly() {
     assert_eq!(midway.chunk_count, 40);
     assert_eq!(midway.chunks_done, 16);
     // Not searchable while it is processed.
-    let mut in_it = query(&user, "item");
-    in_it.document_id = document.id.clone();
+    let in_it = in_document(&user, "item", &document.id);
     assert_eq!(
         search(&mut app.client, in_it).await.unwrap_err().code(),
         Code::FailedPrecondition
     );
 
-    app.client
-        .delete_document(pb::DeleteDocumentRequest {
-            id: document.id.clone(),
-        })
-        .await
-        .unwrap();
+    delete(&mut app.client, &document.id).await.unwrap();
     embedder.open();
     // The worker drops it at its next batch and goes on with other documents.
-    let next = upload(
-        &mut app.client,
-        upload_request(&user, "b.txt", "next document"),
-    )
-    .await
-    .unwrap();
+    let next = upload_text(&mut app.client, &user, "b.txt", "next document").await;
     let next = wait_completed(&mut app.client, &next.id).await;
     assert_eq!(
         get(&mut app.client, &document.id).await.unwrap_err().code(),
@@ -1173,9 +1176,7 @@ async fn ingestion_resumes_after_a_restart_without_storing_a_chunk_twice() {
     let config = harness::config(&app.db);
     let user = Uuid::now_v7().to_string();
     let text = format!("# Long\n\n{}", long_text("resume", 45));
-    let document = upload(&mut app.client, upload_request(&user, "long.md", &text))
-        .await
-        .unwrap();
+    let document = upload_text(&mut app.client, &user, "long.md", &text).await;
     let midway = wait_until(&mut app.client, &document.id, "two batches", |d| {
         d.chunks_done >= 32
     })
@@ -1183,36 +1184,22 @@ async fn ingestion_resumes_after_a_restart_without_storing_a_chunk_twice() {
     assert_eq!(status_of(&midway), pb::DocumentStatus::Processing);
     assert_eq!(midway.chunk_count, 45);
     assert_eq!(midway.chunks_done, 32);
-    let before: HashSet<String> = {
-        let mut conn = app.db.admin_connection().await;
-        sqlx::query_scalar("SELECT id::text FROM memory.chunks")
-            .fetch_all(&mut conn)
-            .await
-            .unwrap()
-            .into_iter()
-            .collect()
-    };
+    let before = chunk_ids(&app.db).await;
     assert_eq!(before.len(), 32);
     let db = app.stop().await;
 
     // The restarted service takes the document over and stores only the rest.
-    let counting = Scripted::new(usize::MAX, Then::Fail);
+    let counting = Scripted::serving();
     let mut app = spawn_on(db, counting.clone(), &config).await;
     let done = wait_completed(&mut app.client, &document.id).await;
     assert_eq!(done.chunk_count, 45);
     assert_every_chunk_once(&app.db, &done).await;
     assert_eq!(app.count("chunks").await, 45);
     assert_eq!(counting.embedded(), 45 - 32);
-    let after: HashSet<String> = {
-        let mut conn = app.db.admin_connection().await;
-        sqlx::query_scalar("SELECT id::text FROM memory.chunks")
-            .fetch_all(&mut conn)
-            .await
-            .unwrap()
-            .into_iter()
-            .collect()
-    };
-    assert!(before.is_subset(&after), "the first run's chunks are kept");
+    assert!(
+        before.is_subset(&chunk_ids(&app.db).await),
+        "the first run's chunks are kept"
+    );
 }
 
 #[tokio::test]
@@ -1222,28 +1209,21 @@ async fn a_replica_that_stops_renewing_its_lease_is_taken_over() {
     let hanging = Scripted::new(1, Then::Block);
     let mut app = spawn_app_with(hanging.clone(), |c| c.ingest_lease = lease).await;
     let user = Uuid::now_v7().to_string();
-    let document = upload(
-        &mut app.client,
-        upload_request(&user, "a.txt", &long_text("x", 40)),
-    )
-    .await
-    .unwrap();
+    let document = upload_text(&mut app.client, &user, "a.txt", &long_text("x", 40)).await;
     wait_until(&mut app.client, &document.id, "a first batch", |d| {
         d.chunks_done > 0
     })
     .await;
 
     // Another replica finds the lease expired and finishes the document.
-    let other = replica(&app, hashed_words(), lease).await;
+    let other = replica(&app, Scripted::serving(), lease).await;
     let done = wait_completed(&mut app.client, &document.id).await;
     assert_every_chunk_once(&app.db, &done).await;
     assert_eq!(app.count("chunks").await, 40);
 
     // The hung replica, woken up, finds it lost the document and writes nothing.
     hanging.open();
-    let next = upload(&mut app.client, upload_request(&user, "b.txt", "another"))
-        .await
-        .unwrap();
+    let next = upload_text(&mut app.client, &user, "b.txt", "another").await;
     let next = wait_completed(&mut app.client, &next.id).await;
     assert_eq!(app.count("chunks").await, 40 + i64::from(next.chunk_count));
     assert_every_chunk_once(&app.db, &get(&mut app.client, &document.id).await.unwrap()).await;
@@ -1252,19 +1232,14 @@ async fn a_replica_that_stops_renewing_its_lease_is_taken_over() {
 
 #[tokio::test]
 async fn replicas_share_the_documents_and_store_every_chunk_once() {
-    let mut app = spawn_app_with(hashed_words(), |_| {}).await;
-    let mut second = replica(&app, hashed_words(), Duration::from_secs(60)).await;
-    let third = replica(&app, hashed_words(), Duration::from_secs(60)).await;
+    let mut app = spawn_app_with(Scripted::serving(), |_| {}).await;
+    let mut second = replica(&app, Scripted::serving(), Duration::from_secs(60)).await;
+    let third = replica(&app, Scripted::serving(), Duration::from_secs(60)).await;
     let user = Uuid::now_v7().to_string();
     let mut ids = Vec::new();
     for n in 0..8 {
         let text = long_text(&format!("doc{n}"), 10 + 3 * n);
-        let document = upload(
-            &mut app.client,
-            upload_request(&user, &format!("{n}.txt"), &text),
-        )
-        .await
-        .unwrap();
+        let document = upload_text(&mut app.client, &user, &format!("{n}.txt"), &text).await;
         ids.push(document.id);
     }
     let mut total = 0;
@@ -1323,9 +1298,7 @@ async fn the_local_model_ingests_a_document_and_finds_the_relevant_chunk() {
             ]
         ),
     );
-    let document = upload(&mut app.client, upload_request(&user, "guide.md", &text))
-        .await
-        .unwrap();
+    let document = upload_text(&mut app.client, &user, "guide.md", &text).await;
     let done = wait_completed(&mut app.client, &document.id).await;
     assert!(done.chunk_count >= 3, "{done:?}");
     assert_every_chunk_once(&app.db, &done).await;
@@ -1338,8 +1311,7 @@ async fn the_local_model_ingests_a_document_and_finds_the_relevant_chunk() {
         ("how can I teach my pet to behave", "Dog training"),
         ("my loaf did not rise, what went wrong", "Baking bread"),
     ] {
-        let mut request = query(&user, question);
-        request.document_id = document.id.clone();
+        let request = in_document(&user, question, &document.id);
         let hits = search(&mut app.client, request).await.unwrap();
         let top = hits[0].chunk.as_ref().unwrap();
         assert_eq!(

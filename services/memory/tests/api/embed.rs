@@ -162,6 +162,29 @@ async fn local_truncates_long_texts_to_what_the_model_reads() {
     assert_close(&vectors[0], &vectors[1], 1e-5, "truncated");
 }
 
+#[tokio::test]
+async fn local_reads_max_tokens_and_no_more() {
+    let model = local_model();
+    // 256 as sentence-transformers reads the model, less [CLS] and [SEP]:
+    // chunks are cut to it.
+    assert_eq!(model.max_tokens(), 254);
+    let fill = "hello ".repeat(model.max_tokens() - 1);
+    let texts = [
+        fill.clone(),
+        format!("{fill}world"),
+        format!("{fill}world and more"),
+    ];
+    assert_eq!(model.count_tokens(&texts[1]), model.max_tokens());
+    let vectors = model.embed(&texts).await.expect("embed");
+    // The last token it reads still shapes the vector; those after do not.
+    let moved = 1.0 - dot(&vectors[0], &vectors[1]);
+    assert!(
+        moved > 1e-5,
+        "the last token read changed nothing ({moved})"
+    );
+    assert_close(&vectors[1], &vectors[2], 1e-5, "past max_tokens");
+}
+
 #[test]
 fn local_counts_tokens_with_its_tokenizer() {
     let model = local_model();
@@ -255,23 +278,24 @@ impl FakeEndpoint {
         self.shared.received.lock().unwrap().clone()
     }
 
-    fn config(&self) -> OpenAiConfig {
-        OpenAiConfig {
-            api_base: self.base.clone(),
-            api_key: Some(KEY.into()),
-            model: MODEL.into(),
-            dimensions: DIMENSIONS,
-            batch_size: 64,
-            timeout: Duration::from_secs(10),
-            max_attempts: 3,
-            retry_backoff: Duration::from_millis(1),
-        }
-    }
-
     fn embedder(&self, tweak: impl FnOnce(&mut OpenAiConfig)) -> OpenAiEmbedder {
-        let mut config = self.config();
+        let mut config = config(&self.base);
         tweak(&mut config);
         OpenAiEmbedder::new(config).expect("embedder")
+    }
+}
+
+/// The client's configuration for an endpoint at `api_base`.
+fn config(api_base: &str) -> OpenAiConfig {
+    OpenAiConfig {
+        api_base: api_base.into(),
+        api_key: Some(KEY.into()),
+        model: MODEL.into(),
+        dimensions: DIMENSIONS,
+        batch_size: 64,
+        timeout: Duration::from_secs(10),
+        max_attempts: 3,
+        retry_backoff: Duration::from_millis(1),
     }
 }
 
@@ -464,14 +488,8 @@ async fn openai_is_unavailable_when_nothing_listens() {
     let addr = listener.local_addr().unwrap();
     drop(listener);
     let embedder = OpenAiEmbedder::new(OpenAiConfig {
-        api_base: format!("http://{addr}"),
-        api_key: None,
-        model: MODEL.into(),
-        dimensions: DIMENSIONS,
-        batch_size: 8,
-        timeout: Duration::from_secs(5),
         max_attempts: 2,
-        retry_backoff: Duration::from_millis(1),
+        ..config(&format!("http://{addr}"))
     })
     .expect("embedder");
     let error = embedder.embed(&numbered(1)).await.expect_err("fails");

@@ -585,7 +585,10 @@ async fn lists_filter_and_page_newest_first() {
 
 #[tokio::test]
 async fn deleted_and_expired_memories_never_come_back() {
-    let (mut app, embedder) = words_app().await;
+    let embedder = WordsEmbedder::new("words-v1", 64);
+    // More than one memory makes a search not asked to be exact approximate,
+    // so both paths are checked below.
+    let mut app = spawn_app_with(embedder.clone(), |config| config.exact_search_max = 1).await;
     let user = user();
     let deleted = create(
         &mut app.client,
@@ -653,7 +656,7 @@ async fn deleted_and_expired_memories_never_come_back() {
     .await;
     assert_eq!(listed.iter().map(|m| &m.id).collect::<Vec<_>>(), [&kept.id]);
     for exact in [true, false] {
-        let hits = app
+        let response = app
             .client
             .search_memories(pb::SearchMemoriesRequest {
                 user_id: user.clone(),
@@ -666,8 +669,9 @@ async fn deleted_and_expired_memories_never_come_back() {
             })
             .await
             .unwrap()
-            .into_inner()
-            .hits;
+            .into_inner();
+        assert_eq!(response.approximate, !exact);
+        let hits = response.hits;
         assert_eq!(
             hits.iter()
                 .map(|h| &h.memory.as_ref().unwrap().id)
