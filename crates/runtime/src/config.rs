@@ -131,6 +131,16 @@ pub fn positive_seconds(name: &str, default: Duration) -> Result<Duration, Confi
     Ok(Duration::from_secs(seconds))
 }
 
+/// Reads an http:// or https:// base URL from `name` (`default` when unset),
+/// without a trailing slash.
+pub fn http_url(name: &str, default: &str) -> Result<String, ConfigError> {
+    let value = optional(name).unwrap_or_else(|| default.into());
+    if !(value.starts_with("http://") || value.starts_with("https://")) {
+        return Err(invalid(name, &value, "must start with http:// or https://"));
+    }
+    Ok(value.trim_end_matches('/').to_owned())
+}
+
 /// The error for `name`'s `value`, which is wrong for `reason`.
 pub fn invalid(name: &str, value: &str, reason: &str) -> ConfigError {
     ConfigError::Invalid {

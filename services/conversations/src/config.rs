@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use mesh_runtime::config::{self, ConfigError, ServiceConfig, invalid, positive_seconds};
+use mesh_runtime::config::{self, ConfigError, ServiceConfig, positive_seconds};
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -52,17 +52,15 @@ impl Config {
             "CONVERSATIONS_EVENT_RETENTION_HOURS",
             DEFAULT_EVENT_RETENTION.as_secs() / 3600,
         )?;
-        let users_url = config::optional("CONVERSATIONS_USERS_URL")
-            .unwrap_or_else(|| "http://127.0.0.1:50051".into());
-        check_url("CONVERSATIONS_USERS_URL", &users_url)?;
+        let users_url = config::http_url("CONVERSATIONS_USERS_URL", "http://127.0.0.1:50051")?;
         let whatsapp = WhatsAppConfig {
-            api_base: base_url("WHATSAPP_API_BASE", "https://graph.facebook.com")?,
+            api_base: config::http_url("WHATSAPP_API_BASE", "https://graph.facebook.com")?,
             api_version: config::optional("WHATSAPP_API_VERSION").unwrap_or_else(|| "v21.0".into()),
             access_token: config::optional("WHATSAPP_ACCESS_TOKEN"),
             phone_number_id: config::optional("WHATSAPP_PHONE_NUMBER_ID"),
         };
         let telegram = TelegramConfig {
-            api_base: base_url("TELEGRAM_API_BASE", "https://api.telegram.org")?,
+            api_base: config::http_url("TELEGRAM_API_BASE", "https://api.telegram.org")?,
             bot_token: config::optional("TELEGRAM_BOT_TOKEN"),
         };
         Ok(Self {
@@ -77,19 +75,5 @@ impl Config {
             whatsapp,
             telegram,
         })
-    }
-}
-
-fn base_url(name: &str, default: &str) -> Result<String, ConfigError> {
-    let value = config::optional(name).unwrap_or_else(|| default.into());
-    check_url(name, &value)?;
-    Ok(value.trim_end_matches('/').to_owned())
-}
-
-fn check_url(name: &str, value: &str) -> Result<(), ConfigError> {
-    if value.starts_with("http://") || value.starts_with("https://") {
-        Ok(())
-    } else {
-        Err(invalid(name, value, "must start with http:// or https://"))
     }
 }

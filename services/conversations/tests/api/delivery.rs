@@ -11,12 +11,11 @@ use pb::send_message_request::{Content, Target};
 use prost::Message as _;
 use tonic::Status;
 
-use crate::{
-    fakes::{Providers, WaReply},
-    harness::{
-        Outbound, TestApp, fresh_user, micros_ago, sorted_bad_fields, spawn_app, spawn_with,
-        time_of, ts, wamid,
-    },
+use mesh_fake_providers::{Providers, WaReply};
+
+use crate::harness::{
+    Outbound, TestApp, fresh_user, micros_ago, sorted_bad_fields, spawn_app, spawn_with, time_of,
+    ts, wamid,
 };
 
 use pb::DeliveryStatus as D;
@@ -656,7 +655,7 @@ async fn pending_and_accepted_are_refused_and_every_bad_field_named() {
 /// The app with fake providers, and a user whose customer service window is open.
 async fn with_provider() -> (TestApp, Providers, String) {
     let providers = Providers::start().await;
-    let mut app = spawn_with(|config| providers.configure(config)).await;
+    let mut app = spawn_with(|config| crate::harness::use_fakes(&providers, config)).await;
     let user = app.new_user().await;
     let conversation = app.conversation(&user.id, pb::Channel::Whatsapp).await;
     app.inbound(&conversation.id, "hola", &wamid()).await;

@@ -713,8 +713,8 @@ async fn streams_survive_the_listener_losing_its_connection() {
 async fn sends_and_delivery_statuses_stream_in_the_order_they_committed() {
     use pb::send_message_request::{Content, Target};
 
-    let providers = crate::fakes::Providers::start().await;
-    let mut app = spawn_with(|config| providers.configure(config)).await;
+    let providers = mesh_fake_providers::Providers::start().await;
+    let mut app = spawn_with(|config| crate::harness::use_fakes(&providers, config)).await;
     let user = app.new_user().await;
     let chat = app.conversation(&user.id, pb::Channel::Whatsapp).await;
     // The user wrote: the customer service window is open.

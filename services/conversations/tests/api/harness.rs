@@ -8,6 +8,7 @@ use mesh_conversations::{
     Config,
     config::{TelegramConfig, WhatsAppConfig},
 };
+pub use mesh_fake_providers::{TELEGRAM_BOT_TOKEN, WHATSAPP_PHONE_NUMBER_ID, WHATSAPP_TOKEN};
 use mesh_proto::mesh::{
     conversations::v1::{self as pb, conversations_service_client::ConversationsServiceClient},
     users::v1::{self as users_pb, users_service_client::UsersServiceClient},
@@ -15,10 +16,6 @@ use mesh_proto::mesh::{
 use mesh_runtime::testing::{Auth, TestDatabase, bearer};
 pub use mesh_runtime::testing::{TOKEN, bad_fields, channel, wait_serving};
 use tonic::{Status, service::interceptor::InterceptedService, transport::Channel};
-/// What the fake providers expect as credentials.
-pub const WHATSAPP_TOKEN: &str = "wa-test-token";
-pub const WHATSAPP_PHONE_NUMBER_ID: &str = "106540352242922";
-pub const TELEGRAM_BOT_TOKEN: &str = "123456:test-bot-token";
 
 pub type Client = ConversationsServiceClient<InterceptedService<Channel, Auth>>;
 pub type UsersClient = UsersServiceClient<InterceptedService<Channel, Auth>>;
@@ -376,4 +373,10 @@ impl TestApp {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+/// Points the service's provider settings at these fakes.
+pub fn use_fakes(providers: &mesh_fake_providers::Providers, config: &mut Config) {
+    config.whatsapp.api_base = providers.whatsapp.url();
+    config.telegram.api_base = providers.telegram.url();
 }

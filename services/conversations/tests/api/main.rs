@@ -6,7 +6,6 @@ mod conversations;
 mod delivery;
 mod events;
 mod executions;
-mod fakes;
 mod flows;
 mod harness;
 mod messages;

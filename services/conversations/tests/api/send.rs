@@ -11,12 +11,10 @@ use serde_json::json;
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::{
-    fakes::{Providers, TgReply, WaReply},
-    harness::{
-        self, TELEGRAM_BOT_TOKEN, TestApp, WHATSAPP_PHONE_NUMBER_ID, WHATSAPP_TOKEN, bad_fields,
-        wamid,
-    },
+use mesh_fake_providers::{Providers, TgReply, WaReply};
+
+use crate::harness::{
+    self, TELEGRAM_BOT_TOKEN, TestApp, WHATSAPP_PHONE_NUMBER_ID, WHATSAPP_TOKEN, bad_fields, wamid,
 };
 
 async fn setup() -> (TestApp, Providers) {
@@ -26,7 +24,7 @@ async fn setup() -> (TestApp, Providers) {
 async fn setup_with(adjust: impl FnOnce(&mut mesh_conversations::Config)) -> (TestApp, Providers) {
     let providers = Providers::start().await;
     let app = harness::spawn_with(|config| {
-        providers.configure(config);
+        crate::harness::use_fakes(&providers, config);
         adjust(config);
     })
     .await;

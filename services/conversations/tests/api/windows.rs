@@ -11,12 +11,11 @@ use mesh_proto::mesh::conversations::v1::{self as pb};
 use pb::send_message_request::{Content, Target};
 use tonic::Status;
 
-use crate::{
-    fakes::Providers,
-    harness::{
-        Outbound, TestApp, fresh_user, local_midnight, micros_ago, sorted_bad_fields, spawn_app,
-        spawn_with, time_of, ts, wamid,
-    },
+use mesh_fake_providers::Providers;
+
+use crate::harness::{
+    Outbound, TestApp, fresh_user, local_midnight, micros_ago, sorted_bad_fields, spawn_app,
+    spawn_with, time_of, ts, wamid,
 };
 
 async fn window(
@@ -574,7 +573,7 @@ async fn reply(app: &mut TestApp, user_id: &str) {
 /// The app with fake providers, and a user who wrote from an ad (when `ad`).
 async fn user_from_ad(ad: bool) -> (TestApp, Providers, String) {
     let providers = Providers::start().await;
-    let mut app = spawn_with(|config| providers.configure(config)).await;
+    let mut app = spawn_with(|config| crate::harness::use_fakes(&providers, config)).await;
     let user = app.new_user().await;
     let conversation = app.conversation(&user.id, pb::Channel::Whatsapp).await;
     let referral = ad.then(|| pb::Referral {

@@ -4,8 +4,6 @@
 //! every request they receive (so a test can assert "sent exactly once"),
 //! and answer as scripted: a queue of replies per server, then success.
 
-#![allow(dead_code)]
-
 use std::{
     collections::VecDeque,
     net::SocketAddr,
@@ -24,10 +22,12 @@ use axum::{
     response::{IntoResponse, Response},
     routing::post,
 };
-use mesh_conversations::Config;
 use serde_json::{Value, json};
 
-use crate::harness::{TELEGRAM_BOT_TOKEN, WHATSAPP_PHONE_NUMBER_ID, WHATSAPP_TOKEN};
+/// What the fake providers expect as credentials.
+pub const WHATSAPP_TOKEN: &str = "wa-test-token";
+pub const WHATSAPP_PHONE_NUMBER_ID: &str = "106540352242922";
+pub const TELEGRAM_BOT_TOKEN: &str = "123456:test-bot-token";
 
 /// One request a fake received.
 #[derive(Clone, Debug)]
@@ -482,11 +482,5 @@ impl Providers {
             whatsapp: whatsapp().await,
             telegram: telegram().await,
         }
-    }
-
-    /// Points the service's provider settings at these fakes.
-    pub fn configure(&self, config: &mut Config) {
-        config.whatsapp.api_base = self.whatsapp.url();
-        config.telegram.api_base = self.telegram.url();
     }
 }
