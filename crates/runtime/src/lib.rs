@@ -14,6 +14,7 @@ pub mod error;
 pub mod field_mask;
 pub mod idempotency;
 pub mod pagination;
+pub mod purge;
 pub mod server;
 pub mod setup;
 pub mod telemetry;

@@ -6,6 +6,7 @@ use mesh_runtime::{
     ApiResult, Violations,
     convert::parse_uuid,
     idempotency::{self, Key},
+    purge,
 };
 use sqlx::PgPool;
 
@@ -27,8 +28,6 @@ const USER_TABLES: &[&str] = &[
     "events",
 ];
 
-const OPERATION: &str = "PurgeUser";
-
 #[tracing::instrument(skip_all)]
 pub async fn purge_user(
     pool: &PgPool,
@@ -43,7 +42,7 @@ pub async fn purge_user(
     violations.into_result()?;
     let user = user.expect("validated");
     let key = Key {
-        operation: OPERATION,
+        operation: purge::OPERATION,
         request_id: &request.request_id,
         user_id: Some(user),
     };
@@ -67,15 +66,7 @@ pub async fn purge_user(
             .rows_affected();
             deleted.insert(table.to_owned(), n as i64);
         }
-        for table in USER_TABLES {
-            // The names are the constants above, not input.
-            let n = sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table} WHERE user_id = $1")))
-                .bind(user)
-                .execute(&mut *conn)
-                .await?
-                .rows_affected();
-            deleted.insert((*table).to_owned(), n as i64);
-        }
+        purge::delete_user_rows(conn, user, USER_TABLES, &mut deleted).await?;
         if !request.phone.is_empty() {
             let n = sqlx::query("DELETE FROM webhook_failures WHERE phone = $1")
                 .bind(&request.phone)
@@ -84,9 +75,7 @@ pub async fn purge_user(
                 .rows_affected();
             *deleted.entry("webhook_failures".to_owned()).or_default() += n as i64;
         }
-        // Stored answers of earlier calls about the user (they hold their data too).
-        let n = idempotency::forget_user(conn, user, OPERATION).await?;
-        deleted.insert("idempotency_keys".to_owned(), n as i64);
+        purge::forget_answers(conn, user, &mut deleted).await?;
         Ok(pb::PurgeUserResponse { deleted })
     })
     .await
