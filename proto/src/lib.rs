@@ -14,6 +14,11 @@ pub mod mesh {
             tonic::include_proto!("mesh.memory.v1");
         }
     }
+    pub mod scheduler {
+        pub mod v1 {
+            tonic::include_proto!("mesh.scheduler.v1");
+        }
+    }
     pub mod users {
         pub mod v1 {
             tonic::include_proto!("mesh.users.v1");

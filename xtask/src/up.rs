@@ -139,6 +139,27 @@ const SERVICES: &[ServiceSpec] = &[
             ),
         ],
     },
+    // After users and conversations: its dispatcher asks users for time
+    // zones and quiet hours and sends through conversations
+    // (SCHEDULER_USERS_URL, SCHEDULER_CONVERSATIONS_URL). README's fixed
+    // user id and request id: the same reminder on every run.
+    ServiceSpec {
+        name: "scheduler",
+        package: "mesh-scheduler",
+        bin: "scheduler",
+        addr_env: "SCHEDULER_ADDR",
+        probe: Probe::Grpc,
+        examples: &[
+            (
+                "mesh.scheduler.v1.SchedulerService/CreateReminder",
+                r#"{"reminder":{"user_id":"0196f1c2-7a5e-7c3a-9d1e-3f2b8c4d5e6f","title":"Call the pharmacy","time_zone":"America/Bogota"},"local_time":"2030-01-15T09:00","request_id":"readme-reminder"}"#,
+            ),
+            (
+                "mesh.scheduler.v1.SchedulerService/ListReminders",
+                r#"{"user_id":"0196f1c2-7a5e-7c3a-9d1e-3f2b8c4d5e6f"}"#,
+            ),
+        ],
+    },
     // Last: it hands webhooks on to users and conversations
     // (GATEWAY_USERS_URL, GATEWAY_CONVERSATIONS_URL), and its /readyz is 200
     // only once both report SERVING. Its examples are curl lines
@@ -294,6 +315,12 @@ fn service_env(admin_url: &str, model_dir: Option<&Path>) -> Result<Vec<(String,
         dial_addr(&effective(&env, "CONVERSATIONS_ADDR"))
     );
     default(&mut env, "CONVERSATIONS_USERS_URL", users_url.clone());
+    default(&mut env, "SCHEDULER_USERS_URL", users_url.clone());
+    default(
+        &mut env,
+        "SCHEDULER_CONVERSATIONS_URL",
+        conversations_url.clone(),
+    );
     default(&mut env, "GATEWAY_USERS_URL", users_url);
     default(&mut env, "GATEWAY_CONVERSATIONS_URL", conversations_url);
     // Even when xtask's own is set: this is it made absolute, and the

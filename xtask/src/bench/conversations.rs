@@ -42,7 +42,8 @@ async fn measure_all(paths: &Paths, roles: &Roles, options: Options) -> Result<(
     // Only SendMessage asks the users service (for recipients), but the
     // conversations service is configured with it, as in production.
     let (mut users, _) = start_users_service(paths, roles, options).await?;
-    let (mut service, client) = start_conversations_service(paths, roles, options, &users).await?;
+    let (mut service, client) =
+        start_conversations_service(paths, roles, options, &users, &[]).await?;
     let spread = Arc::new(start_conversations(&client, CONVERSATIONS).await?);
     let hot = Arc::new(start_conversations(&client, 1).await?);
     let direct = roles.pool("conversations", options.concurrency).await?;

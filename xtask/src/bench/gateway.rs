@@ -57,7 +57,7 @@ pub async fn run(options: &Options) -> Result<()> {
 async fn measure_all(paths: &Paths, roles: &Roles, options: Options) -> Result<()> {
     let (mut users, users_client) = start_users_service(paths, roles, options).await?;
     let (mut conversations, conversations_client) =
-        start_conversations_service(paths, roles, options, &users).await?;
+        start_conversations_service(paths, roles, options, &users, &[]).await?;
     let mut gateway = Service::start(
         paths,
         "gateway",

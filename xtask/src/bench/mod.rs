@@ -7,6 +7,7 @@
 mod conversations;
 mod gateway;
 mod memory;
+mod scheduler;
 mod users;
 
 use std::{
@@ -48,11 +49,12 @@ pub const TOKEN: &str = "bench-token";
 pub async fn run(args: &[String]) -> Result<()> {
     let Some((name, rest)) = args.split_first() else {
         bail!(
-            "usage: cargo xtask bench <name> [--requests N] [--concurrency C]; names: users, conversations, gateway, memory"
+            "usage: cargo xtask bench <name> [--requests N] [--concurrency C]; names: users, conversations, gateway, memory, scheduler"
         );
     };
     let defaults = match name.as_str() {
         "memory" => memory::DEFAULTS,
+        "scheduler" => scheduler::DEFAULTS,
         _ => Options::DEFAULTS,
     };
     let options = Options::parse_with(defaults, rest)?;
@@ -61,7 +63,10 @@ pub async fn run(args: &[String]) -> Result<()> {
         "conversations" => conversations::run(&options).await,
         "gateway" => gateway::run(&options).await,
         "memory" => memory::run(&options).await,
-        other => bail!("unknown bench {other:?}; names: users, conversations, gateway, memory"),
+        "scheduler" => scheduler::run(&options).await,
+        other => bail!(
+            "unknown bench {other:?}; names: users, conversations, gateway, memory, scheduler"
+        ),
     }
 }
 
@@ -241,25 +246,25 @@ pub async fn start_users_service(
 
 /// The conversations service on the bench database, configured with `users`
 /// (asked for recipients), its pool one larger than the load (the event
-/// listener holds one); SERVING, with a client.
+/// listener holds one), and `extra` on top (later entries win); SERVING,
+/// with a client.
 pub async fn start_conversations_service(
     paths: &Paths,
     roles: &Roles,
     options: Options,
     users: &Service,
+    extra: &[(&str, String)],
 ) -> Result<(Service, ConversationsClient)> {
-    let mut service = Service::start(
-        paths,
-        "conversations",
-        &[
-            ("CONVERSATIONS_DATABASE_URL", roles.url("conversations")?),
-            (
-                "CONVERSATIONS_DB_MAX_CONNECTIONS",
-                (options.concurrency + 1).to_string(),
-            ),
-            ("CONVERSATIONS_USERS_URL", format!("http://{}", users.addr)),
-        ],
-    )?;
+    let mut env = vec![
+        ("CONVERSATIONS_DATABASE_URL", roles.url("conversations")?),
+        (
+            "CONVERSATIONS_DB_MAX_CONNECTIONS",
+            (options.concurrency + 1).to_string(),
+        ),
+        ("CONVERSATIONS_USERS_URL", format!("http://{}", users.addr)),
+    ];
+    env.extend(extra.iter().cloned());
+    let mut service = Service::start(paths, "conversations", &env)?;
     let channel = service.wait_serving().await?;
     Ok((
         service,
