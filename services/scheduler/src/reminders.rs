@@ -424,19 +424,40 @@ pub async fn list(
     })
 }
 
-/// Why a guarded status change touched no row: NOT_FOUND, or the state
-/// machine's refusal of the row's actual status.
+/// Where user-driven changes (cancel, reschedule, snooze) must not touch a
+/// reminder: while a dispatcher holds it under a live lease its SendMessage
+/// may be at the provider, and a change then would be undone by the message
+/// going out anyway (a cancelled reminder delivered, a snoozed one marked
+/// sent at its new time without a message). The caller is told to retry:
+/// the lease ends within seconds.
+const NOT_BEING_SENT: &str = "(lease_expire_time IS NULL OR lease_expire_time <= now())";
+
+/// Why a guarded status change touched no row: NOT_FOUND, a send in flight
+/// (UNAVAILABLE, retry shortly), or the state machine's refusal of the
+/// row's actual status.
 async fn refusal(conn: &mut PgConnection, id: Uuid, to: &str) -> ApiError {
-    let current: Result<Option<String>, _> =
-        sqlx::query_scalar("SELECT status FROM reminders WHERE id = $1")
-            .bind(id)
-            .fetch_optional(conn)
-            .await;
-    match current {
-        Ok(Some(from)) => status::refused(&from, to),
+    match current_status(conn, id).await {
+        Ok(Some((_, true))) => being_sent(id),
+        Ok(Some((from, false))) => status::refused(&from, to),
         Ok(None) => ApiError::not_found(format!("no reminder {id}")),
-        Err(error) => error.into(),
+        Err(error) => error,
     }
+}
+
+/// The reminder's status, and whether a dispatcher is sending it now.
+async fn current_status(conn: &mut PgConnection, id: Uuid) -> ApiResult<Option<(String, bool)>> {
+    Ok(sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT status, NOT {NOT_BEING_SENT} FROM reminders WHERE id = $1"
+    )))
+    .bind(id)
+    .fetch_optional(conn)
+    .await?)
+}
+
+fn being_sent(id: Uuid) -> ApiError {
+    ApiError::Unavailable(format!(
+        "reminder {id} is being sent right now; try again in a few seconds"
+    ))
 }
 
 #[tracing::instrument(skip_all)]
@@ -463,11 +484,11 @@ pub async fn cancel(
 /// Cancels reminder `id` if the state machine allows it; returns whether it did.
 #[tracing::instrument(skip(conn))]
 pub async fn cancel_in(conn: &mut PgConnection, id: Uuid, reason: &str) -> ApiResult<bool> {
-    let cancelled = sqlx::query(
+    let cancelled = sqlx::query(AssertSqlSafe(format!(
         "UPDATE reminders
          SET status = $3, status_reason = $2, lease_owner = NULL, lease_expire_time = NULL
-         WHERE id = $1 AND status = ANY($4)",
-    )
+         WHERE id = $1 AND status = ANY($4) AND {NOT_BEING_SENT}"
+    )))
     .bind(id)
     .bind(reason)
     .bind(status::CANCELLED)
@@ -528,15 +549,15 @@ pub async fn reschedule_in(
 ) -> ApiResult<bool> {
     let mut from: Vec<&str> = status::allowed_from(status::PENDING).to_vec();
     from.push(status::PENDING);
-    let moved = sqlx::query(
+    let moved = sqlx::query(AssertSqlSafe(format!(
         "UPDATE reminders
          SET scheduled_time = $2, next_attempt_time = $2,
              series_local_time = CASE WHEN recurrence IS NULL AND $3::timestamp IS NOT NULL
                  THEN $3 ELSE series_local_time END,
              retry_count = CASE WHEN status = $4 THEN retry_count ELSE 0 END,
              status = $4, status_reason = '', lease_owner = NULL, lease_expire_time = NULL
-         WHERE id = $1 AND status = ANY($5)",
-    )
+         WHERE id = $1 AND status = ANY($5) AND {NOT_BEING_SENT}"
+    )))
     .bind(id)
     .bind(scheduled)
     .bind(local)
@@ -575,12 +596,12 @@ pub async fn snooze(
     let (id, duration) = (id.expect("checked"), duration.expect("checked"));
     let until = Utc::now() + duration;
     let mut tx = state.pool.begin().await?;
-    let snoozed = sqlx::query(
+    let snoozed = sqlx::query(AssertSqlSafe(format!(
         "UPDATE reminders
          SET scheduled_time = $2, next_attempt_time = $2, status_reason = '',
              lease_owner = NULL, lease_expire_time = NULL
-         WHERE id = $1 AND status = $3",
-    )
+         WHERE id = $1 AND status = $3 AND {NOT_BEING_SENT}"
+    )))
     .bind(id)
     .bind(until)
     .bind(status::PENDING)
@@ -590,13 +611,10 @@ pub async fn snooze(
     if snoozed == 0 {
         // Only a pending reminder snoozes, though failed -> pending is a
         // transition (RescheduleReminder's): say so rather than the table.
-        let from: Option<String> = sqlx::query_scalar("SELECT status FROM reminders WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?;
-        return Err(match from {
+        return Err(match current_status(&mut tx, id).await? {
             None => ApiError::not_found(format!("no reminder {id}")),
-            Some(from) => ApiError::FailedPrecondition(format!(
+            Some((_, true)) => being_sent(id),
+            Some((from, false)) => ApiError::FailedPrecondition(format!(
                 "a {from} reminder cannot be snoozed: only a pending one can \
                  (RescheduleReminder moves a failed or cancelled one)"
             )),

@@ -33,6 +33,11 @@ pub(super) enum Outcome {
     Fail {
         reason: String,
     },
+    /// Trying again would fail the same way, and an operator should look:
+    /// failed with a dead letter at once.
+    DeadLetter {
+        error: String,
+    },
 }
 
 impl Outcome {
@@ -100,6 +105,14 @@ pub(super) async fn record(
             tracing::warn!(%reason, "failed");
             metrics.outcome(kind, "failed");
             fail(state, me, item, &reason, None).await.map(|_| None)
+        }
+        Outcome::DeadLetter { error } => {
+            tracing::warn!(%error, "failed; dead-lettered");
+            metrics.outcome(kind, "dead_lettered");
+            let retries = item.retry_count + 1;
+            fail(state, me, item, &error, Some((retries, &payload)))
+                .await
+                .map(|_| None)
         }
     };
     written.unwrap_or_else(|error| {
@@ -237,11 +250,12 @@ async fn insert_dead_letter(
     retries: i32,
     payload: &Value,
 ) -> sqlx::Result<()> {
-    // An item has at most one dead letter: a newer one replaces it.
+    // An item has at most one dead letter: a newer one replaces it, with a
+    // new (time-ordered) id so that it lists where it belongs, oldest first.
     sqlx::query(
         "INSERT INTO dead_letters (id, operation, item_id, user_id, payload, error, retries)
          VALUES ($1, $2, $3, $4, $5, $6, $7)
-         ON CONFLICT (item_id) DO UPDATE SET operation = excluded.operation,
+         ON CONFLICT (item_id) DO UPDATE SET id = excluded.id, operation = excluded.operation,
              payload = excluded.payload, error = excluded.error, retries = excluded.retries,
              create_time = now()",
     )

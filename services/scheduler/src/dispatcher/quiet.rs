@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use chrono::{DateTime, Days, NaiveDateTime, TimeZone, Utc};
+use chrono::{DateTime, Days, LocalResult, NaiveDateTime, TimeZone, Utc};
 use chrono_tz::Tz;
 use mesh_runtime::ApiResult;
 use uuid::Uuid;
@@ -77,19 +77,29 @@ pub(super) fn quiet_until(
     } else {
         return None;
     };
-    Some(to_utc(zone, end_day.and_time(quiet.end)))
+    end_after(zone, end_day.and_time(quiet.end), now)
 }
 
-/// A local time as an instant: the earlier of an ambiguous one (DST ends),
-/// and for one that does not exist (DST starts) the same time an hour later.
-fn to_utc(zone: Tz, local: NaiveDateTime) -> DateTime<Utc> {
-    zone.from_local_datetime(&local)
-        .earliest()
-        .or_else(|| {
-            zone.from_local_datetime(&(local + chrono::Duration::hours(1)))
-                .earliest()
-        })
-        .map_or_else(|| local.and_utc(), |time| time.with_timezone(&Utc))
+/// The first instant after `now` at which the wall clock in `zone` reads
+/// `local`: of a time that happens twice (DST ends) the earlier unless it
+/// has passed (`now` is in the repeated hour, after its first pass), and for
+/// one that does not exist (DST starts) the same time an hour later. None
+/// when that has passed too: the quiet hours are over.
+fn end_after(zone: Tz, local: NaiveDateTime, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    let candidates = match zone.from_local_datetime(&local) {
+        LocalResult::None => zone.from_local_datetime(&(local + chrono::Duration::hours(1))),
+        found => found,
+    };
+    let (first, second) = match candidates {
+        LocalResult::Single(time) => (Some(time), None),
+        LocalResult::Ambiguous(earlier, later) => (Some(earlier), Some(later)),
+        LocalResult::None => (None, None),
+    };
+    [first, second]
+        .into_iter()
+        .flatten()
+        .map(|time| time.with_timezone(&Utc))
+        .find(|time| *time > now)
 }
 
 #[cfg(test)]
@@ -162,5 +172,24 @@ mod tests {
             hours("00:00", "02:30"),
         );
         assert_eq!(until, Some(utc("2025-03-09T07:30:00Z")));
+    }
+
+    #[test]
+    fn an_end_in_the_repeated_hour_is_the_next_one_after_now() {
+        // New York repeats 01:00-02:00 on 2026-11-01. Quiet until 01:30:
+        // during the first pass (01:10 EDT, 05:10Z) they end at 01:30 EDT
+        // (05:30Z); during the second (01:10 EST, 06:10Z) at 01:30 EST
+        // (06:30Z), not at the 05:30Z already gone (a deferral into the
+        // past would be claimed and deferred again at once, in a loop).
+        let zone = chrono_tz::America::New_York;
+        let quiet = hours("22:00", "01:30");
+        assert_eq!(
+            quiet_until(utc("2026-11-01T05:10:00Z"), zone, quiet),
+            Some(utc("2026-11-01T05:30:00Z"))
+        );
+        assert_eq!(
+            quiet_until(utc("2026-11-01T06:10:00Z"), zone, quiet),
+            Some(utc("2026-11-01T06:30:00Z"))
+        );
     }
 }

@@ -36,7 +36,17 @@ impl Job {
     /// when it should be tried again, if it should.
     pub async fn process(self, item: Item) -> Option<DateTime<Utc>> {
         let mut sent = None;
-        let decision = self.decide(&item, &mut sent).await;
+        // Within the lease: past it another replica may claim the item (no
+        // second message, thanks to the send token, but two writers).
+        let budget = self.state.config.dispatcher.lease.mul_f64(0.8);
+        let decision = tokio::time::timeout(budget, self.decide(&item, &mut sent))
+            .await
+            .unwrap_or_else(|_| {
+                Outcome::retry(
+                    format!("no answer within {budget:?} (the lease's 80%)"),
+                    None,
+                )
+            });
         let payload = sent.unwrap_or_else(|| payload(&item, None, &Content::Text(item.text())));
         outcome::record(&self.state, self.me, &item, decision, payload).await
     }
@@ -183,6 +193,14 @@ fn template_json(template: &conversations::Template) -> Value {
 /// A refusal by the mesh: worth retrying (it may be lifted) or final.
 fn classify(call: &str, status: &Status) -> Outcome {
     let error = format!("{call}: {:?}: {}", status.code(), status.message());
+    if reused_send_token(status) {
+        // An earlier attempt reached conversations with another request
+        // (the user's default channel changed, or the WhatsApp window closed
+        // and a template would go now) and its outcome was never recorded
+        // here: it may have been delivered. Resending under a new token could
+        // be a second message, so an operator decides (RetryDeadLetter).
+        return Outcome::DeadLetter { error };
+    }
     match status.code() {
         Code::Unavailable
         | Code::ResourceExhausted
@@ -199,4 +217,14 @@ fn classify(call: &str, status: &Status) -> Outcome {
         }
         _ => Outcome::fail(error),
     }
+}
+
+/// conversations' refusal of a request_id already used for another request.
+fn reused_send_token(status: &Status) -> bool {
+    status.code() == Code::InvalidArgument
+        && status.get_details_bad_request().is_some_and(|bad| {
+            bad.field_violations
+                .iter()
+                .any(|violation| violation.field == "request_id")
+        })
 }

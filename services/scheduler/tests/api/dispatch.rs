@@ -466,3 +466,41 @@ async fn check_ins_with_content_are_sent_and_those_without_are_skipped_after_the
     );
     assert_eq!(row(&app, "check_ins", waiting).await.status, "pending");
 }
+
+/// An earlier attempt reached conversations under the reminder's send token
+/// with another request (here: another text) and was never recorded here.
+/// It may have been delivered, so the dispatcher neither sends a second
+/// message nor fails silently: the reminder fails with a dead letter for an
+/// operator.
+#[tokio::test]
+async fn a_send_token_already_used_for_another_request_is_dead_lettered() {
+    use mesh_proto::mesh::conversations::v1::{self as conversations, send_message_request};
+
+    let mut app = spawn_with(|config| config.dispatcher.enabled = false).await;
+    let mut dispatching = app.config.clone();
+    dispatching.dispatcher.enabled = true;
+    let user = awake_user(&mut app).await;
+    app.open_whatsapp_window(&user.id).await;
+    let title = unique("Token");
+    let id = insert_reminder(&app, &user.id, &title, ago(1), Send::default()).await;
+    let token = row(&app, "reminders", id).await.send_token;
+    app.conversations
+        .send_message(conversations::SendMessageRequest {
+            target: Some(send_message_request::Target::UserId(user.id.clone())),
+            channel: conversations::Channel::Whatsapp as i32,
+            content: Some(send_message_request::Content::Text("an older text".into())),
+            proactive: true,
+            request_id: token.to_string(),
+            ..Default::default()
+        })
+        .await
+        .expect("the earlier attempt");
+
+    let _dispatcher = crate::harness::spawn_scheduler(&dispatching).await;
+    let failed = wait_row(&app, "reminders", id, |r| r.status != "pending").await;
+    assert_eq!(failed.status, "failed");
+    assert!(failed.status_reason.contains("request_id"), "{failed:?}");
+    assert!(whatsapp_sends(&app, &title).is_empty(), "no second message");
+    assert_eq!(stored_messages(&app, token).await.len(), 1);
+    assert_eq!(app.count("dead_letters").await, 1);
+}
