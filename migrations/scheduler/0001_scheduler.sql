@@ -40,6 +40,10 @@ CREATE TABLE reminders (
     channel             text CHECK (channel IN ('whatsapp', 'telegram')),
     -- mesh.conversations.v1.Template as JSON.
     whatsapp_template   jsonb,
+    -- The SendMessage request last made under send_token (channel, text or
+    -- template), written before the call: every later attempt resends it
+    -- as it is, so a retry is never refused as another request.
+    send_request        jsonb,
     calendar_event_id   uuid,
     next_attempt_time   timestamptz NOT NULL,
     lease_owner         uuid,
@@ -76,6 +80,8 @@ CREATE TABLE check_ins (
     send_token          uuid NOT NULL UNIQUE,
     channel             text CHECK (channel IN ('whatsapp', 'telegram')),
     whatsapp_template   jsonb,
+    -- As reminders.send_request.
+    send_request        jsonb,
     next_attempt_time   timestamptz NOT NULL,
     lease_owner         uuid,
     lease_expire_time   timestamptz,

@@ -73,7 +73,8 @@ fn check_template(field: &str, template: &conversations::Template) -> Result<(),
     Ok(())
 }
 
-fn template_json(template: &conversations::Template) -> Value {
+/// A template as stored (and as a dead letter's payload shows it).
+pub fn template_json(template: &conversations::Template) -> Value {
     json!({
         "name": template.name,
         "language_code": template.language_code,

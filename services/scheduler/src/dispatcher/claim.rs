@@ -23,6 +23,8 @@ pub(super) struct Item {
     pub send_token: Uuid,
     pub channel: Option<String>,
     pub whatsapp_template: Option<serde_json::Value>,
+    /// The request an earlier attempt made under `send_token`, if any.
+    pub send_request: Option<serde_json::Value>,
 }
 
 impl Item {
@@ -74,7 +76,7 @@ async fn claim_from(
          FROM due WHERE t.id = due.id
          RETURNING t.id, t.user_id, {title} AS title, {description} AS description,
                    t.scheduled_time, t.retry_count, t.send_token, t.channel,
-                   t.whatsapp_template"
+                   t.whatsapp_template, t.send_request"
     );
     let mut items: Vec<Item> = sqlx::query_as(AssertSqlSafe(sql))
         .bind(me)

@@ -181,6 +181,28 @@ async fn sent(
     Ok(lateness)
 }
 
+/// Stores `request` as the item's `send_request` before it is sent, if the
+/// item is still leased to `me`; whether it was.
+pub(super) async fn pin(
+    state: &State,
+    me: Uuid,
+    item: &Item,
+    request: &Value,
+) -> anyhow::Result<bool> {
+    let pinned = sqlx::query(AssertSqlSafe(format!(
+        "UPDATE {} SET send_request = $3
+         WHERE id = $1 AND lease_owner = $2 AND status = 'pending'",
+        item.kind.table()
+    )))
+    .bind(item.id)
+    .bind(me)
+    .bind(request)
+    .execute(&state.pool)
+    .await?
+    .rows_affected();
+    Ok(pinned == 1)
+}
+
 /// Back to waiting until `at`, lease released; whether it was still ours.
 async fn release(
     state: &State,

@@ -6,7 +6,7 @@ use std::{sync::Arc, time::Duration};
 
 use chrono::{DateTime, Utc};
 use mesh_proto::mesh::conversations::v1::{
-    self as conversations, GetMessagingWindowRequest, SendMessageRequest,
+    GetMessagingWindowRequest, SendMessageRequest,
     conversations_service_client::ConversationsServiceClient,
     send_message_request::{Content, Target},
 };
@@ -21,7 +21,11 @@ use super::{
     outcome::{self, Outcome},
     quiet::{PeopleCache, quiet_until},
 };
-use crate::{State, delivery::template_from_json, wire::channel};
+use crate::{
+    State,
+    delivery::{template_from_json, template_json},
+    wire::channel,
+};
 
 /// What one item's processing shares with the loop.
 pub(super) struct Job {
@@ -61,8 +65,16 @@ impl Job {
         if !person.active {
             return Outcome::fail("user_deactivated");
         }
-        let Some(channel) = item.channel.as_deref().or(person.default_channel()) else {
-            return Outcome::fail("no_channel");
+        // An earlier attempt's request goes again as it was: conversations
+        // answers a request_id reused for another request with a refusal,
+        // and the earlier one may have been delivered.
+        let (pinned_channel, pinned) = item.send_request.as_ref().and_then(pinned_request).unzip();
+        let channel = match pinned_channel.as_deref() {
+            Some(channel) => channel,
+            None => match item.channel.as_deref().or(person.default_channel()) {
+                Some(channel) => channel,
+                None => return Outcome::fail("no_channel"),
+            },
         };
         if let Some(quiet) = quiet
             && let Some(until) = quiet_until(Utc::now(), person.time_zone, quiet)
@@ -71,20 +83,29 @@ impl Job {
         }
         let zone = person.time_zone.name();
         let whatsapp = channel == "whatsapp";
-        let mut content = Content::Text(item.text());
-        if whatsapp {
-            match self.free_form_allowed(item.user_id, zone).await {
-                Ok(true) => {}
+        let mut content = match pinned {
+            Some(content) => content,
+            None if whatsapp => match self.free_form_allowed(item.user_id, zone).await {
+                Ok(true) => Content::Text(item.text()),
                 Ok(false) => match outside_window(item) {
-                    Ok(template) => content = template,
+                    Ok(template) => template,
                     Err(refusal) => return refusal,
                 },
                 Err(status) => return classify("GetMessagingWindow", &status),
-            }
-        }
+            },
+            None => Content::Text(item.text()),
+        };
         let mut rechecked = false;
         loop {
-            *payload_out = Some(payload(item, Some(channel), &content));
+            let payload = payload(item, Some(channel), &content);
+            *payload_out = Some(payload.clone());
+            match outcome::pin(&self.state, self.me, item, &payload).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    return Outcome::retry("the lease was lost before the send".into(), None);
+                }
+                Err(error) => return Outcome::retry(format!("pinning the request: {error}"), None),
+            }
             let request = request(item, channel, content.clone());
             match self.send(request).await {
                 Ok(provider_message_id) => {
@@ -93,6 +114,8 @@ impl Job {
                     };
                 }
                 // The window may have closed since we looked: look once more.
+                // (conversations refuses that before it writes anything, so
+                // the template may go under the same request_id.)
                 Err(status)
                     if status.code() == Code::FailedPrecondition
                         && whatsapp
@@ -181,13 +204,20 @@ fn payload(item: &Item, channel_text: Option<&str>, content: &Content) -> Value 
     payload
 }
 
-fn template_json(template: &conversations::Template) -> Value {
-    json!({
-        "name": template.name,
-        "language_code": template.language_code,
-        "components": template.components.iter()
-            .map(mesh_runtime::convert::struct_to_json).collect::<Vec<_>>(),
-    })
+/// The channel and content of a request [`payload`] wrote; None for
+/// anything else (a row written by hand: decided afresh).
+fn pinned_request(payload: &Value) -> Option<(String, Content)> {
+    let channel = payload["channel"]
+        .as_str()
+        .filter(|c| channel::parse(c) as i32 != 0)?;
+    let content = match (payload.get("text"), payload.get("template")) {
+        (Some(Value::String(text)), None) => Content::Text(text.clone()),
+        (None, Some(template @ Value::Object(_))) => {
+            Content::Template(template_from_json(template))
+        }
+        _ => return None,
+    };
+    Some((channel.to_owned(), content))
 }
 
 /// A refusal by the mesh: worth retrying (it may be lifted) or final.

@@ -354,6 +354,41 @@ async fn rate_limits_and_outages_are_retried_until_the_send_goes_through() {
     );
 }
 
+/// A retry resends the first attempt's request as it was, even when the
+/// item changed in between (here its title): conversations takes it as the
+/// same send retried, not as another request under the same request_id.
+#[tokio::test]
+async fn a_retry_resends_the_first_attempts_request_as_it_was() {
+    let mut app = spawn_with(|config| {
+        // Time to edit the reminder between the two attempts.
+        config.dispatcher.retry_base = Duration::from_secs(3);
+        config.dispatcher.retry_max = Duration::from_secs(3);
+    })
+    .await;
+    let user = awake_user(&mut app).await;
+    app.open_whatsapp_window(&user.id).await;
+    app.providers.whatsapp.script([WaReply::outage()]);
+    let title = unique("Pinned");
+    let id = insert_reminder(&app, &user.id, &title, ago(1), Send::default()).await;
+    let waiting = wait_row(&app, "reminders", id, |r| r.retry_count == 1).await;
+    assert_eq!(waiting.status, "pending");
+    let mut conn = app.db.admin_connection().await;
+    sqlx::query("UPDATE scheduler.reminders SET title = 'Edited ' || title WHERE id = $1")
+        .bind(id)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+
+    let sent = wait_row(&app, "reminders", id, |r| r.status == "sent").await;
+    assert_eq!(sent.retry_count, 1);
+    assert_eq!(whatsapp_sends(&app, &title).len(), 2, "the same text twice");
+    assert!(whatsapp_sends(&app, &format!("Edited {title}")).is_empty());
+    let stored = stored_messages(&app, sent.send_token).await;
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    assert_eq!(stored[0].1, sent.provider_message_id);
+    assert_eq!(app.count("dead_letters").await, 0);
+}
+
 /// A reminder whose every attempt meets an outage (max_retries is 3).
 async fn dead_lettered(app: &mut TestApp) -> (Uuid, String, Row) {
     let user = awake_user(app).await;
