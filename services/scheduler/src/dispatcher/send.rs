@@ -223,14 +223,6 @@ fn pinned_request(payload: &Value) -> Option<(String, Content)> {
 /// A refusal by the mesh: worth retrying (it may be lifted) or final.
 fn classify(call: &str, status: &Status) -> Outcome {
     let error = format!("{call}: {:?}: {}", status.code(), status.message());
-    if reused_send_token(status) {
-        // An earlier attempt reached conversations with another request
-        // (the user's default channel changed, or the WhatsApp window closed
-        // and a template would go now) and its outcome was never recorded
-        // here: it may have been delivered. Resending under a new token could
-        // be a second message, so an operator decides (RetryDeadLetter).
-        return Outcome::DeadLetter { error };
-    }
     match status.code() {
         Code::Unavailable
         | Code::ResourceExhausted
@@ -245,16 +237,13 @@ fn classify(call: &str, status: &Status) -> Outcome {
                 .map(|delay: Duration| delay);
             Outcome::retry(error, retry_after)
         }
-        _ => Outcome::fail(error),
+        // Refused for good as it stands, for a cause outside the item that an
+        // operator may fix: WhatsApp not configured, the user deactivated,
+        // or the send token already used for another request (an earlier
+        // attempt not recorded here: it may have been delivered, so no new
+        // token is tried). Failed with a dead letter, so that RetryDeadLetter
+        // can send it once the cause is gone (a failed check-in has no other
+        // way back).
+        _ => Outcome::DeadLetter { error },
     }
-}
-
-/// conversations' refusal of a request_id already used for another request.
-fn reused_send_token(status: &Status) -> bool {
-    status.code() == Code::InvalidArgument
-        && status.get_details_bad_request().is_some_and(|bad| {
-            bad.field_violations
-                .iter()
-                .any(|violation| violation.field == "request_id")
-        })
 }
