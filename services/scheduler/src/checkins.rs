@@ -21,7 +21,8 @@ use sqlx::{AssertSqlSafe, PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::{
-    State, delivery, dispatcher,
+    State, delivery,
+    dispatcher::{self, NOT_BEING_SENT, being_sent},
     wire::{check_in_priority, check_in_status, json_object, required_text, text},
 };
 
@@ -37,10 +38,6 @@ const COLUMNS: &str = "id, user_id, slot_date, scheduled_time, time_zone, priori
     generation_context, content, status, status_reason, channel, whatsapp_template, \
     retry_count, send_token, provider_message_id, sent_time, next_attempt_time, \
     create_time, update_time";
-
-/// SQL true while the dispatcher holds the check-in (a send in flight): its
-/// content and status are then the dispatcher's to change.
-const NOT_BEING_SENT: &str = "(lease_expire_time IS NULL OR lease_expire_time <= now())";
 
 #[derive(sqlx::FromRow)]
 struct CheckInRow {
@@ -382,7 +379,7 @@ pub async fn set_content(
     let mut tx = state.pool.begin().await?;
     let row: Option<CheckInRow> = sqlx::query_as(AssertSqlSafe(format!(
         "UPDATE check_ins SET content = $2
-         WHERE id = $1 AND status = 'pending' AND {NOT_BEING_SENT}
+         WHERE id = $1 AND status = 'pending' AND {NOT_BEING_SENT} AND send_request IS NULL
          RETURNING {COLUMNS}"
     )))
     .bind(id)
@@ -435,10 +432,25 @@ async fn refusal(conn: &mut PgConnection, id: Uuid, change: &str) -> ApiError {
         Err(error) => return error,
     };
     let status = check_in_status::name(current.status).unwrap_or("unknown");
-    if status == "pending" {
+    let attempted: bool = match sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT send_request IS NOT NULL AND {NOT_BEING_SENT} FROM check_ins WHERE id = $1"
+    )))
+    .bind(id)
+    .fetch_one(&mut *conn)
+    .await
+    {
+        Ok(attempted) => attempted,
+        Err(error) => return error.into(),
+    };
+    if status == "pending" && attempted {
+        // Only new content is refused so: a retry resends the first
+        // attempt's text, which may have been delivered.
         ApiError::FailedPrecondition(format!(
-            "check-in {id} is being sent and cannot {change}; retry shortly"
+            "check-in {id} has had a send attempted with its content, which a retry \
+             resends as it was, so it cannot {change}; skip it if it should not go"
         ))
+    } else if status == "pending" {
+        being_sent("check-in", id)
     } else {
         ApiError::FailedPrecondition(format!(
             "check-in {id} is {status}; only a pending check-in can {change}"
@@ -461,9 +473,8 @@ pub async fn fetch(conn: &mut PgConnection, id: Uuid) -> ApiResult<pb::CheckIn> 
 
 /// Skips the pending check-ins still without content `grace` after their
 /// time, with reason "no_content"; returns how many. One statement, so
-/// replicas running it at once skip each check-in once.
-// Called by the dispatcher each cycle.
-#[allow(dead_code, reason = "the dispatcher is wired to it separately")]
+/// replicas running it at once skip each check-in once. Uses the
+/// check_ins_waiting index (pending, content IS NULL).
 #[tracing::instrument(skip(pool))]
 pub async fn skip_without_content(pool: &PgPool, grace: Duration) -> sqlx::Result<u64> {
     Ok(sqlx::query(

@@ -15,7 +15,8 @@ use sqlx::{AssertSqlSafe, PgConnection};
 use uuid::Uuid;
 
 use crate::{
-    State, clock, delivery, dispatcher,
+    State, clock, delivery,
+    dispatcher::{self, NOT_BEING_SENT, being_sent},
     recurrence::{self, Rule},
     status,
     wire::{self, json_object, reminder_status, required_text},
@@ -424,20 +425,12 @@ pub async fn list(
     })
 }
 
-/// Where user-driven changes (cancel, reschedule, snooze) must not touch a
-/// reminder: while a dispatcher holds it under a live lease its SendMessage
-/// may be at the provider, and a change then would be undone by the message
-/// going out anyway (a cancelled reminder delivered, a snoozed one marked
-/// sent at its new time without a message). The caller is told to retry:
-/// the lease ends within seconds.
-const NOT_BEING_SENT: &str = "(lease_expire_time IS NULL OR lease_expire_time <= now())";
-
 /// Why a guarded status change touched no row: NOT_FOUND, a send in flight
 /// (UNAVAILABLE, retry shortly), or the state machine's refusal of the
 /// row's actual status.
 async fn refusal(conn: &mut PgConnection, id: Uuid, to: &str) -> ApiError {
     match current_status(conn, id).await {
-        Ok(Some((_, true))) => being_sent(id),
+        Ok(Some((_, true))) => being_sent("reminder", id),
         Ok(Some((from, false))) => status::refused(&from, to),
         Ok(None) => ApiError::not_found(format!("no reminder {id}")),
         Err(error) => error,
@@ -452,12 +445,6 @@ async fn current_status(conn: &mut PgConnection, id: Uuid) -> ApiResult<Option<(
     .bind(id)
     .fetch_optional(conn)
     .await?)
-}
-
-fn being_sent(id: Uuid) -> ApiError {
-    ApiError::Unavailable(format!(
-        "reminder {id} is being sent right now; try again in a few seconds"
-    ))
 }
 
 #[tracing::instrument(skip_all)]
@@ -613,7 +600,7 @@ pub async fn snooze(
         // transition (RescheduleReminder's): say so rather than the table.
         return Err(match current_status(&mut tx, id).await? {
             None => ApiError::not_found(format!("no reminder {id}")),
-            Some((_, true)) => being_sent(id),
+            Some((_, true)) => being_sent("reminder", id),
             Some((from, false)) => ApiError::FailedPrecondition(format!(
                 "a {from} reminder cannot be snoozed: only a pending one can \
                  (RescheduleReminder moves a failed or cancelled one)"

@@ -41,6 +41,20 @@ use crate::State;
 /// the next poll.
 pub const WAKE_CHANNEL: &str = "scheduler_due";
 
+/// SQL true unless a dispatcher holds the row under a live lease. User
+/// changes (cancel, reschedule, snooze, new content, skip) wait for it: the
+/// row's SendMessage may be at the provider, and a change then would be
+/// overtaken by the message going out anyway. They answer UNAVAILABLE
+/// ([`being_sent`]): the lease ends within seconds.
+pub const NOT_BEING_SENT: &str = "(lease_expire_time IS NULL OR lease_expire_time <= now())";
+
+/// The answer to a change of an item a dispatcher is sending right now.
+pub fn being_sent(what: &str, id: Uuid) -> mesh_runtime::ApiError {
+    mesh_runtime::ApiError::Unavailable(format!(
+        "{what} {id} is being sent right now; try again in a few seconds"
+    ))
+}
+
 /// Wakes the dispatchers when the surrounding transaction commits.
 pub async fn wake(conn: &mut PgConnection) -> sqlx::Result<()> {
     sqlx::query("SELECT pg_notify($1, '')")

@@ -456,3 +456,63 @@ async fn a_users_check_ins_list_newest_slot_first_by_pages() {
         ["page_size", "page_token", "statuses", "user_id"]
     );
 }
+
+/// While a dispatcher sends a check-in, new content and skips are
+/// UNAVAILABLE (retry shortly); once a send was attempted, new content is
+/// refused for good (a retry resends the first text), and a skip still works.
+#[tokio::test]
+async fn a_check_in_being_sent_or_attempted_keeps_its_content() {
+    let mut app = spawn_app().await;
+    let user = app.new_user("Europe/Madrid").await;
+    let check_in = pending_check_in(&mut app, &user.id, 3).await;
+    let set = |content: &str| pb::SetCheckInContentRequest {
+        check_in_id: check_in.id.clone(),
+        content: content.into(),
+    };
+    app.client.set_check_in_content(set("first")).await.unwrap();
+    let mut conn = app.db.admin_connection().await;
+    let update =
+        |sql: &'static str| sqlx::query(sql).bind(check_in.id.parse::<uuid::Uuid>().unwrap());
+    update(
+        "UPDATE scheduler.check_ins SET lease_owner = gen_random_uuid(),
+             lease_expire_time = now() + interval '1 minute',
+             send_request = '{\"channel\": \"whatsapp\", \"text\": \"first\"}'
+         WHERE id = $1",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let busy = app
+        .client
+        .set_check_in_content(set("second"))
+        .await
+        .unwrap_err();
+    assert_eq!(busy.code(), Code::Unavailable, "{busy:?}");
+    let skip = pb::SkipCheckInRequest {
+        check_in_id: check_in.id.clone(),
+        reason: "not today".into(),
+    };
+    let busy = app.client.skip_check_in(skip.clone()).await.unwrap_err();
+    assert_eq!(busy.code(), Code::Unavailable, "{busy:?}");
+
+    // The attempt ended (a retry is due later): the lease is gone.
+    update(
+        "UPDATE scheduler.check_ins SET lease_owner = NULL, lease_expire_time = NULL WHERE id = $1",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let refused = app
+        .client
+        .set_check_in_content(set("second"))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(refused.message().contains("attempted"), "{refused:?}");
+    assert_eq!(
+        stored(&app, &check_in.id).await,
+        ("pending".into(), String::new(), Some("first".into()))
+    );
+    app.client.skip_check_in(skip).await.unwrap();
+    assert_eq!(stored(&app, &check_in.id).await.0, "skipped");
+}
