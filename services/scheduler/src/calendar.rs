@@ -24,6 +24,7 @@ use uuid::Uuid;
 
 use crate::{
     State, clock,
+    dispatcher::{NOT_BEING_SENT, being_sent},
     reminders::{self, NewReminder},
     status,
     wire::{calendar_event_status, required_text, text},
@@ -34,7 +35,6 @@ const MAX_DESCRIPTION_CHARS: usize = 4000;
 const MAX_LOCATION_CHARS: usize = 500;
 const MAX_EXTERNAL_ID_CHARS: usize = 256;
 const MAX_REMINDER_MINUTES: i32 = 40_320;
-const MAX_PAGE_SIZE: i64 = 100;
 const CANCELLED: &str = "cancelled";
 
 const COLUMNS: &str = "id, user_id, title, description, start_time, end_time, location, status, \
@@ -241,12 +241,20 @@ async fn sync_reminder(
     reason: &str,
     revive: bool,
 ) -> ApiResult<EventRow> {
+    // Locked, so no dispatcher claims it until this commits; one that holds
+    // it now may be sending it, and the event's change must wait for that.
     let linked_status: Option<String> = match event.reminder_id {
         Some(id) => {
-            sqlx::query_scalar("SELECT status FROM reminders WHERE id = $1")
-                .bind(id)
-                .fetch_optional(&mut *conn)
-                .await?
+            let linked: Option<(String, bool)> = sqlx::query_as(AssertSqlSafe(format!(
+                "SELECT status, NOT {NOT_BEING_SENT} FROM reminders WHERE id = $1 FOR UPDATE"
+            )))
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await?;
+            if let Some((_, true)) = linked {
+                return Err(being_sent("the event's reminder", id));
+            }
+            linked.map(|(status, _)| status)
         }
         None => None,
     };
@@ -438,9 +446,21 @@ pub async fn delete(
     let Some(reminder) = reminder else {
         return Err(ApiError::not_found(format!("no calendar event {id}")));
     };
-    if let Some(reminder) = reminder {
-        // A sent or cancelled reminder stays as it is.
-        reminders::cancel_in(&mut tx, reminder, "event deleted").await?;
+    if let Some(reminder) = reminder
+        && !reminders::cancel_in(&mut tx, reminder, "event deleted").await?
+    {
+        // A sent or cancelled reminder stays as it is; one being sent makes
+        // the deletion wait (rolled back), or the reminder would outlive it.
+        let being_sent_now: bool = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT NOT {NOT_BEING_SENT} FROM reminders WHERE id = $1"
+        )))
+        .bind(reminder)
+        .fetch_optional(&mut *tx)
+        .await?
+        .unwrap_or(false);
+        if being_sent_now {
+            return Err(being_sent("the event's reminder", reminder));
+        }
     }
     tx.commit().await?;
     Ok(pb::DeleteCalendarEventResponse {})
@@ -464,7 +484,7 @@ pub async fn list_upcoming(
         after_time.expect("checked"),
         page.expect("checked"),
     );
-    let size = page.size.min(MAX_PAGE_SIZE);
+    let size = page.size;
     let (after_start, after_id) = page.after.map(|key| (key.time, key.id)).unzip();
     let mut rows: Vec<EventRow> = sqlx::query_as(AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM calendar_events

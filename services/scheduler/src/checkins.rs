@@ -7,9 +7,7 @@
 
 use std::time::Duration;
 
-use chrono::{
-    DateTime, LocalResult, NaiveDate, NaiveDateTime, NaiveTime, Offset, TimeDelta, TimeZone, Utc,
-};
+use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
 use chrono_tz::Tz;
 use mesh_proto::mesh::scheduler::v1 as pb;
 use mesh_runtime::{
@@ -21,7 +19,9 @@ use sqlx::{AssertSqlSafe, PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::{
-    State, delivery,
+    State,
+    clock::{self, resolve},
+    delivery,
     dispatcher::{self, NOT_BEING_SENT, being_sent},
     wire::{check_in_priority, check_in_status, json_object, required_text, text},
 };
@@ -118,12 +118,13 @@ fn check_scheduling(request: &pb::ScheduleCheckInRequest) -> ApiResult<Schedulin
         "must be an IANA time zone name such as \"America/New_York\"",
         |zone| zone.parse::<Tz>().ok(),
     ));
-    let slot_date = violations.check(optional_parsed(
-        "check_in.slot_date",
-        &check_in.slot_date,
-        "must be a date \"YYYY-MM-DD\"",
-        |date| NaiveDate::parse_from_str(date, "%Y-%m-%d").ok(),
-    ));
+    let slot_date = if check_in.slot_date.is_empty() {
+        Some(None)
+    } else {
+        violations
+            .check(clock::parse_date("check_in.slot_date", &check_in.slot_date))
+            .map(Some)
+    };
     let priority = if check_in.priority == 0 {
         Some("generic")
     } else {
@@ -174,25 +175,6 @@ fn optional_parsed<T>(
         .ok_or_else(|| FieldViolation::new(field, problem))
 }
 
-/// The instant `local` is in `zone`: a time skipped by a DST change moves
-/// forward by the change (02:30 on a spring-forward night is 03:30); a time
-/// that happens twice is the first of the two.
-fn resolve(zone: Tz, local: NaiveDateTime) -> DateTime<Utc> {
-    match zone.from_local_datetime(&local) {
-        LocalResult::Single(time) | LocalResult::Ambiguous(time, _) => time.with_timezone(&Utc),
-        LocalResult::None => {
-            // Read with the offset in force before the gap, the wall-clock
-            // time lands as far past the gap's end as it was past its start.
-            // Transitions are months apart, so a day earlier is before it.
-            let before = zone
-                .offset_from_utc_datetime(&(local - TimeDelta::days(1)))
-                .fix()
-                .local_minus_utc();
-            (local - TimeDelta::seconds(i64::from(before))).and_utc()
-        }
-    }
-}
-
 #[tracing::instrument(skip_all)]
 pub async fn schedule(
     state: &State,
@@ -212,6 +194,15 @@ pub async fn schedule(
         Some(date) => {
             let at = resolve(zone, date.and_time(local_time));
             if at <= now {
+                // A repeat of a scheduling made in time answers as every
+                // repeat does: the slot's check-in, unchanged.
+                let mut conn = state.pool.acquire().await?;
+                if let Ok(existing) = slot_of(&mut conn, input.user, date).await {
+                    return Ok(pb::ScheduleCheckInResponse {
+                        check_in: Some(existing.into_pb()),
+                        created: false,
+                    });
+                }
                 return Err(ApiError::invalid(
                     "check_in.slot_date",
                     format!(
@@ -491,6 +482,8 @@ pub async fn skip_without_content(pool: &PgPool, grace: Duration) -> sqlx::Resul
 
 #[cfg(test)]
 mod tests {
+    use chrono::NaiveDateTime;
+
     use super::*;
 
     fn local(text: &str) -> NaiveDateTime {

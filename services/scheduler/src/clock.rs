@@ -2,19 +2,35 @@
 //! a spring-forward change moves forward by the change; one that happens
 //! twice (fall back) is the first of the two.
 
-use chrono::{DateTime, NaiveDateTime, Offset, TimeDelta, TimeZone, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, NaiveDateTime, Offset, TimeDelta, TimeZone, Utc};
 use chrono_tz::Tz;
 use mesh_runtime::FieldViolation;
+
+/// The years a time may fall in: those a protobuf Timestamp can carry
+/// (chrono itself parses signed years of any length, which overflow later).
+const YEARS: std::ops::RangeInclusive<i32> = 1..=9999;
 
 /// "YYYY-MM-DDTHH:MM[:SS]", without an offset: the offset comes from the zone.
 pub fn parse_local(field: &str, text: &str) -> Result<NaiveDateTime, FieldViolation> {
     NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S")
         .or_else(|_| NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M"))
-        .map_err(|_| {
+        .ok()
+        .filter(|local| YEARS.contains(&local.year()))
+        .ok_or_else(|| {
             FieldViolation::new(
                 field,
-                "must be a local time \"YYYY-MM-DDTHH:MM[:SS]\" (no offset)",
+                "must be a local time \"YYYY-MM-DDTHH:MM[:SS]\" (no offset), years 0001 to 9999",
             )
+        })
+}
+
+/// A local date "YYYY-MM-DD", years 0001 to 9999.
+pub fn parse_date(field: &str, text: &str) -> Result<NaiveDate, FieldViolation> {
+    NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .ok()
+        .filter(|date| YEARS.contains(&date.year()))
+        .ok_or_else(|| {
+            FieldViolation::new(field, "must be a date \"YYYY-MM-DD\", years 0001 to 9999")
         })
 }
 
@@ -43,7 +59,10 @@ pub fn resolve(zone: Tz, local: NaiveDateTime) -> DateTime<Utc> {
         .filter_map(|hours| local.checked_sub_signed(TimeDelta::hours(hours)))
         .find_map(|earlier| zone.from_local_datetime(&earlier).earliest())
         .map_or(0, |earlier| earlier.offset().fix().local_minus_utc());
-    (local - TimeDelta::seconds(i64::from(before))).and_utc()
+    local
+        .checked_sub_signed(TimeDelta::seconds(i64::from(before)))
+        .unwrap_or(local)
+        .and_utc()
 }
 
 /// The wall-clock time `instant` shows in `zone`.

@@ -6,6 +6,7 @@ use mesh_proto::mesh::{conversations::v1 as conversations, scheduler::v1 as pb};
 use mesh_runtime::{
     FieldViolation, Violations,
     convert::{json_to_struct, struct_to_json},
+    wire::json_object,
 };
 use serde_json::{Value, json};
 
@@ -69,6 +70,10 @@ fn check_template(field: &str, template: &conversations::Template) -> Result<(),
             format!("{field}.language_code"),
             "must be a language code such as \"en_US\" or \"es\"",
         ));
+    }
+    // Stored as jsonb: no NUL, and each component within the JSON limit.
+    for (i, component) in template.components.iter().enumerate() {
+        json_object(&format!("{field}.components[{i}]"), Some(component))?;
     }
     Ok(())
 }

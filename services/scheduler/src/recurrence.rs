@@ -91,11 +91,12 @@ pub fn check(
     let until_date = if recurrence.until_date.is_empty() {
         Some(None)
     } else {
-        let parsed = NaiveDate::parse_from_str(&recurrence.until_date, "%Y-%m-%d").ok();
-        if parsed.is_none() {
-            violations.push(&name("until_date"), "must be a date \"YYYY-MM-DD\"");
-        }
-        parsed.map(Some)
+        violations
+            .check(clock::parse_date(
+                &name("until_date"),
+                &recurrence.until_date,
+            ))
+            .map(Some)
     };
     let count = match recurrence.count {
         0 => Some(None),

@@ -25,7 +25,6 @@ use crate::{
 const MAX_TITLE_CHARS: usize = 200;
 const MAX_DESCRIPTION_CHARS: usize = 2000;
 const MAX_REASON_CHARS: usize = 500;
-const MAX_PAGE_SIZE: i64 = 100;
 const DEFAULT_SNOOZE: TimeDelta = TimeDelta::minutes(10);
 const MIN_SNOOZE: TimeDelta = TimeDelta::minutes(1);
 const MAX_SNOOZE: TimeDelta = TimeDelta::days(7);
@@ -323,6 +322,14 @@ pub async fn create(
         // Checked here, not with the other fields, so that a retry after the
         // time has passed still gets the first answer.
         let (scheduled, local) = future(input.when, zone, "reminder.scheduled_time", "local_time")?;
+        if let Some(until) = input.recurrence.as_ref().and_then(|rule| rule.until_date)
+            && until < local.date()
+        {
+            return Err(ApiError::invalid(
+                "reminder.recurrence.until_date",
+                format!("is before the first occurrence ({})", local.date()),
+            ));
+        }
         let id = Uuid::now_v7();
         let new = NewReminder {
             id,
@@ -395,7 +402,7 @@ pub async fn list(
         statuses.expect("checked"),
         page.expect("checked"),
     );
-    let size = page.size.min(MAX_PAGE_SIZE);
+    let size = page.size;
     let (after_time, after_id) = page.after.map(|key| (key.time, key.id)).unzip();
     let mut rows: Vec<ReminderRow> = sqlx::query_as(AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM reminders
@@ -480,10 +487,24 @@ pub async fn cancel_in(conn: &mut PgConnection, id: Uuid, reason: &str) -> ApiRe
     .bind(reason)
     .bind(status::CANCELLED)
     .bind(status::allowed_from(status::CANCELLED))
-    .execute(conn)
+    .execute(&mut *conn)
     .await?
-    .rows_affected();
-    Ok(cancelled == 1)
+    .rows_affected()
+        == 1;
+    if cancelled {
+        forget_dead_letter(conn, id).await?;
+    }
+    Ok(cancelled)
+}
+
+/// A reminder that leaves failed (cancelled, or pending again) needs no
+/// operator any more: its dead letter goes.
+async fn forget_dead_letter(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<()> {
+    sqlx::query("DELETE FROM dead_letters WHERE item_id = $1")
+        .bind(id)
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 #[tracing::instrument(skip_all)]
@@ -555,6 +576,7 @@ pub async fn reschedule_in(
     .rows_affected()
         == 1;
     if moved {
+        forget_dead_letter(conn, id).await?;
         dispatcher::wake(conn).await?;
     }
     Ok(moved)

@@ -528,3 +528,49 @@ async fn upcoming_events_list_by_start_by_pages_without_ended_or_cancelled_ones(
         ["page_size", "page_token", "user_id"]
     );
 }
+
+/// While a dispatcher holds the event's reminder (its message may be at the
+/// provider), changes that would move or cancel it wait: UNAVAILABLE, and
+/// neither the event nor the reminder changes.
+#[tokio::test]
+async fn an_event_whose_reminder_is_being_sent_waits_for_it() {
+    let mut app = spawn_app().await;
+    let user = app.new_user("America/Bogota").await;
+    let created = create(&mut app, event(&user.id, TimeDelta::days(2), Some(30)))
+        .await
+        .unwrap();
+    let mut conn = app.db.admin_connection().await;
+    sqlx::query(
+        "UPDATE scheduler.reminders SET lease_owner = gen_random_uuid(),
+             lease_expire_time = now() + interval '1 minute' WHERE id = $1::uuid",
+    )
+    .bind(&created.reminder_id)
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let before = reminder(&mut app, &created.reminder_id).await;
+
+    let moved = update(
+        &mut app,
+        pb::CalendarEvent {
+            id: created.id.clone(),
+            start_time: Some(ts(start_of(&created) + TimeDelta::hours(1))),
+            end_time: Some(ts(start_of(&created) + TimeDelta::hours(2))),
+            ..Default::default()
+        },
+        &["start_time", "end_time"],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(moved.code(), Code::Unavailable, "{moved:?}");
+    let deleted = app
+        .client
+        .delete_calendar_event(pb::DeleteCalendarEventRequest {
+            event_id: created.id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(deleted.code(), Code::Unavailable, "{deleted:?}");
+    assert_eq!(get(&mut app, &created.id).await.unwrap(), created);
+    assert_eq!(reminder(&mut app, &created.reminder_id).await, before);
+}

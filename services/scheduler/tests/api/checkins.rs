@@ -139,6 +139,42 @@ async fn a_slot_in_the_past_or_of_an_unknown_user_is_refused() {
         .unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
     assert_eq!(app.count("check_ins").await, 0);
+
+    // Years chrono parses but no Timestamp holds: named, not a crash.
+    for far in ["+262143-12-31", "10000-01-01", "0000-01-01"] {
+        let status = app
+            .client
+            .schedule_check_in(request(&user.id, far))
+            .await
+            .unwrap_err();
+        assert_eq!(sorted_bad_fields(&status), ["check_in.slot_date"], "{far}");
+    }
+    assert_eq!(app.count("check_ins").await, 0);
+}
+
+/// A scheduling repeated after the slot's time has passed answers the
+/// slot's check-in (as any repeat does), not "has passed".
+#[tokio::test]
+async fn a_repeat_after_the_slot_time_answers_the_existing_check_in() {
+    let mut app = spawn_app().await;
+    let user = app.new_user("Europe/Madrid").await;
+    let first = pending_check_in(&mut app, &user.id, 2).await;
+    // Its time passes (moved into the past behind the API's back).
+    let slot = future_date(-2);
+    let mut conn = app.db.admin_connection().await;
+    sqlx::query(
+        "UPDATE scheduler.check_ins SET slot_date = $2::date,
+             scheduled_time = now() - interval '2 days' WHERE id = $1::uuid",
+    )
+    .bind(&first.id)
+    .bind(&slot)
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let again = schedule(&mut app, request(&user.id, &slot)).await;
+    assert!(!again.created);
+    assert_eq!(again.check_in.unwrap().id, first.id);
+    assert_eq!(app.count("check_ins").await, 1);
 }
 
 #[tokio::test]

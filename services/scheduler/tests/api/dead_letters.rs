@@ -282,3 +282,32 @@ async fn discarding_removes_the_dead_letter_and_the_item_stays_failed() {
         .unwrap_err();
     assert_eq!(sorted_bad_fields(&status), ["dead_letter_id"]);
 }
+
+/// A failed reminder moved on by its user (rescheduled, or cancelled) needs
+/// no operator: its dead letter goes with the move.
+#[tokio::test]
+async fn a_failed_reminder_rescheduled_or_cancelled_takes_its_dead_letter_along() {
+    let mut app = spawn_without_dispatcher().await;
+    let mut conn = app.db.admin_connection().await;
+    let (_, rescheduled) = dead_reminder(&mut conn, Uuid::now_v7(), "failed").await;
+    let (_, cancelled) = dead_reminder(&mut conn, Uuid::now_v7(), "failed").await;
+    let (kept, _) = dead_reminder(&mut conn, Uuid::now_v7(), "failed").await;
+    app.client
+        .reschedule_reminder(pb::RescheduleReminderRequest {
+            reminder_id: rescheduled.to_string(),
+            scheduled_time: Some(crate::harness::ts(
+                chrono::Utc::now() + chrono::TimeDelta::hours(1),
+            )),
+            local_time: String::new(),
+        })
+        .await
+        .unwrap();
+    app.client
+        .cancel_reminder(pb::CancelReminderRequest {
+            reminder_id: cancelled.to_string(),
+            reason: "done by hand".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(dead_letter_ids(&app).await, [kept]);
+}

@@ -118,6 +118,24 @@ async fn a_bad_rule_names_each_field_and_writes_nothing() {
             "reminder.recurrence.weekdays",
         ]
     );
+    let ends_before_it_starts = create_recurring(
+        &mut app,
+        &user.id,
+        Utc::now() + TimeDelta::days(3),
+        pb::Recurrence {
+            frequency: pb::RecurrenceFrequency::Daily as i32,
+            until_date: (Utc::now() + TimeDelta::days(1))
+                .format("%Y-%m-%d")
+                .to_string(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        sorted_bad_fields(&ends_before_it_starts),
+        ["reminder.recurrence.until_date"]
+    );
     let daily_with_days = create_recurring(
         &mut app,
         &user.id,

@@ -405,6 +405,13 @@ async fn bad_input_names_every_field_and_writes_nothing() {
         .await
         .unwrap_err();
     assert_eq!(sorted_bad_fields(&past_local), ["local_time"]);
+    // Years chrono parses but no Timestamp holds: named, not a crash.
+    for far in ["+262143-12-31T23:00", "10000-01-01T09:00"] {
+        let status = create_local(&mut app, &user.id, far, "America/New_York")
+            .await
+            .unwrap_err();
+        assert_eq!(sorted_bad_fields(&status), ["local_time"], "{far}");
+    }
     assert_eq!(app.count("reminders").await, 0);
     assert_eq!(app.count("idempotency_keys").await, 0);
 }
