@@ -5,12 +5,16 @@
 use std::{sync::OnceLock, time::Duration};
 
 use tonic::{
+    Code, Status,
     metadata::{Ascii, MetadataValue},
     service::{Interceptor, interceptor::InterceptedService},
     transport::{Channel, Endpoint},
 };
 
-use crate::config::{ConfigError, invalid};
+use crate::{
+    ApiError,
+    config::{ConfigError, invalid},
+};
 
 /// Sends the mesh bearer token and the current trace context with every call.
 #[derive(Clone)]
@@ -93,6 +97,35 @@ impl Downstream {
     /// The shared connection, with the token and trace context on every call.
     pub fn channel(&self) -> MeshChannel {
         InterceptedService::new(self.raw_channel(), self.interceptor.clone())
+    }
+
+    /// How this service answers when a call to `callee` (e.g. "the users
+    /// service") failed with `status`: its NOT_FOUND as `not_found()`, a
+    /// callee that did not answer (down, slow, overloaded) as UNAVAILABLE so
+    /// the caller retries, anything else as INTERNAL (logged, not leaked).
+    pub fn failure(
+        &self,
+        callee: &str,
+        status: Status,
+        not_found: impl FnOnce() -> String,
+    ) -> ApiError {
+        match status.code() {
+            Code::NotFound => ApiError::NotFound(not_found()),
+            Code::Unavailable
+            | Code::DeadlineExceeded
+            | Code::Cancelled
+            | Code::ResourceExhausted
+            | Code::Aborted
+            | Code::Unknown => {
+                tracing::warn!(url = %self.url, %status, "{callee} did not answer");
+                ApiError::Unavailable(format!("{callee} is unavailable; retry"))
+            }
+            _ => ApiError::internal(anyhow::anyhow!(
+                "{callee} failed: {} {}",
+                status.code(),
+                status.message()
+            )),
+        }
     }
 }
 

@@ -61,25 +61,14 @@ pub fn decode_uuid_token(token: &str) -> Result<Option<Uuid>, FieldViolation> {
     decode_parsed_token(token)
 }
 
-/// A key a page token can hold: UUIDs, strings and integers.
+/// A key a page token can hold: anything with a text form that parses back
+/// (UUIDs, strings, integers, dates, [`TimeKey`]).
 pub trait PageKey: Sized {
     /// The key `token` holds; `None` for an empty token (the first page).
     fn decode(token: &str) -> Result<Option<Self>, FieldViolation>;
 }
 
-impl PageKey for Uuid {
-    fn decode(token: &str) -> Result<Option<Self>, FieldViolation> {
-        decode_uuid_token(token)
-    }
-}
-
-impl PageKey for String {
-    fn decode(token: &str) -> Result<Option<Self>, FieldViolation> {
-        decode_token(token)
-    }
-}
-
-impl PageKey for i64 {
+impl<T: FromStr> PageKey for T {
     fn decode(token: &str) -> Result<Option<Self>, FieldViolation> {
         decode_parsed_token(token)
     }
@@ -117,12 +106,6 @@ impl FromStr for TimeKey {
             .and_then(DateTime::from_timestamp_micros)
             .ok_or(())?;
         Ok(Self::new(time, id.parse().map_err(|_| ())?))
-    }
-}
-
-impl PageKey for TimeKey {
-    fn decode(token: &str) -> Result<Option<Self>, FieldViolation> {
-        decode_parsed_token(token)
     }
 }
 

@@ -24,7 +24,6 @@ use uuid::Uuid;
 
 use crate::{
     State, clock,
-    dispatcher::{NOT_BEING_SENT, being_sent},
     reminders::{self, NewReminder},
     status,
     wire::{calendar_event_status, required_text, text},
@@ -241,21 +240,9 @@ async fn sync_reminder(
     reason: &str,
     revive: bool,
 ) -> ApiResult<EventRow> {
-    // Locked, so no dispatcher claims it until this commits; one that holds
-    // it now may be sending it, and the event's change must wait for that.
-    let linked_status: Option<String> = match event.reminder_id {
-        Some(id) => {
-            let linked: Option<(String, bool)> = sqlx::query_as(AssertSqlSafe(format!(
-                "SELECT status, NOT {NOT_BEING_SENT} FROM reminders WHERE id = $1 FOR UPDATE"
-            )))
-            .bind(id)
-            .fetch_optional(&mut *conn)
-            .await?;
-            if let Some((_, true)) = linked {
-                return Err(being_sent("the event's reminder", id));
-            }
-            linked.map(|(status, _)| status)
-        }
+    // One being sent makes the event's change wait (UNAVAILABLE).
+    let linked_status = match event.reminder_id {
+        Some(id) => reminders::hold(conn, id).await?,
         None => None,
     };
     let Some(at) = event.reminder_time(Utc::now()) else {
@@ -446,21 +433,11 @@ pub async fn delete(
     let Some(reminder) = reminder else {
         return Err(ApiError::not_found(format!("no calendar event {id}")));
     };
-    if let Some(reminder) = reminder
-        && !reminders::cancel_in(&mut tx, reminder, "event deleted").await?
-    {
-        // A sent or cancelled reminder stays as it is; one being sent makes
-        // the deletion wait (rolled back), or the reminder would outlive it.
-        let being_sent_now: bool = sqlx::query_scalar(AssertSqlSafe(format!(
-            "SELECT NOT {NOT_BEING_SENT} FROM reminders WHERE id = $1"
-        )))
-        .bind(reminder)
-        .fetch_optional(&mut *tx)
-        .await?
-        .unwrap_or(false);
-        if being_sent_now {
-            return Err(being_sent("the event's reminder", reminder));
-        }
+    if let Some(reminder) = reminder {
+        // One being sent makes the deletion wait (rolled back), or the
+        // reminder would outlive its event; a sent or cancelled one stays.
+        reminders::hold(&mut tx, reminder).await?;
+        reminders::cancel_in(&mut tx, reminder, "event deleted").await?;
     }
     tx.commit().await?;
     Ok(pb::DeleteCalendarEventResponse {})

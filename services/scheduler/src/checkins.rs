@@ -11,7 +11,7 @@ use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
 use chrono_tz::Tz;
 use mesh_proto::mesh::scheduler::v1 as pb;
 use mesh_runtime::{
-    ApiError, ApiResult, FieldViolation, Violations,
+    ApiError, ApiResult, Violations,
     convert::{json_to_struct, optional_timestamp, parse_uuid, timestamp},
     pagination::{Page, next_page},
 };
@@ -23,7 +23,7 @@ use crate::{
     clock::{self, resolve},
     delivery,
     dispatcher::{self, NOT_BEING_SENT, being_sent},
-    wire::{check_in_priority, check_in_status, json_object, required_text, text},
+    wire::{check_in_priority, check_in_status, json_object, optional, required_text, text},
 };
 
 /// When neither the request nor the user names a time.
@@ -101,30 +101,20 @@ struct Scheduling {
 
 fn check_scheduling(request: &pb::ScheduleCheckInRequest) -> ApiResult<Scheduling> {
     let mut violations = Violations::default();
-    let local_time = violations.check(optional_parsed(
-        "local_time",
-        &request.local_time,
-        "must be a local time \"HH:MM\"",
-        |t| NaiveTime::parse_from_str(t, "%H:%M").ok(),
-    ));
+    let local_time = violations.check(optional(&request.local_time, |time| {
+        clock::parse_hh_mm("local_time", time)
+    }));
     let Some(check_in) = &request.check_in else {
         violations.push("check_in", "is required");
         return Err(violations.into());
     };
     let user = violations.check(parse_uuid("check_in.user_id", &check_in.user_id));
-    let time_zone = violations.check(optional_parsed(
-        "check_in.time_zone",
-        &check_in.time_zone,
-        "must be an IANA time zone name such as \"America/New_York\"",
-        |zone| zone.parse::<Tz>().ok(),
-    ));
-    let slot_date = if check_in.slot_date.is_empty() {
-        Some(None)
-    } else {
-        violations
-            .check(clock::parse_date("check_in.slot_date", &check_in.slot_date))
-            .map(Some)
-    };
+    let time_zone = violations.check(optional(&check_in.time_zone, |zone| {
+        clock::parse_zone("check_in.time_zone", zone)
+    }));
+    let slot_date = violations.check(optional(&check_in.slot_date, |date| {
+        clock::parse_date("check_in.slot_date", date)
+    }));
     let priority = if check_in.priority == 0 {
         Some("generic")
     } else {
@@ -158,21 +148,6 @@ fn check_scheduling(request: &pb::ScheduleCheckInRequest) -> ApiResult<Schedulin
         content: (!check_in.content.is_empty()).then(|| check_in.content.clone()),
         delivery,
     })
-}
-
-/// Empty text as None, else `parse` of it, or `problem` about `field`.
-fn optional_parsed<T>(
-    field: &str,
-    value: &str,
-    problem: &str,
-    parse: impl Fn(&str) -> Option<T>,
-) -> Result<Option<T>, FieldViolation> {
-    if value.is_empty() {
-        return Ok(None);
-    }
-    parse(value)
-        .map(Some)
-        .ok_or_else(|| FieldViolation::new(field, problem))
 }
 
 #[tracing::instrument(skip_all)]
@@ -312,23 +287,12 @@ pub async fn list(
             .collect::<Result<Vec<_>, _>>(),
     );
     // A user has one check-in a day, so the slot date alone orders a page.
-    let page = Page::<String>::check(&mut violations, request.page_size, &request.page_token);
-    let after = match page.as_ref().and_then(|page| page.after.as_deref()) {
-        None => Some(None),
-        Some(key) => violations.check(
-            NaiveDate::parse_from_str(key, "%Y-%m-%d")
-                .map(Some)
-                .map_err(|_| {
-                    FieldViolation::new("page_token", "is not a token this service issued")
-                }),
-        ),
-    };
+    let page = Page::<NaiveDate>::check(&mut violations, request.page_size, &request.page_token);
     violations.into_result()?;
-    let (user, statuses, page, after) = (
+    let (user, statuses, page) = (
         user.expect("checked"),
         statuses.expect("checked"),
         page.expect("checked"),
-        after.expect("checked"),
     );
     let mut rows: Vec<CheckInRow> = sqlx::query_as(AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM check_ins
@@ -340,13 +304,11 @@ pub async fn list(
     )))
     .bind(user)
     .bind(&statuses)
-    .bind(after)
+    .bind(page.after)
     .bind(page.size + 1)
     .fetch_all(&state.pool)
     .await?;
-    let next_page_token = next_page(&mut rows, page.size, |row| {
-        row.slot_date.format("%Y-%m-%d").to_string()
-    });
+    let next_page_token = next_page(&mut rows, page.size, |row| row.slot_date.to_string());
     Ok(pb::ListCheckInsResponse {
         check_ins: rows.into_iter().map(CheckInRow::into_pb).collect(),
         next_page_token,
@@ -416,36 +378,34 @@ pub async fn skip(
 }
 
 /// Why a change to check-in `id` that touched nothing was refused: it does
-/// not exist, it is no longer pending, or the dispatcher is sending it.
+/// not exist, it is no longer pending, the dispatcher is sending it, or (new
+/// content only) a send of its content was attempted already.
 async fn refusal(conn: &mut PgConnection, id: Uuid, change: &str) -> ApiError {
-    let current = match fetch(conn, id).await {
-        Ok(current) => current,
-        Err(error) => return error,
-    };
-    let status = check_in_status::name(current.status).unwrap_or("unknown");
-    let attempted: bool = match sqlx::query_scalar(AssertSqlSafe(format!(
-        "SELECT send_request IS NOT NULL AND {NOT_BEING_SENT} FROM check_ins WHERE id = $1"
+    let current: Option<(String, bool, bool)> = match sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT status, NOT {NOT_BEING_SENT}, send_request IS NOT NULL
+         FROM check_ins WHERE id = $1"
     )))
     .bind(id)
-    .fetch_one(&mut *conn)
+    .fetch_optional(conn)
     .await
     {
-        Ok(attempted) => attempted,
+        Ok(current) => current,
         Err(error) => return error.into(),
     };
-    if status == "pending" && attempted {
+    match current {
+        None => ApiError::not_found(format!("no check-in {id}")),
+        Some((_, true, _)) => being_sent("check-in", id),
         // Only new content is refused so: a retry resends the first
         // attempt's text, which may have been delivered.
-        ApiError::FailedPrecondition(format!(
-            "check-in {id} has had a send attempted with its content, which a retry \
-             resends as it was, so it cannot {change}; skip it if it should not go"
-        ))
-    } else if status == "pending" {
-        being_sent("check-in", id)
-    } else {
-        ApiError::FailedPrecondition(format!(
+        Some((status, false, true)) if status == "pending" => {
+            ApiError::FailedPrecondition(format!(
+                "check-in {id} has had a send attempted with its content, which a retry \
+                 resends as it was, so it cannot {change}; skip it if it should not go"
+            ))
+        }
+        Some((status, ..)) => ApiError::FailedPrecondition(format!(
             "check-in {id} is {status}; only a pending check-in can {change}"
-        ))
+        )),
     }
 }
 

@@ -2,7 +2,9 @@
 //! a spring-forward change moves forward by the change; one that happens
 //! twice (fall back) is the first of the two.
 
-use chrono::{DateTime, Datelike, NaiveDate, NaiveDateTime, Offset, TimeDelta, TimeZone, Utc};
+use chrono::{
+    DateTime, Datelike, NaiveDate, NaiveDateTime, NaiveTime, Offset, TimeDelta, TimeZone, Utc,
+};
 use chrono_tz::Tz;
 use mesh_runtime::FieldViolation;
 
@@ -32,6 +34,16 @@ pub fn parse_date(field: &str, text: &str) -> Result<NaiveDate, FieldViolation> 
         .ok_or_else(|| {
             FieldViolation::new(field, "must be a date \"YYYY-MM-DD\", years 0001 to 9999")
         })
+}
+
+/// A local time of day "HH:MM" (24 h), as the users service stores them too.
+pub fn hh_mm(text: &str) -> Option<NaiveTime> {
+    NaiveTime::parse_from_str(text, "%H:%M").ok()
+}
+
+/// [`hh_mm`] of a request's field.
+pub fn parse_hh_mm(field: &str, text: &str) -> Result<NaiveTime, FieldViolation> {
+    hh_mm(text).ok_or_else(|| FieldViolation::new(field, "must be a local time \"HH:MM\""))
 }
 
 /// An IANA time zone name such as "America/New_York".

@@ -91,14 +91,14 @@ pub async fn retry(
             .ok_or_else(|| ApiError::not_found(format!("no dead letter {id}")))?;
     let response = match operation.as_str() {
         "send_reminder" => {
-            revive(&mut tx, "reminders", item, reminder_retry_from()).await?;
+            revive(&mut tx, "reminders", item).await?;
             pb::RetryDeadLetterResponse {
                 reminder: Some(reminders::fetch(&mut tx, item).await?),
                 check_in: None,
             }
         }
         "send_check_in" => {
-            revive(&mut tx, "check_ins", item, &["failed"]).await?;
+            revive(&mut tx, "check_ins", item).await?;
             pb::RetryDeadLetterResponse {
                 reminder: None,
                 check_in: Some(checkins::fetch(&mut tx, item).await?),
@@ -119,34 +119,23 @@ pub async fn retry(
     Ok(response)
 }
 
-/// The reminder statuses a retry moves to pending: those the state machine
-/// allows to become pending, but only failed: a reminder the user cancelled
-/// meanwhile stays cancelled.
-fn reminder_retry_from() -> &'static [&'static str] {
-    const FAILED_ONLY: &[&str] = &[status::FAILED];
-    if status::allowed(status::FAILED, status::PENDING) {
-        FAILED_ONLY
-    } else {
-        &[]
-    }
-}
-
 /// Puts item `id` of `table` (reminders or check_ins) back to pending, due
 /// now with its retries reset; FAILED_PRECONDITION, changing nothing, when
-/// its status is not one of `from`.
-async fn revive(conn: &mut PgConnection, table: &str, id: Uuid, from: &[&str]) -> ApiResult<()> {
+/// it is no longer failed (a reminder the user cancelled meanwhile stays
+/// cancelled). failed -> pending is a transition of both state machines.
+async fn revive(conn: &mut PgConnection, table: &str, id: Uuid) -> ApiResult<()> {
     // `table` is one of the two literals above, not input.
     let current: Option<(String, bool)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "WITH revived AS (
              UPDATE {table} SET status = 'pending', status_reason = '', retry_count = 0,
                  next_attempt_time = now(), lease_owner = NULL, lease_expire_time = NULL
-             WHERE id = $1 AND status = ANY($2)
+             WHERE id = $1 AND status = $2
              RETURNING id
          )
          SELECT status, EXISTS (SELECT 1 FROM revived) FROM {table} WHERE id = $1"
     )))
     .bind(id)
-    .bind(from)
+    .bind(status::FAILED)
     .fetch_optional(conn)
     .await?;
     match current {

@@ -7,8 +7,9 @@ use chrono::NaiveTime;
 use chrono_tz::Tz;
 use mesh_proto::mesh::users::v1::{self as users_pb, users_service_client::UsersServiceClient};
 use mesh_runtime::{ApiError, ApiResult, client::Downstream};
-use tonic::Code;
 use uuid::Uuid;
+
+use crate::clock;
 
 /// A user as the scheduler needs them.
 #[derive(Clone, Debug)]
@@ -75,7 +76,7 @@ impl People {
         })?;
         Ok(Person {
             time_zone,
-            preferred_checkin_time: parse_hh_mm(&found.preferred_checkin_time),
+            preferred_checkin_time: clock::hh_mm(&found.preferred_checkin_time),
             has_phone: found.phone.is_some_and(|phone| !phone.is_empty()),
             has_telegram: found.telegram_user_id.is_some(),
             active: found.is_active,
@@ -95,8 +96,8 @@ impl People {
             .into_inner()
             .preferences
             .unwrap_or_default();
-        let start = parse_hh_mm(&preferences.quiet_hours_start);
-        let end = parse_hh_mm(&preferences.quiet_hours_end);
+        let start = clock::hh_mm(&preferences.quiet_hours_start);
+        let end = clock::hh_mm(&preferences.quiet_hours_end);
         Ok(match (start, end) {
             (Some(start), Some(end)) if start != end => Some(QuietHours { start, end }),
             _ => None,
@@ -104,27 +105,8 @@ impl People {
     }
 
     fn failure(&self, user: Uuid, status: tonic::Status) -> ApiError {
-        match status.code() {
-            Code::NotFound => ApiError::not_found(format!("no user with id {user}")),
-            Code::Unavailable
-            | Code::DeadlineExceeded
-            | Code::Cancelled
-            | Code::ResourceExhausted
-            | Code::Aborted
-            | Code::Unknown => {
-                tracing::warn!(url = %self.users.url(), status = %status, "the users service did not answer");
-                ApiError::Unavailable("the users service is unavailable; retry".into())
-            }
-            _ => ApiError::internal(anyhow::anyhow!(
-                "users service call failed: {} {}",
-                status.code(),
-                status.message()
-            )),
-        }
+        self.users.failure("the users service", status, || {
+            format!("no user with id {user}")
+        })
     }
-}
-
-/// "HH:MM" (24 h) as the users service stores it; None when empty or malformed.
-pub fn parse_hh_mm(text: &str) -> Option<NaiveTime> {
-    NaiveTime::parse_from_str(text, "%H:%M").ok()
 }

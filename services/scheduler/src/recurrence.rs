@@ -15,7 +15,10 @@ use serde_json::{Value, json};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::{clock, reminders, wire::recurrence_frequency};
+use crate::{
+    clock, reminders,
+    wire::{optional, recurrence_frequency},
+};
 
 const MAX_INTERVAL: i32 = 366;
 
@@ -24,6 +27,23 @@ pub enum Frequency {
     Daily,
     Weekly,
     Monthly,
+}
+
+impl Frequency {
+    /// As stored, and as `recurrence_frequency` names it on the wire.
+    fn name(self) -> &'static str {
+        match self {
+            Self::Daily => "daily",
+            Self::Weekly => "weekly",
+            Self::Monthly => "monthly",
+        }
+    }
+
+    fn from_name(name: &str) -> Option<Self> {
+        [Self::Daily, Self::Weekly, Self::Monthly]
+            .into_iter()
+            .find(|frequency| frequency.name() == name)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,11 +73,7 @@ pub fn check(
             &name("frequency"),
             recurrence.frequency,
         ))
-        .map(|text| match text {
-            "daily" => Frequency::Daily,
-            "weekly" => Frequency::Weekly,
-            _ => Frequency::Monthly,
-        });
+        .and_then(Frequency::from_name);
     let interval = match recurrence.interval {
         0 => Some(1),
         n @ 1..=MAX_INTERVAL => Some(n as u32),
@@ -88,16 +104,9 @@ pub fn check(
     }
     weekdays.sort_unstable();
     weekdays.dedup();
-    let until_date = if recurrence.until_date.is_empty() {
-        Some(None)
-    } else {
-        violations
-            .check(clock::parse_date(
-                &name("until_date"),
-                &recurrence.until_date,
-            ))
-            .map(Some)
-    };
+    let until_date = violations.check(optional(&recurrence.until_date, |date| {
+        clock::parse_date(&name("until_date"), date)
+    }));
     let count = match recurrence.count {
         0 => Some(None),
         n if n > 0 => Some(Some(n as u32)),
@@ -127,11 +136,7 @@ impl Rule {
     /// As stored in reminders.recurrence (shape in the migration).
     pub fn to_json(&self) -> Value {
         let mut stored = json!({
-            "frequency": match self.frequency {
-                Frequency::Daily => "daily",
-                Frequency::Weekly => "weekly",
-                Frequency::Monthly => "monthly",
-            },
+            "frequency": self.frequency.name(),
             "interval": self.interval,
         });
         if !self.weekdays.is_empty() {
@@ -148,12 +153,7 @@ impl Rule {
 
     /// The stored rule; None when it is not one this module wrote.
     pub fn from_json(stored: &Value) -> Option<Self> {
-        let frequency = match stored["frequency"].as_str()? {
-            "daily" => Frequency::Daily,
-            "weekly" => Frequency::Weekly,
-            "monthly" => Frequency::Monthly,
-            _ => return None,
-        };
+        let frequency = Frequency::from_name(stored["frequency"].as_str()?)?;
         let number = |key: &str| stored[key].as_u64().and_then(|n| u32::try_from(n).ok());
         Some(Self {
             frequency,
@@ -176,11 +176,7 @@ impl Rule {
 
     pub fn to_wire(&self) -> pb::Recurrence {
         pb::Recurrence {
-            frequency: match self.frequency {
-                Frequency::Daily => pb::RecurrenceFrequency::Daily,
-                Frequency::Weekly => pb::RecurrenceFrequency::Weekly,
-                Frequency::Monthly => pb::RecurrenceFrequency::Monthly,
-            } as i32,
+            frequency: recurrence_frequency::parse(self.frequency.name()) as i32,
             interval: self.interval as i32,
             weekdays: self.weekdays.iter().map(|&d| d as i32).collect(),
             until_date: self

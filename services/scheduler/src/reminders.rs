@@ -19,7 +19,7 @@ use crate::{
     dispatcher::{self, NOT_BEING_SENT, being_sent},
     recurrence::{self, Rule},
     status,
-    wire::{self, json_object, reminder_status, required_text},
+    wire::{self, json_object, optional, reminder_status, required_text},
 };
 
 const MAX_TITLE_CHARS: usize = 200;
@@ -267,13 +267,9 @@ fn check_reminder(
         "local_time",
         local_time,
     );
-    let zone = if reminder.time_zone.is_empty() {
-        Some(None)
-    } else {
-        violations
-            .check(clock::parse_zone("reminder.time_zone", &reminder.time_zone))
-            .map(Some)
-    };
+    let zone = violations.check(optional(&reminder.time_zone, |zone| {
+        clock::parse_zone("reminder.time_zone", zone)
+    }));
     let metadata = violations.check(json_object("reminder.metadata", reminder.metadata.as_ref()));
     let recurrence = recurrence::check(
         "reminder.recurrence",
@@ -452,6 +448,23 @@ async fn current_status(conn: &mut PgConnection, id: Uuid) -> ApiResult<Option<(
     .bind(id)
     .fetch_optional(conn)
     .await?)
+}
+
+/// Locks reminder `id` for a change in this transaction (no dispatcher
+/// claims it until the commit) and returns its status; UNAVAILABLE when a
+/// dispatcher holds it now, as its message may be at the provider. None when
+/// there is no such reminder.
+pub async fn hold(conn: &mut PgConnection, id: Uuid) -> ApiResult<Option<String>> {
+    let current: Option<(String, bool)> = sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT status, NOT {NOT_BEING_SENT} FROM reminders WHERE id = $1 FOR UPDATE"
+    )))
+    .bind(id)
+    .fetch_optional(conn)
+    .await?;
+    match current {
+        Some((_, true)) => Err(being_sent("reminder", id)),
+        current => Ok(current.map(|(status, _)| status)),
+    }
 }
 
 #[tracing::instrument(skip_all)]

@@ -33,10 +33,6 @@ pub fn allowed_from(to: &str) -> &'static [&'static str] {
     }
 }
 
-pub fn allowed(from: &str, to: &str) -> bool {
-    allowed_from(to).contains(&from)
-}
-
 /// The refusal of `from -> to`, naming both.
 pub fn refused(from: &str, to: &str) -> ApiError {
     ApiError::FailedPrecondition(format!(
@@ -58,6 +54,10 @@ fn allowed_transitions() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn allowed(from: &str, to: &str) -> bool {
+        allowed_from(to).contains(&from)
+    }
 
     #[test]
     fn the_table_allows_exactly_the_six_transitions() {

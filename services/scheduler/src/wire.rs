@@ -1,8 +1,20 @@
 //! The scheduler's wire enums and the text the database stores for them.
 
-use mesh_runtime::text_enum;
+use mesh_runtime::{FieldViolation, text_enum};
 
 pub use mesh_runtime::wire::{json_object, required_text, text};
+
+/// An optional text field: None when empty, else `parse` of it.
+pub fn optional<T>(
+    value: &str,
+    parse: impl FnOnce(&str) -> Result<T, FieldViolation>,
+) -> Result<Option<T>, FieldViolation> {
+    if value.is_empty() {
+        Ok(None)
+    } else {
+        parse(value).map(Some)
+    }
+}
 
 text_enum!(mesh_proto::mesh::scheduler::v1; reminder_status, ReminderStatus {
     Pending => "pending", Sent => "sent", Failed => "failed", Cancelled => "cancelled",

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use mesh_proto::mesh::users::v1::{self as users_pb, users_service_client::UsersServiceClient};
 use mesh_runtime::{ApiError, ApiResult, client::Downstream};
-use tonic::Code;
 use uuid::Uuid;
 
 /// Where a message goes on its channel.
@@ -66,24 +65,8 @@ impl Recipients {
     }
 
     fn failure(&self, user: Uuid, status: tonic::Status) -> ApiError {
-        match status.code() {
-            Code::NotFound => ApiError::not_found(format!("no user with id {user}")),
-            Code::Unavailable
-            | Code::DeadlineExceeded
-            | Code::Cancelled
-            | Code::ResourceExhausted
-            | Code::Aborted
-            | Code::Unknown => {
-                tracing::warn!(url = %self.users.url(), status = %status, "the users service did not answer");
-                ApiError::Unavailable(
-                    "the users service is unavailable, so the recipient is unknown; retry".into(),
-                )
-            }
-            _ => ApiError::internal(anyhow::anyhow!(
-                "users service GetUser failed: {} {}",
-                status.code(),
-                status.message()
-            )),
-        }
+        self.users.failure("the users service", status, || {
+            format!("no user with id {user}")
+        })
     }
 }

@@ -62,6 +62,15 @@ pub(super) async fn record(
 ) -> Option<DateTime<Utc>> {
     let metrics = &state.metrics;
     let kind = item.kind.label();
+    // The last retry allowed is given up on like a refusal for good.
+    let outcome = match outcome {
+        Outcome::Retry { error, .. }
+            if item.retry_count + 1 >= state.config.dispatcher.max_retries =>
+        {
+            Outcome::DeadLetter { error }
+        }
+        other => other,
+    };
     let written = match outcome {
         Outcome::Sent {
             provider_message_id,
@@ -84,22 +93,14 @@ pub(super) async fn record(
         }
         Outcome::Retry { error, retry_after } => {
             let retries = item.retry_count + 1;
-            if retries >= state.config.dispatcher.max_retries {
-                tracing::warn!(%error, retries, "giving up; dead-lettered");
-                metrics.outcome(kind, "dead_lettered");
-                fail(state, me, item, &error, Some((retries, &payload)))
-                    .await
-                    .map(|_| None)
-            } else {
-                let wait =
-                    backoff(&state.config.dispatcher, retries).max(retry_after.unwrap_or_default());
-                let at = Utc::now() + wait;
-                tracing::info!(%error, retries, retry_in = ?wait, "will retry");
-                metrics.outcome(kind, "retried");
-                release(state, me, item, at, &format!("retrying: {error}"), true)
-                    .await
-                    .map(|moved| moved.then_some(at))
-            }
+            let wait =
+                backoff(&state.config.dispatcher, retries).max(retry_after.unwrap_or_default());
+            let at = Utc::now() + wait;
+            tracing::info!(%error, retries, retry_in = ?wait, "will retry");
+            metrics.outcome(kind, "retried");
+            release(state, me, item, at, &format!("retrying: {error}"), true)
+                .await
+                .map(|moved| moved.then_some(at))
         }
         Outcome::Fail { reason } => {
             tracing::warn!(%reason, "failed");
@@ -107,9 +108,9 @@ pub(super) async fn record(
             fail(state, me, item, &reason, None).await.map(|_| None)
         }
         Outcome::DeadLetter { error } => {
-            tracing::warn!(%error, "failed; dead-lettered");
-            metrics.outcome(kind, "dead_lettered");
             let retries = item.retry_count + 1;
+            tracing::warn!(%error, retries, "giving up; dead-lettered");
+            metrics.outcome(kind, "dead_lettered");
             fail(state, me, item, &error, Some((retries, &payload)))
                 .await
                 .map(|_| None)

@@ -98,14 +98,19 @@ impl Job {
         let mut rechecked = false;
         loop {
             let payload = payload(item, Some(channel), &content);
-            *payload_out = Some(payload.clone());
-            match outcome::pin(&self.state, self.me, item, &payload).await {
-                Ok(true) => {}
-                Ok(false) => {
-                    return Outcome::retry("the lease was lost before the send".into(), None);
+            // A retry of the pinned request needs no second write.
+            if item.send_request.as_ref() != Some(&payload) {
+                match outcome::pin(&self.state, self.me, item, &payload).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        return Outcome::retry("the lease was lost before the send".into(), None);
+                    }
+                    Err(error) => {
+                        return Outcome::retry(format!("pinning the request: {error}"), None);
+                    }
                 }
-                Err(error) => return Outcome::retry(format!("pinning the request: {error}"), None),
             }
+            *payload_out = Some(payload);
             let request = request(item, channel, content.clone());
             match self.send(request).await {
                 Ok(provider_message_id) => {

@@ -539,15 +539,7 @@ async fn an_event_whose_reminder_is_being_sent_waits_for_it() {
     let created = create(&mut app, event(&user.id, TimeDelta::days(2), Some(30)))
         .await
         .unwrap();
-    let mut conn = app.db.admin_connection().await;
-    sqlx::query(
-        "UPDATE scheduler.reminders SET lease_owner = gen_random_uuid(),
-             lease_expire_time = now() + interval '1 minute' WHERE id = $1::uuid",
-    )
-    .bind(&created.reminder_id)
-    .execute(&mut conn)
-    .await
-    .unwrap();
+    app.lease("reminders", &created.reminder_id, Some(60)).await;
     let before = reminder(&mut app, &created.reminder_id).await;
 
     let moved = update(

@@ -506,18 +506,18 @@ async fn a_check_in_being_sent_or_attempted_keeps_its_content() {
         content: content.into(),
     };
     app.client.set_check_in_content(set("first")).await.unwrap();
+    // A dispatcher's attempt: the request pinned, the lease held.
     let mut conn = app.db.admin_connection().await;
-    let update =
-        |sql: &'static str| sqlx::query(sql).bind(check_in.id.parse::<uuid::Uuid>().unwrap());
-    update(
-        "UPDATE scheduler.check_ins SET lease_owner = gen_random_uuid(),
-             lease_expire_time = now() + interval '1 minute',
-             send_request = '{\"channel\": \"whatsapp\", \"text\": \"first\"}'
-         WHERE id = $1",
+    sqlx::query(
+        "UPDATE scheduler.check_ins
+         SET send_request = '{\"channel\": \"whatsapp\", \"text\": \"first\"}'
+         WHERE id = $1::uuid",
     )
+    .bind(&check_in.id)
     .execute(&mut conn)
     .await
     .unwrap();
+    app.lease("check_ins", &check_in.id, Some(60)).await;
     let busy = app
         .client
         .set_check_in_content(set("second"))
@@ -532,12 +532,7 @@ async fn a_check_in_being_sent_or_attempted_keeps_its_content() {
     assert_eq!(busy.code(), Code::Unavailable, "{busy:?}");
 
     // The attempt ended (a retry is due later): the lease is gone.
-    update(
-        "UPDATE scheduler.check_ins SET lease_owner = NULL, lease_expire_time = NULL WHERE id = $1",
-    )
-    .execute(&mut conn)
-    .await
-    .unwrap();
+    app.lease("check_ins", &check_in.id, None).await;
     let refused = app
         .client
         .set_check_in_content(set("second"))

@@ -88,6 +88,17 @@ async fn dead_letter_ids(app: &TestApp) -> Vec<Uuid> {
         .unwrap()
 }
 
+async fn retry(
+    app: &mut TestApp,
+    dead_letter: Uuid,
+) -> Result<tonic::Response<pb::RetryDeadLetterResponse>, tonic::Status> {
+    app.client
+        .retry_dead_letter(pb::RetryDeadLetterRequest {
+            dead_letter_id: dead_letter.to_string(),
+        })
+        .await
+}
+
 #[tokio::test]
 async fn dead_letters_list_oldest_first_by_pages_and_by_user() {
     let mut app = spawn_without_dispatcher().await;
@@ -165,14 +176,7 @@ async fn retrying_puts_the_check_in_back_to_pending_and_removes_the_dead_letter(
     let (dead, item) = failed_check_in(&mut conn, Uuid::now_v7()).await;
     let (other, _) = failed_check_in(&mut conn, Uuid::now_v7()).await;
 
-    let response = app
-        .client
-        .retry_dead_letter(pb::RetryDeadLetterRequest {
-            dead_letter_id: dead.to_string(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let response = retry(&mut app, dead).await.unwrap().into_inner();
     assert_eq!(response.reminder, None);
     let check_in = response.check_in.expect("the check-in");
     assert_eq!(check_in.id, item.to_string());
@@ -187,13 +191,7 @@ async fn retrying_puts_the_check_in_back_to_pending_and_removes_the_dead_letter(
     );
     assert_eq!(dead_letter_ids(&app).await, [other]);
 
-    let status = app
-        .client
-        .retry_dead_letter(pb::RetryDeadLetterRequest {
-            dead_letter_id: dead.to_string(),
-        })
-        .await
-        .unwrap_err();
+    let status = retry(&mut app, dead).await.unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
 }
 
@@ -202,14 +200,7 @@ async fn retrying_puts_the_reminder_back_to_pending() {
     let mut app = spawn_without_dispatcher().await;
     let mut conn = app.db.admin_connection().await;
     let (dead, item) = dead_reminder(&mut conn, Uuid::now_v7(), "failed").await;
-    let response = app
-        .client
-        .retry_dead_letter(pb::RetryDeadLetterRequest {
-            dead_letter_id: dead.to_string(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let response = retry(&mut app, dead).await.unwrap().into_inner();
     assert_eq!(response.check_in, None);
     assert_eq!(
         response.reminder.expect("the reminder").id,
@@ -228,13 +219,7 @@ async fn an_item_no_longer_failed_is_not_retried_and_keeps_its_dead_letter() {
     let mut conn = app.db.admin_connection().await;
     // The user cancelled the reminder after it failed.
     let (dead, item) = dead_reminder(&mut conn, Uuid::now_v7(), "cancelled").await;
-    let status = app
-        .client
-        .retry_dead_letter(pb::RetryDeadLetterRequest {
-            dead_letter_id: dead.to_string(),
-        })
-        .await
-        .unwrap_err();
+    let status = retry(&mut app, dead).await.unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition);
     assert!(
         status.message().contains("cancelled"),

@@ -389,6 +389,36 @@ async fn a_retry_resends_the_first_attempts_request_as_it_was() {
     assert_eq!(app.count("dead_letters").await, 0);
 }
 
+/// A send that outlasts 80% of the lease is given up and retried under the
+/// same token before another replica could claim the item: conversations,
+/// still sending the first, answers the retry with that send. One message.
+#[tokio::test]
+async fn a_send_slower_than_the_lease_budget_is_retried_as_the_same_send() {
+    let mut app = spawn_with(|config| config.dispatcher.lease = Duration::from_secs(2)).await;
+    let user = awake_user(&mut app).await;
+    app.open_whatsapp_window(&user.id).await;
+    // Past the budget (1.6 s), within conversations' provider timeout (5 s).
+    app.providers.whatsapp.script([WaReply::Delayed(
+        Duration::from_secs(3),
+        Box::new(WaReply::Accept),
+    )]);
+    let title = unique("Slow");
+    let id = insert_reminder(&app, &user.id, &title, ago(1), Send::default()).await;
+
+    let sent = wait_row(&app, "reminders", id, |r| r.status == "sent").await;
+    // Given up at least once (a retry waiting on the first send's answer
+    // may itself run out of budget, so one or two).
+    assert!(sent.retry_count >= 1, "{sent:?}");
+    assert_eq!(
+        whatsapp_sends(&app, &title).len(),
+        1,
+        "one provider request"
+    );
+    let stored = stored_messages(&app, sent.send_token).await;
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    assert_eq!(stored[0].1, sent.provider_message_id);
+}
+
 /// A reminder whose every attempt meets an outage (max_retries is 3).
 async fn dead_lettered(app: &mut TestApp) -> (Uuid, String, Row) {
     let user = awake_user(app).await;

@@ -252,6 +252,24 @@ impl TestApp {
             .expect("record an inbound message");
     }
 
+    /// Leases item `id` of `scheduler.<table>` to a dispatcher that is not
+    /// running, until `seconds` from now (a past time: a lease run out), as a
+    /// dispatcher does when it claims the item; None releases it.
+    pub async fn lease(&self, table: &str, id: &str, seconds: Option<i64>) {
+        let mut conn = self.db.admin_connection().await;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE scheduler.{table}
+             SET lease_owner = CASE WHEN $2::bigint IS NULL THEN NULL ELSE gen_random_uuid() END,
+                 lease_expire_time = now() + make_interval(secs => $2::bigint)
+             WHERE id = $1::uuid"
+        )))
+        .bind(id)
+        .bind(seconds)
+        .execute(&mut conn)
+        .await
+        .expect("set the lease");
+    }
+
     /// Rows in `scheduler.<table>` right now, counted as the superuser.
     pub async fn count(&self, table: &str) -> i64 {
         self.db.count("scheduler", table).await

@@ -37,6 +37,19 @@ async fn create_recurring(
         .expect("a reminder"))
 }
 
+/// Every reminder of the user, by scheduled time.
+async fn reminders_of(app: &mut TestApp, user_id: &str) -> Vec<pb::Reminder> {
+    app.client
+        .list_reminders(pb::ListRemindersRequest {
+            user_id: user_id.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .reminders
+}
+
 #[tokio::test]
 async fn a_rule_is_stored_with_its_defaults() {
     let mut app = spawn_app().await;
@@ -176,16 +189,7 @@ async fn a_sent_daily_reminder_schedules_the_next_at_the_same_local_time() {
         r.status == pb::ReminderStatus::Sent as i32
     })
     .await;
-    let series = app
-        .client
-        .list_reminders(pb::ListRemindersRequest {
-            user_id: user.id.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .reminders;
+    let series = reminders_of(&mut app, &user.id).await;
     assert_eq!(series.len(), 2, "{series:?}");
     let next = &series[1];
     assert_eq!(
@@ -230,16 +234,7 @@ async fn a_sent_daily_reminder_schedules_the_next_at_the_same_local_time() {
     .await;
     // Give a wrongly created third occurrence the time to appear.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let all = app
-        .client
-        .list_reminders(pb::ListRemindersRequest {
-            user_id: user.id.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .reminders;
+    let all = reminders_of(&mut app, &user.id).await;
     assert_eq!(all.len(), 2, "no third occurrence: {all:?}");
     assert!(
         all.iter()

@@ -100,18 +100,7 @@ async fn a_reminder_being_sent_is_not_changed_until_its_lease_ends() {
     let mut app = spawn_app().await;
     let user = app.new_user("America/New_York").await;
     let reminder = app.reminder_at(&user.id, "Leased", in_minutes(60)).await;
-    let mut conn = app.db.admin_connection().await;
-    let lease = |expires: &'static str| {
-        format!(
-            "UPDATE scheduler.reminders SET lease_owner = gen_random_uuid(),
-                 lease_expire_time = now() + interval '{expires}' WHERE id = $1::uuid"
-        )
-    };
-    sqlx::query(sqlx::AssertSqlSafe(lease("1 minute")))
-        .bind(&reminder.id)
-        .execute(&mut conn)
-        .await
-        .unwrap();
+    app.lease("reminders", &reminder.id, Some(60)).await;
     let before = stored_row(&app, &reminder.id).await;
     for call in [Move::Cancel, Move::Reschedule, Move::Snooze] {
         let refused = call.call(&mut app, &reminder.id).await.unwrap_err();
@@ -120,11 +109,7 @@ async fn a_reminder_being_sent_is_not_changed_until_its_lease_ends() {
     }
     assert_eq!(stored_row(&app, &reminder.id).await, before);
 
-    sqlx::query(sqlx::AssertSqlSafe(lease("-1 second")))
-        .bind(&reminder.id)
-        .execute(&mut conn)
-        .await
-        .unwrap();
+    app.lease("reminders", &reminder.id, Some(-1)).await;
     let cancelled = Move::Cancel.call(&mut app, &reminder.id).await.unwrap();
     assert_eq!(cancelled.status, pb::ReminderStatus::Cancelled as i32);
 }

@@ -260,16 +260,7 @@ async fn dead_replica_sends(
 ) -> tokio::task::JoinHandle<()> {
     use mesh_proto::mesh::conversations::v1::{self as conversations, send_message_request};
 
-    let mut conn = app.db.admin_connection().await;
-    sqlx::query(
-        "UPDATE scheduler.reminders
-         SET lease_owner = gen_random_uuid(), lease_expire_time = now() + interval '2 seconds'
-         WHERE id = $1",
-    )
-    .bind(id)
-    .execute(&mut conn)
-    .await
-    .unwrap();
+    app.lease("reminders", &id.to_string(), Some(2)).await;
     let request = conversations::SendMessageRequest {
         target: Some(send_message_request::Target::UserId(user_id.into())),
         channel: conversations::Channel::Whatsapp as i32,
