@@ -4,6 +4,11 @@
 //! that every service registers with server reflection.
 
 pub mod mesh {
+    pub mod billing {
+        pub mod v1 {
+            tonic::include_proto!("mesh.billing.v1");
+        }
+    }
     pub mod conversations {
         pub mod v1 {
             tonic::include_proto!("mesh.conversations.v1");

@@ -1,0 +1,438 @@
+//! Subscriptions from Lemon Squeezy: the audit log of every event, applied
+//! once and never backwards, and the subscription in force for a user or a
+//! workspace.
+
+use chrono::{DateTime, Utc};
+use mesh_proto::mesh::billing::v1 as pb;
+use mesh_runtime::{
+    ApiError, ApiResult, Violations,
+    convert::{json_to_struct, optional_timestamp, parse_uuid, timestamp},
+    pagination::{Page, TimeKey, next_page},
+};
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::{
+    State,
+    lemonsqueezy::{self, Kind, Owner},
+    plans::Plans,
+};
+
+/// Statuses that keep the plan in force (and `cancelled` until `ends_at`).
+const IN_FORCE: &str = "(status IN ('on_trial', 'active', 'past_due') \
+                        OR (status = 'cancelled' AND ends_at > now()))";
+
+#[derive(sqlx::FromRow, Debug, Clone)]
+pub struct Row {
+    subscription_id: String,
+    user_id: Option<Uuid>,
+    workspace_id: Option<Uuid>,
+    customer_id: String,
+    order_id: String,
+    product_id: String,
+    variant_id: String,
+    pub plan_id: String,
+    status: String,
+    renews_at: Option<DateTime<Utc>>,
+    ends_at: Option<DateTime<Utc>>,
+    trial_ends_at: Option<DateTime<Utc>>,
+    customer_portal_url: String,
+    last_payment_status: String,
+    last_payment_time: Option<DateTime<Utc>>,
+    test_mode: bool,
+    state_time: DateTime<Utc>,
+    in_force: bool,
+}
+
+const COLUMNS: &str = "subscription_id, user_id, workspace_id, customer_id, order_id, product_id, \
+    variant_id, plan_id, status, renews_at, ends_at, trial_ends_at, customer_portal_url, \
+    last_payment_status, last_payment_time, test_mode, state_time";
+
+/// What a subscription event sets, from the bind parameters both of
+/// `apply_kind`'s statements share.
+const STATE_COLUMNS: &str = "customer_id = $4, order_id = $5, product_id = $6, \
+    variant_id = $7, plan_id = $8, status = $9, renews_at = $10, ends_at = $11, \
+    trial_ends_at = $12, customer_portal_url = $13, test_mode = $14, state_time = $15";
+
+fn select(filter: &str) -> String {
+    format!("SELECT {COLUMNS}, {IN_FORCE} AS in_force FROM subscriptions WHERE {filter}")
+}
+
+impl Row {
+    pub fn to_pb(&self) -> pb::Subscription {
+        pb::Subscription {
+            owner: Some(owner_pb(self.user_id, self.workspace_id)),
+            subscription_id: self.subscription_id.clone(),
+            customer_id: self.customer_id.clone(),
+            order_id: self.order_id.clone(),
+            product_id: self.product_id.clone(),
+            variant_id: self.variant_id.clone(),
+            plan_id: self.plan_id.clone(),
+            status: status_pb(&self.status) as i32,
+            renews_at: optional_timestamp(self.renews_at),
+            ends_at: optional_timestamp(self.ends_at),
+            trial_ends_at: optional_timestamp(self.trial_ends_at),
+            customer_portal_url: self.customer_portal_url.clone(),
+            in_force: self.in_force,
+            last_payment_status: self.last_payment_status.clone(),
+            last_payment_time: optional_timestamp(self.last_payment_time),
+            state_time: Some(timestamp(self.state_time)),
+            test_mode: self.test_mode,
+        }
+    }
+}
+
+fn status_pb(status: &str) -> pb::SubscriptionStatus {
+    use pb::SubscriptionStatus as S;
+    match status {
+        "on_trial" => S::OnTrial,
+        "active" => S::Active,
+        "paused" => S::Paused,
+        "past_due" => S::PastDue,
+        "unpaid" => S::Unpaid,
+        "cancelled" => S::Cancelled,
+        "expired" => S::Expired,
+        _ => S::Unspecified,
+    }
+}
+
+pub fn owner_pb(user: Option<Uuid>, workspace: Option<Uuid>) -> pb::Owner {
+    use pb::owner::Kind;
+    pb::Owner {
+        kind: match (user, workspace) {
+            (_, Some(w)) => Some(Kind::WorkspaceId(w.to_string())),
+            (Some(u), None) => Some(Kind::UserId(u.to_string())),
+            (None, None) => None,
+        },
+    }
+}
+
+/// The owner a request names (`field` is the owner message's name).
+pub fn parse_owner(
+    field: &str,
+    owner: Option<&pb::Owner>,
+) -> Result<Owner, mesh_runtime::FieldViolation> {
+    use pb::owner::Kind;
+    match owner.and_then(|o| o.kind.as_ref()) {
+        Some(Kind::UserId(id)) => parse_uuid(&format!("{field}.user_id"), id).map(Owner::User),
+        Some(Kind::WorkspaceId(id)) => {
+            parse_uuid(&format!("{field}.workspace_id"), id).map(Owner::Workspace)
+        }
+        None => Err(mesh_runtime::FieldViolation::new(
+            field,
+            "is required: a user_id or a workspace_id",
+        )),
+    }
+}
+
+fn owner_columns(owner: Option<Owner>) -> (Option<Uuid>, Option<Uuid>) {
+    match owner {
+        Some(Owner::User(u)) => (Some(u), None),
+        Some(Owner::Workspace(w)) => (None, Some(w)),
+        None => (None, None),
+    }
+}
+
+/// The subscription in force for a user: their own, else one of a
+/// workspace they own; the most recently changed wins.
+#[tracing::instrument(skip(pool))]
+pub async fn in_force_for_user(
+    pool: &PgPool,
+    user: Uuid,
+    workspaces: &[Uuid],
+) -> ApiResult<Option<Row>> {
+    Ok(sqlx::query_as::<_, Row>(sqlx::AssertSqlSafe(format!(
+        "{} AND {IN_FORCE} ORDER BY (user_id IS NOT NULL) DESC, state_time DESC LIMIT 1",
+        select("(user_id = $1 OR workspace_id = ANY($2))")
+    )))
+    .bind(user)
+    .bind(workspaces)
+    .fetch_optional(pool)
+    .await?)
+}
+
+/// The owner's subscription: the one in force, else the latest.
+#[tracing::instrument(skip(pool))]
+pub async fn for_owner(pool: &PgPool, owner: Owner) -> ApiResult<Option<Row>> {
+    let (user, workspace) = owner_columns(Some(owner));
+    Ok(sqlx::query_as::<_, Row>(sqlx::AssertSqlSafe(format!(
+        "{} ORDER BY in_force DESC, state_time DESC LIMIT 1",
+        select("(user_id = $1 OR workspace_id = $2)")
+    )))
+    .bind(user)
+    .bind(workspace)
+    .fetch_optional(pool)
+    .await?)
+}
+
+pub async fn get(
+    state: &State,
+    request: pb::GetSubscriptionRequest,
+) -> ApiResult<pb::GetSubscriptionResponse> {
+    let owner = parse_owner("owner", request.owner.as_ref())?;
+    let row = for_owner(&state.pool, owner)
+        .await?
+        .ok_or_else(|| ApiError::not_found("this owner has no subscription"))?;
+    Ok(pb::GetSubscriptionResponse {
+        subscription: Some(row.to_pb()),
+    })
+}
+
+#[derive(sqlx::FromRow)]
+struct EventRow {
+    id: Uuid,
+    event_name: String,
+    subscription_id: String,
+    user_id: Option<Uuid>,
+    workspace_id: Option<Uuid>,
+    outcome: String,
+    payload: serde_json::Value,
+    receive_time: DateTime<Utc>,
+}
+
+impl EventRow {
+    fn to_pb(&self) -> pb::SubscriptionEvent {
+        pb::SubscriptionEvent {
+            id: self.id.to_string(),
+            event_name: self.event_name.clone(),
+            subscription_id: self.subscription_id.clone(),
+            owner: Some(owner_pb(self.user_id, self.workspace_id)),
+            outcome: self.outcome.clone(),
+            payload: Some(json_to_struct(&self.payload)),
+            receive_time: Some(timestamp(self.receive_time)),
+        }
+    }
+}
+
+const EVENT_COLUMNS: &str =
+    "id, event_name, subscription_id, user_id, workspace_id, outcome, payload, receive_time";
+
+/// Records the event and applies it, in one transaction.
+#[tracing::instrument(skip_all, fields(event_name = %request.event_name))]
+pub async fn apply(
+    state: &State,
+    request: pb::ApplySubscriptionEventRequest,
+) -> ApiResult<pb::ApplySubscriptionEventResponse> {
+    let event = lemonsqueezy::parse(&request.event_name, &request.payload)?;
+    let mut tx = state.pool.begin().await?;
+    // The same name and body again is a repeat delivery: answer the first.
+    let digest_input = format!("{}\n{}", event.name, request.payload);
+    let claimed: Option<Uuid> = sqlx::query_scalar(
+        "INSERT INTO subscription_events (id, digest, event_name, outcome, payload)
+         VALUES ($1, sha256(convert_to($2, 'UTF8')), $3, 'recorded', $4)
+         ON CONFLICT (digest) DO NOTHING RETURNING id",
+    )
+    .bind(Uuid::now_v7())
+    .bind(&digest_input)
+    .bind(&event.name)
+    .bind(&event.payload)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(id) = claimed else {
+        tx.rollback().await?;
+        let first: EventRow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {EVENT_COLUMNS} FROM subscription_events
+             WHERE digest = sha256(convert_to($1, 'UTF8'))"
+        )))
+        .bind(&digest_input)
+        .fetch_one(&state.pool)
+        .await?;
+        let subscription = stored(&state.pool, &first.subscription_id).await?;
+        return Ok(pb::ApplySubscriptionEventResponse {
+            event: Some(first.to_pb()),
+            recorded: false,
+            subscription: subscription.map(|row| row.to_pb()),
+        });
+    };
+
+    let (outcome, subscription_id) = apply_kind(&mut tx, &state.config.plans, &event).await?;
+    // The event's owner: custom_data's, else its subscription's.
+    let (mut user, mut workspace) = owner_columns(event.owner);
+    if event.owner.is_none() && !subscription_id.is_empty() {
+        let owner: Option<(Option<Uuid>, Option<Uuid>)> = sqlx::query_as(
+            "SELECT user_id, workspace_id FROM subscriptions WHERE subscription_id = $1",
+        )
+        .bind(&subscription_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        (user, workspace) = owner.unwrap_or_default();
+    }
+    let row: EventRow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "UPDATE subscription_events
+         SET outcome = $2, subscription_id = $3, user_id = $4, workspace_id = $5
+         WHERE id = $1 RETURNING {EVENT_COLUMNS}"
+    )))
+    .bind(id)
+    .bind(outcome)
+    .bind(&subscription_id)
+    .bind(user)
+    .bind(workspace)
+    .fetch_one(&mut *tx)
+    .await?;
+    let subscription = stored(&mut *tx, &subscription_id).await?;
+    tx.commit().await?;
+    tracing::info!(event = %row.event_name, outcome, subscription_id, "Lemon Squeezy event recorded");
+    Ok(pb::ApplySubscriptionEventResponse {
+        event: Some(row.to_pb()),
+        recorded: true,
+        subscription: subscription.map(|row| row.to_pb()),
+    })
+}
+
+/// Applies the event's effect; returns its outcome and the subscription it
+/// names (empty when none).
+async fn apply_kind(
+    conn: &mut PgConnection,
+    plans: &Plans,
+    event: &lemonsqueezy::Event,
+) -> ApiResult<(&'static str, String)> {
+    match &event.kind {
+        Kind::Subscription(sub) => {
+            let (user, workspace) = owner_columns(event.owner);
+            if event.owner.is_none() {
+                // Without custom_data only a stored subscription can be updated.
+                let known: bool = sqlx::query_scalar(
+                    "SELECT EXISTS (SELECT 1 FROM subscriptions WHERE subscription_id = $1)",
+                )
+                .bind(&sub.subscription_id)
+                .fetch_one(&mut *conn)
+                .await?;
+                if !known {
+                    return Ok(("no_owner", sub.subscription_id.clone()));
+                }
+            }
+            let plan = plans.for_variant(&sub.variant_id);
+            // Applied only when not older than the stored state: the row
+            // lock of ON CONFLICT (or of the UPDATE) orders concurrent
+            // deliveries. Without custom_data the stored owner stays.
+            let statement = if event.owner.is_some() {
+                format!(
+                    "INSERT INTO subscriptions (subscription_id, user_id, workspace_id,
+                         customer_id, order_id, product_id, variant_id, plan_id, status,
+                         renews_at, ends_at, trial_ends_at, customer_portal_url, test_mode,
+                         state_time)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+                     ON CONFLICT (subscription_id) DO UPDATE SET
+                         user_id = $2, workspace_id = $3, {STATE_COLUMNS}
+                     WHERE subscriptions.state_time <= $15"
+                )
+            } else {
+                format!(
+                    "UPDATE subscriptions SET {STATE_COLUMNS}
+                     WHERE subscription_id = $1 AND state_time <= $15
+                       AND $2::uuid IS NULL AND $3::uuid IS NULL"
+                )
+            };
+            let applied = sqlx::query(sqlx::AssertSqlSafe(statement))
+                .bind(&sub.subscription_id)
+                .bind(user)
+                .bind(workspace)
+                .bind(&sub.customer_id)
+                .bind(&sub.order_id)
+                .bind(&sub.product_id)
+                .bind(&sub.variant_id)
+                .bind(&plan.id)
+                .bind(&sub.status)
+                .bind(sub.renews_at)
+                .bind(sub.ends_at)
+                .bind(sub.trial_ends_at)
+                .bind(&sub.customer_portal_url)
+                .bind(event.test_mode)
+                .bind(sub.updated_at)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected()
+                == 1;
+            let outcome = if applied { "applied" } else { "stale" };
+            Ok((outcome, sub.subscription_id.clone()))
+        }
+        Kind::Payment {
+            subscription_id,
+            status,
+            time,
+        } => {
+            let found: Option<bool> = sqlx::query_scalar(
+                "WITH target AS (SELECT subscription_id FROM subscriptions
+                                 WHERE subscription_id = $1 FOR UPDATE),
+                      updated AS (
+                     UPDATE subscriptions SET last_payment_status = $2, last_payment_time = $3
+                     WHERE subscription_id = $1
+                       AND (last_payment_time IS NULL OR last_payment_time <= $3)
+                     RETURNING 1)
+                 SELECT EXISTS (SELECT 1 FROM updated) FROM target",
+            )
+            .bind(subscription_id)
+            .bind(status)
+            .bind(time)
+            .fetch_optional(&mut *conn)
+            .await?;
+            let outcome = match found {
+                None => "no_subscription",
+                Some(true) => "applied",
+                Some(false) => "stale",
+            };
+            Ok((outcome, subscription_id.clone()))
+        }
+        Kind::Other => Ok(("recorded", String::new())),
+    }
+}
+
+async fn stored<'c>(
+    conn: impl sqlx::PgExecutor<'c>,
+    subscription_id: &str,
+) -> ApiResult<Option<Row>> {
+    if subscription_id.is_empty() {
+        return Ok(None);
+    }
+    Ok(
+        sqlx::query_as::<_, Row>(sqlx::AssertSqlSafe(select("subscription_id = $1")))
+            .bind(subscription_id)
+            .fetch_optional(conn)
+            .await?,
+    )
+}
+
+pub async fn list_events(
+    state: &State,
+    request: pb::ListSubscriptionEventsRequest,
+) -> ApiResult<pb::ListSubscriptionEventsResponse> {
+    let mut violations = Violations::default();
+    let owner = match &request.owner {
+        Some(owner) if owner.kind.is_some() => violations
+            .check(parse_owner("owner", Some(owner)))
+            .map(Some),
+        _ => Some(None),
+    };
+    violations.check(mesh_runtime::wire::text(
+        "subscription_id",
+        &request.subscription_id,
+        64,
+    ));
+    let page = Page::<TimeKey>::check(&mut violations, request.page_size, &request.page_token);
+    violations.into_result()?;
+    let (owner, page) = (owner.expect("checked"), page.expect("checked"));
+    let (user, workspace) = owner_columns(owner);
+    let mut rows: Vec<EventRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {EVENT_COLUMNS} FROM subscription_events
+         WHERE ($1::uuid IS NULL OR user_id = $1)
+           AND ($2::uuid IS NULL OR workspace_id = $2)
+           AND ($3 = '' OR subscription_id = $3)
+           AND ($4::timestamptz IS NULL OR (receive_time, id) < ($4, $5))
+         ORDER BY receive_time DESC, id DESC LIMIT $6"
+    )))
+    .bind(user)
+    .bind(workspace)
+    .bind(&request.subscription_id)
+    .bind(page.after.map(|k| k.time))
+    .bind(page.after.map(|k| k.id))
+    .bind(page.size + 1)
+    .fetch_all(&state.pool)
+    .await?;
+    let next_page_token = next_page(&mut rows, page.size, |r| {
+        TimeKey::new(r.receive_time, r.id).to_string()
+    });
+    Ok(pb::ListSubscriptionEventsResponse {
+        events: rows.iter().map(EventRow::to_pb).collect(),
+        next_page_token,
+    })
+}
