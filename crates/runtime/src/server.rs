@@ -435,3 +435,30 @@ pub async fn shutdown_signal() {
         () = terminate => {},
     }
 }
+
+/// Implements a generated gRPC service trait whose every RPC unwraps the
+/// request, runs a module function with `&self.<field>` and the message, and
+/// maps its `ApiError` once:
+///
+/// ```ignore
+/// mesh_runtime::grpc_handlers! { pb, UsersService for UsersApi, pool;
+///     get_user(GetUserRequest) -> GetUserResponse => users::get;
+/// }
+/// ```
+#[macro_export]
+macro_rules! grpc_handlers {
+    ($pb:ident, $service:ident for $api:ident, $field:ident;
+     $($method:ident($request:ident) -> $response:ident => $handler:path;)*) => {
+        #[tonic::async_trait]
+        impl $service for $api {
+            $(
+                async fn $method(
+                    &self,
+                    request: tonic::Request<$pb::$request>,
+                ) -> ::std::result::Result<tonic::Response<$pb::$response>, tonic::Status> {
+                    Ok(tonic::Response::new($handler(&self.$field, request.into_inner()).await?))
+                }
+            )*
+        }
+    };
+}

@@ -177,6 +177,20 @@ pub async fn wait_serving(channel: tonic::transport::Channel) {
     panic!("the service never reported SERVING");
 }
 
+/// Runs `app` in the background until the sender it returns is sent or
+/// dropped, and waits until it reports SERVING; returns where it listens.
+pub async fn serve(
+    app: crate::server::Application,
+) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    let addr = app.local_addr();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(app.run_until(async {
+        let _ = stopped.await;
+    }));
+    wait_serving(channel(addr).await).await;
+    (addr, stop)
+}
+
 /// The field paths a BadRequest status names (asserting it is
 /// INVALID_ARGUMENT with BadRequest details).
 pub fn bad_fields(status: &tonic::Status) -> Vec<String> {

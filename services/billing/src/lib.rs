@@ -30,7 +30,7 @@ use mesh_runtime::{
     server::{Application, ServiceSpec},
 };
 use sqlx::{PgPool, migrate::Migrator};
-use tonic::{Request, Response, Status, service::Routes};
+use tonic::service::Routes;
 
 pub use config::Config;
 use people::People;
@@ -79,24 +79,7 @@ pub struct BillingApi {
     state: Arc<State>,
 }
 
-/// Each RPC: unwrap the request, run the module function, map its error once.
-macro_rules! rpcs {
-    ($($method:ident($request:ident) -> $response:ident => $handler:path;)*) => {
-        #[tonic::async_trait]
-        impl BillingService for BillingApi {
-            $(
-                async fn $method(
-                    &self,
-                    request: Request<pb::$request>,
-                ) -> Result<Response<pb::$response>, Status> {
-                    Ok(Response::new($handler(&self.state, request.into_inner()).await?))
-                }
-            )*
-        }
-    };
-}
-
-rpcs! {
+mesh_runtime::grpc_handlers! { pb, BillingService for BillingApi, state;
     get_entitlements(GetEntitlementsRequest) -> GetEntitlementsResponse => quotas::entitlements;
     consume_quota(ConsumeQuotaRequest) -> ConsumeQuotaResponse => quotas::consume;
     record_ai_usage(RecordAiUsageRequest) -> RecordAiUsageResponse => usage::record;

@@ -27,7 +27,7 @@ use mesh_proto::mesh::memory::v1::{
 };
 use mesh_runtime::server::{Application, ServiceSpec};
 use sqlx::{PgPool, migrate::Migrator};
-use tonic::{Request, Response, Status, service::Routes};
+use tonic::service::Routes;
 
 pub use config::Config;
 use embed::Embedder;
@@ -102,24 +102,7 @@ pub struct MemoryApi {
     state: Arc<State>,
 }
 
-/// Each RPC: unwrap the request, run the module function, map its error once.
-macro_rules! rpcs {
-    ($($method:ident($request:ident) -> $response:ident => $handler:path;)*) => {
-        #[tonic::async_trait]
-        impl MemoryService for MemoryApi {
-            $(
-                async fn $method(
-                    &self,
-                    request: Request<pb::$request>,
-                ) -> Result<Response<pb::$response>, Status> {
-                    Ok(Response::new($handler(&self.state, request.into_inner()).await?))
-                }
-            )*
-        }
-    };
-}
-
-rpcs! {
+mesh_runtime::grpc_handlers! { pb, MemoryService for MemoryApi, state;
     create_memory(CreateMemoryRequest) -> CreateMemoryResponse => memories::create;
     upsert_memory(UpsertMemoryRequest) -> UpsertMemoryResponse => memories::upsert;
     get_memory(GetMemoryRequest) -> GetMemoryResponse => memories::get;

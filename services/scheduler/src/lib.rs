@@ -34,7 +34,7 @@ use mesh_runtime::{
     server::{Application, ServiceSpec},
 };
 use sqlx::{PgPool, migrate::Migrator};
-use tonic::{Request, Response, Status, service::Routes};
+use tonic::service::Routes;
 
 pub use config::Config;
 use people::People;
@@ -122,24 +122,7 @@ pub struct SchedulerApi {
     state: Arc<State>,
 }
 
-/// Each RPC: unwrap the request, run the module function, map its error once.
-macro_rules! rpcs {
-    ($($method:ident($request:ident) -> $response:ident => $handler:path;)*) => {
-        #[tonic::async_trait]
-        impl SchedulerService for SchedulerApi {
-            $(
-                async fn $method(
-                    &self,
-                    request: Request<pb::$request>,
-                ) -> Result<Response<pb::$response>, Status> {
-                    Ok(Response::new($handler(&self.state, request.into_inner()).await?))
-                }
-            )*
-        }
-    };
-}
-
-rpcs! {
+mesh_runtime::grpc_handlers! { pb, SchedulerService for SchedulerApi, state;
     create_reminder(CreateReminderRequest) -> CreateReminderResponse => reminders::create;
     get_reminder(GetReminderRequest) -> GetReminderResponse => reminders::get;
     list_reminders(ListRemindersRequest) -> ListRemindersResponse => reminders::list;

@@ -22,7 +22,7 @@ use mesh_runtime::{
     server::{Application, ServiceSpec},
 };
 use sqlx::{PgPool, migrate::Migrator};
-use tonic::{Request, Response, Status, service::Routes};
+use tonic::service::Routes;
 
 pub use flags::rollout_bucket;
 
@@ -50,24 +50,7 @@ pub struct UsersApi {
     pool: PgPool,
 }
 
-/// Each RPC: unwrap the request, run the module function, map its error once.
-macro_rules! rpcs {
-    ($($method:ident($request:ident) -> $response:ident => $handler:path;)*) => {
-        #[tonic::async_trait]
-        impl UsersService for UsersApi {
-            $(
-                async fn $method(
-                    &self,
-                    request: Request<pb::$request>,
-                ) -> Result<Response<pb::$response>, Status> {
-                    Ok(Response::new($handler(&self.pool, request.into_inner()).await?))
-                }
-            )*
-        }
-    };
-}
-
-rpcs! {
+mesh_runtime::grpc_handlers! { pb, UsersService for UsersApi, pool;
     create_user(CreateUserRequest) -> CreateUserResponse => users::create;
     get_user(GetUserRequest) -> GetUserResponse => users::get;
     get_user_by_phone(GetUserByPhoneRequest) -> GetUserByPhoneResponse => users::get_by_phone;

@@ -15,7 +15,7 @@ use mesh_proto::mesh::{
     users::v1::{self as users_pb, users_service_client::UsersServiceClient},
 };
 use mesh_runtime::testing::{Auth, TestDatabase, bearer};
-pub use mesh_runtime::testing::{TOKEN, bad_fields, channel, wait_serving};
+pub use mesh_runtime::testing::{TOKEN, bad_fields, channel, serve};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use tonic::{service::interceptor::InterceptedService, transport::Channel};
@@ -81,16 +81,6 @@ pub async fn spawn_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
         db,
         _stops: vec![users_stop, billing_stop],
     }
-}
-
-async fn serve(app: mesh_runtime::server::Application) -> (SocketAddr, oneshot::Sender<()>) {
-    let addr = app.local_addr();
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(app.run_until(async {
-        let _ = stopped.await;
-    }));
-    wait_serving(channel(addr).await).await;
-    (addr, stop)
 }
 
 impl TestApp {

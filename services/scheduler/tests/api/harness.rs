@@ -18,7 +18,7 @@ use mesh_proto::mesh::{
     users::v1::{self as users_pb, users_service_client::UsersServiceClient},
 };
 use mesh_runtime::testing::{Auth, TestDatabase, bearer};
-pub use mesh_runtime::testing::{TOKEN, bad_fields, channel, wait_serving};
+pub use mesh_runtime::testing::{TOKEN, bad_fields, channel, serve, wait_serving};
 use mesh_scheduler::{Config, config::DispatcherConfig};
 use tokio::{sync::oneshot, task::JoinHandle};
 use tonic::{service::interceptor::InterceptedService, transport::Channel};
@@ -143,16 +143,6 @@ pub async fn spawn_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
         _users_stop: users_stop,
         _conversations_stop: conversations_stop,
     }
-}
-
-async fn serve(app: mesh_runtime::server::Application) -> (SocketAddr, oneshot::Sender<()>) {
-    let addr = app.local_addr();
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(app.run_until(async {
-        let _ = stopped.await;
-    }));
-    wait_serving(channel(addr).await).await;
-    (addr, stop)
 }
 
 /// Another scheduler (a replica, or a restart) per `config`, SERVING.
