@@ -67,6 +67,35 @@ where
     Req: Message,
     Resp: Message + Default,
 {
+    let nothing_else = async |_: &mut PgConnection, _: Uuid, _: &mut HashMap<String, i64>| Ok(());
+    purge_user_with(
+        pool,
+        request,
+        user_id,
+        request_id,
+        tables,
+        nothing_else,
+        respond,
+    )
+    .await
+}
+
+/// Like [`purge_user`], with `more` run in the same transaction first, for
+/// what a context erases other than by deleting rows with the user's id
+/// (adding its counts to the map).
+pub async fn purge_user_with<Req, Resp>(
+    pool: &PgPool,
+    request: &Req,
+    user_id: &str,
+    request_id: &str,
+    tables: &[&str],
+    more: impl AsyncFnOnce(&mut PgConnection, Uuid, &mut HashMap<String, i64>) -> ApiResult<()>,
+    respond: impl FnOnce(HashMap<String, i64>) -> Resp,
+) -> ApiResult<Resp>
+where
+    Req: Message,
+    Resp: Message + Default,
+{
     let mut violations = Violations::default();
     let user = violations.check(parse_uuid("user_id", user_id));
     violations.check(idempotency::check_request_id(request_id));
@@ -79,6 +108,7 @@ where
     };
     idempotency::run_once(pool, key, request, async |conn| {
         let mut deleted = HashMap::new();
+        more(conn, user, &mut deleted).await?;
         delete_user_rows(conn, user, tables, &mut deleted).await?;
         forget_answers(conn, user, &mut deleted).await?;
         Ok(respond(deleted))

@@ -92,19 +92,23 @@ pub fn current(feature: Feature, zone: Tz, now: DateTime<Utc>) -> (String, Optio
             today.format("%Y-%m-%d").to_string(),
             Some(local_midnight(zone, today.succ_opt().unwrap_or(today))),
         ),
-        Period::Month => {
-            let next = if today.month() == 12 {
-                NaiveDate::from_ymd_opt(today.year() + 1, 1, 1)
-            } else {
-                NaiveDate::from_ymd_opt(today.year(), today.month() + 1, 1)
-            }
-            .unwrap_or(today);
-            (
-                today.format("%Y-%m").to_string(),
-                Some(local_midnight(zone, next)),
-            )
-        }
+        Period::Month => (
+            today.format("%Y-%m").to_string(),
+            Some(local_midnight(
+                zone,
+                first_of_next_month(today).unwrap_or(today),
+            )),
+        ),
         Period::Never => ("total".to_owned(), None),
+    }
+}
+
+/// The first day of the month after `day`'s; None past the calendar's end.
+pub fn first_of_next_month(day: NaiveDate) -> Option<NaiveDate> {
+    if day.month() == 12 {
+        NaiveDate::from_ymd_opt(day.year() + 1, 1, 1)
+    } else {
+        NaiveDate::from_ymd_opt(day.year(), day.month() + 1, 1)
     }
 }
 

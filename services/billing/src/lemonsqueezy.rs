@@ -27,6 +27,27 @@ pub struct Event {
     pub payload: Value,
 }
 
+impl Event {
+    /// The Lemon Squeezy subscription the event is about; empty for orders.
+    pub fn subscription_id(&self) -> &str {
+        match &self.kind {
+            Kind::Subscription(state) => &state.subscription_id,
+            Kind::Payment {
+                subscription_id, ..
+            } => subscription_id,
+            Kind::Other => "",
+        }
+    }
+
+    /// The user `custom_data` names, if it names one.
+    pub fn user(&self) -> Option<Uuid> {
+        match self.owner {
+            Some(Owner::User(user)) => Some(user),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub enum Kind {
     /// subscription_created, _updated, _cancelled, _resumed, _expired,
@@ -54,6 +75,9 @@ pub struct State {
     pub renews_at: Option<DateTime<Utc>>,
     pub ends_at: Option<DateTime<Utc>>,
     pub trial_ends_at: Option<DateTime<Utc>>,
+    /// `pause.mode` while paused: "void" (no service) or "free" (service
+    /// goes on without payment).
+    pub pause_mode: Option<String>,
     pub customer_portal_url: String,
     pub updated_at: DateTime<Utc>,
 }
@@ -84,6 +108,13 @@ pub fn parse(header_name: &str, payload: &str) -> Result<Event, Violations> {
     let fail = |field: &str, why: &str| Violations::default().add(field, why);
     if payload.len() > MAX_PAYLOAD_BYTES {
         return Err(fail("payload", "must be at most 256 KiB"));
+    }
+    // Postgres' jsonb refuses U+0000, escaped or not.
+    if payload.contains('\0') || payload.contains("\\u0000") {
+        return Err(fail(
+            "payload",
+            "must not contain the NUL character (U+0000)",
+        ));
     }
     let json: Value =
         serde_json::from_str(payload).map_err(|e| fail("payload", &format!("is not JSON: {e}")))?;
@@ -117,7 +148,7 @@ pub fn parse(header_name: &str, payload: &str) -> Result<Event, Violations> {
         .filter(|a| a.is_object())
         .ok_or_else(|| fail("payload.data.attributes", "must be an object"))?;
     let mut violations = Violations::default();
-    let owner = violations.check(owner(meta.get("custom_data")));
+    let owner = owner(meta.get("custom_data"));
     let test_mode = meta
         .get("test_mode")
         .and_then(Value::as_bool)
@@ -158,35 +189,33 @@ pub fn parse(header_name: &str, payload: &str) -> Result<Event, Violations> {
     Ok(Event {
         name,
         test_mode,
-        owner: owner.expect("checked"),
+        owner,
         kind: kind.expect("checked"),
         payload: json,
     })
 }
 
-/// `custom_data.user_id` or `custom_data.workspace_id` (UUIDs); None when
-/// neither is there.
-fn owner(custom: Option<&Value>) -> Result<Option<Owner>, FieldViolation> {
-    let Some(custom) = custom.filter(|c| !c.is_null()) else {
-        return Ok(None);
-    };
-    let uuid = |key: &str| -> Result<Option<Uuid>, FieldViolation> {
-        match custom.get(key) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) => s.parse().map(Some).map_err(|_| {
-                FieldViolation::new(format!("payload.meta.custom_data.{key}"), "must be a UUID")
-            }),
-            Some(_) => Err(FieldViolation::new(
-                format!("payload.meta.custom_data.{key}"),
-                "must be a UUID string",
-            )),
+/// `custom_data.user_id` or `custom_data.workspace_id`; None when neither
+/// is a UUID. A store's checkouts may carry other apps' custom data: such an
+/// event is still recorded (as having no owner), never refused, since Lemon
+/// Squeezy gives up on a refused event after three retries.
+fn owner(custom: Option<&Value>) -> Option<Owner> {
+    let uuid = |key: &str| {
+        let value = custom?.get(key)?;
+        let parsed = value.as_str().and_then(|s| s.parse::<Uuid>().ok());
+        if parsed.is_none() && !value.is_null() {
+            tracing::warn!(
+                key,
+                "custom_data holds something other than a UUID; ignored"
+            );
         }
+        parsed
     };
-    Ok(match (uuid("user_id")?, uuid("workspace_id")?) {
+    match (uuid("user_id"), uuid("workspace_id")) {
         (_, Some(workspace)) => Some(Owner::Workspace(workspace)),
         (Some(user), None) => Some(Owner::User(user)),
         (None, None) => None,
-    })
+    }
 }
 
 fn subscription_state(data: &Value, attributes: &Value) -> Result<State, Violations> {
@@ -231,6 +260,11 @@ fn subscription_state(data: &Value, attributes: &Value) -> Result<State, Violati
         renews_at: renews_at.expect("checked"),
         ends_at: ends_at.expect("checked"),
         trial_ends_at: trial_ends_at.expect("checked"),
+        pause_mode: attributes
+            .pointer("/pause/mode")
+            .and_then(Value::as_str)
+            .filter(|mode| matches!(*mode, "void" | "free"))
+            .map(str::to_owned),
         customer_portal_url: attributes
             .pointer("/urls/customer_portal")
             .and_then(Value::as_str)
@@ -310,6 +344,32 @@ pub const ACCOUNTING_ATTRIBUTES: &[&str] = &[
     "updated_at",
     "test_mode",
 ];
+
+/// `payload` with only what accounting keeps: the event name and test mode,
+/// the data's type and id, and the [`ACCOUNTING_ATTRIBUTES`].
+pub fn accounting_only(payload: &Value) -> Value {
+    let attributes: serde_json::Map<String, Value> = payload
+        .pointer("/data/attributes")
+        .and_then(Value::as_object)
+        .map(|all| {
+            all.iter()
+                .filter(|(key, _)| ACCOUNTING_ATTRIBUTES.contains(&key.as_str()))
+                .map(|(key, value)| (key.clone(), value.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
+    serde_json::json!({
+        "meta": {
+            "event_name": payload.pointer("/meta/event_name"),
+            "test_mode": payload.pointer("/meta/test_mode"),
+        },
+        "data": {
+            "type": payload.pointer("/data/type"),
+            "id": payload.pointer("/data/id"),
+            "attributes": attributes,
+        },
+    })
+}
 
 #[cfg(test)]
 mod tests {

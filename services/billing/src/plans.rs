@@ -175,12 +175,14 @@ pub struct Price {
 }
 
 impl Price {
-    /// The cost of a call, exact (no rounding until the 10 decimals stored).
-    pub fn cost(&self, input_tokens: i64, output_tokens: i64) -> Decimal {
-        let million = Decimal::from(1_000_000);
-        (Decimal::from(input_tokens) * self.input_per_million
-            + Decimal::from(output_tokens) * self.output_per_million)
-            / million
+    /// The cost of a call, exact (no rounding until the 10 decimals
+    /// stored); None when a configured price is so large that it overflows.
+    pub fn cost(&self, input_tokens: i64, output_tokens: i64) -> Option<Decimal> {
+        let input = Decimal::from(input_tokens).checked_mul(self.input_per_million)?;
+        let output = Decimal::from(output_tokens).checked_mul(self.output_per_million)?;
+        input
+            .checked_add(output)?
+            .checked_div(Decimal::from(1_000_000))
     }
 }
 
@@ -292,7 +294,7 @@ mod tests {
     fn cost_is_exact_in_decimal() {
         let price = Prices::builtin().get("openai", "gpt-4o-mini").unwrap();
         // 1234 * 0.15 / 1e6 + 567 * 0.60 / 1e6 = 0.0001851 + 0.0003402
-        assert_eq!(price.cost(1234, 567).to_string(), "0.0005253");
+        assert_eq!(price.cost(1234, 567).unwrap().to_string(), "0.0005253");
         assert!(Prices::builtin().get("openai", "nope").is_none());
         assert!(
             Prices::parse(r#"{"gpt": {"input_per_million": "1", "output_per_million": "1"}}"#)

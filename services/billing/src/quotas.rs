@@ -21,6 +21,10 @@ use crate::{
     subscriptions,
 };
 
+/// The most one ConsumeQuota may take: far above any real use, and far
+/// below what the counters (numeric(24, 10)) hold.
+const MAX_AMOUNT: i64 = 1_000_000_000;
+
 /// Amounts on the wire: no trailing zeros ("50", "0.0005253").
 pub fn decimal_text(value: Decimal) -> String {
     value.normalize().to_string()
@@ -156,7 +160,7 @@ pub async fn entitlements(
         Owner::Workspace(_) => {
             let subscription = subscriptions::for_owner(&state.pool, owner)
                 .await?
-                .filter(|row| row.to_pb().in_force);
+                .filter(|row| row.in_force);
             let plan = plan_of(state, subscription.as_ref());
             Ok(pb::GetEntitlementsResponse {
                 plan: Some(plan_pb(plan)),
@@ -196,8 +200,8 @@ pub async fn consume(
             "AI cost is recorded by RecordAiUsage, not consumed",
         );
     }
-    if request.amount < 1 {
-        violations.push("amount", "must be at least 1");
+    if !(1..=MAX_AMOUNT).contains(&request.amount) {
+        violations.push("amount", format!("must be between 1 and {MAX_AMOUNT}"));
     }
     violations.check(idempotency::check_request_id(&request.request_id));
     violations.into_result()?;

@@ -65,17 +65,19 @@ pub async fn check(
     if request.limit < 1 {
         violations.push("limit", "must be at least 1");
     }
-    let window = match &request.window {
-        Some(w)
-            if w.seconds >= 1 && w.nanos >= 0 && (w.seconds as u64) < MAX_WINDOW.as_secs() + 1 =>
-        {
-            Some(Duration::new(w.seconds as u64, w.nanos as u32).min(MAX_WINDOW))
-        }
-        _ => {
-            violations.push("window", "must be between 1 second and 1 day");
-            None
-        }
-    };
+    let window = request
+        .window
+        .as_ref()
+        .and_then(|w| Duration::try_from(*w).ok())
+        .filter(|w| {
+            (Duration::from_secs(1)..=MAX_WINDOW).contains(w) && w.subsec_nanos() % 1_000_000 == 0
+        });
+    if window.is_none() {
+        violations.push(
+            "window",
+            "must be whole milliseconds from 1 second to 1 day",
+        );
+    }
     violations.into_result()?;
     let window = window.expect("checked");
     let now = Utc::now();

@@ -2,7 +2,7 @@
 
 use std::{fmt, str::FromStr};
 
-use chrono::{DateTime, Datelike, NaiveDate, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use mesh_proto::mesh::billing::v1 as pb;
 use mesh_runtime::{
     ApiResult, FieldViolation, Violations,
@@ -132,12 +132,8 @@ fn month(text: &str) -> Result<(DateTime<Utc>, DateTime<Utc>), FieldViolation> {
         .ok()
         .filter(|_| text.len() == 7)
         .ok_or_else(|| FieldViolation::new("month", "must be a month YYYY-MM"))?;
-    let next = if first.month() == 12 {
-        NaiveDate::from_ymd_opt(first.year() + 1, 1, 1)
-    } else {
-        NaiveDate::from_ymd_opt(first.year(), first.month() + 1, 1)
-    }
-    .ok_or_else(|| FieldViolation::new("month", "is out of range"))?;
+    let next = crate::features::first_of_next_month(first)
+        .ok_or_else(|| FieldViolation::new("month", "is out of range"))?;
     let midnight = |d: NaiveDate| d.and_hms_opt(0, 0, 0).expect("midnight").and_utc();
     Ok((midnight(first), midnight(next)))
 }

@@ -18,9 +18,11 @@ use crate::{
     plans::Plans,
 };
 
-/// Statuses that keep the plan in force (and `cancelled` until `ends_at`).
-const IN_FORCE: &str = "(status IN ('on_trial', 'active', 'past_due') \
-                        OR (status = 'cancelled' AND ends_at > now()))";
+/// Statuses that keep the plan in force: `cancelled` until `ends_at`, and
+/// `paused` when the pause is "free" (service goes on without payment).
+const IN_FORCE: &str = "coalesce(status IN ('on_trial', 'active', 'past_due') \
+                        OR (status = 'cancelled' AND ends_at > now()) \
+                        OR (status = 'paused' AND pause_mode = 'free'), false)";
 
 #[derive(sqlx::FromRow, Debug, Clone)]
 pub struct Row {
@@ -36,23 +38,25 @@ pub struct Row {
     renews_at: Option<DateTime<Utc>>,
     ends_at: Option<DateTime<Utc>>,
     trial_ends_at: Option<DateTime<Utc>>,
+    pause_mode: Option<String>,
     customer_portal_url: String,
     last_payment_status: String,
     last_payment_time: Option<DateTime<Utc>>,
     test_mode: bool,
     state_time: DateTime<Utc>,
-    in_force: bool,
+    pub in_force: bool,
 }
 
 const COLUMNS: &str = "subscription_id, user_id, workspace_id, customer_id, order_id, product_id, \
-    variant_id, plan_id, status, renews_at, ends_at, trial_ends_at, customer_portal_url, \
+    variant_id, plan_id, status, renews_at, ends_at, trial_ends_at, pause_mode, customer_portal_url, \
     last_payment_status, last_payment_time, test_mode, state_time";
 
 /// What a subscription event sets, from the bind parameters both of
 /// `apply_kind`'s statements share.
 const STATE_COLUMNS: &str = "customer_id = $4, order_id = $5, product_id = $6, \
     variant_id = $7, plan_id = $8, status = $9, renews_at = $10, ends_at = $11, \
-    trial_ends_at = $12, customer_portal_url = $13, test_mode = $14, state_time = $15";
+    trial_ends_at = $12, customer_portal_url = $13, test_mode = $14, state_time = $15, \
+    pause_mode = $16";
 
 fn select(filter: &str) -> String {
     format!("SELECT {COLUMNS}, {IN_FORCE} AS in_force FROM subscriptions WHERE {filter}")
@@ -78,6 +82,7 @@ impl Row {
             last_payment_time: optional_timestamp(self.last_payment_time),
             state_time: Some(timestamp(self.state_time)),
             test_mode: self.test_mode,
+            pause_mode: self.pause_mode.clone().unwrap_or_default(),
         }
     }
 }
@@ -245,30 +250,28 @@ pub async fn apply(
         });
     };
 
-    let (outcome, subscription_id) = apply_kind(&mut tx, &state.config.plans, &event).await?;
-    // The event's owner: custom_data's, else its subscription's.
-    let (mut user, mut workspace) = owner_columns(event.owner);
-    if event.owner.is_none() && !subscription_id.is_empty() {
-        let owner: Option<(Option<Uuid>, Option<Uuid>)> = sqlx::query_as(
-            "SELECT user_id, workspace_id FROM subscriptions WHERE subscription_id = $1",
-        )
+    let subscription_id = event.subscription_id().to_owned();
+    let plans = &state.config.plans;
+    let row: EventRow = if is_erased(&mut tx, &event).await? {
+        // Kept for accounting only, like the erased user's earlier events.
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "UPDATE subscription_events
+             SET outcome = 'erased', subscription_id = $2, payload = $3, redact_time = now()
+             WHERE id = $1 RETURNING {EVENT_COLUMNS}"
+        )))
+        .bind(id)
         .bind(&subscription_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        (user, workspace) = owner.unwrap_or_default();
-    }
-    let row: EventRow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "UPDATE subscription_events
-         SET outcome = $2, subscription_id = $3, user_id = $4, workspace_id = $5
-         WHERE id = $1 RETURNING {EVENT_COLUMNS}"
-    )))
-    .bind(id)
-    .bind(outcome)
-    .bind(&subscription_id)
-    .bind(user)
-    .bind(workspace)
-    .fetch_one(&mut *tx)
-    .await?;
+        .bind(lemonsqueezy::accounting_only(&event.payload))
+        .fetch_one(&mut *tx)
+        .await?
+    } else {
+        let outcome = apply_kind(&mut tx, plans, &event).await?;
+        if outcome == "applied" && matches!(event.kind, Kind::Subscription(_)) {
+            replay_pending(&mut tx, plans, &subscription_id).await?;
+        }
+        record_outcome(&mut tx, id, &event, outcome).await?
+    };
+    let outcome = row.outcome.as_str();
     let subscription = stored(&mut *tx, &subscription_id).await?;
     tx.commit().await?;
     tracing::info!(event = %row.event_name, outcome, subscription_id, "Lemon Squeezy event recorded");
@@ -279,13 +282,85 @@ pub async fn apply(
     })
 }
 
-/// Applies the event's effect; returns its outcome and the subscription it
-/// names (empty when none).
+/// Whether the event names a user or a subscription PurgeUser erased.
+async fn is_erased(conn: &mut PgConnection, event: &lemonsqueezy::Event) -> ApiResult<bool> {
+    Ok(sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM erased_users WHERE user_id = $1)
+             OR EXISTS (SELECT 1 FROM erased_subscriptions WHERE subscription_id = $2)",
+    )
+    .bind(event.user())
+    .bind(event.subscription_id())
+    .fetch_one(conn)
+    .await?)
+}
+
+/// Writes the outcome of the event recorded as `id`, and its owner:
+/// custom_data's, else its subscription's.
+async fn record_outcome(
+    conn: &mut PgConnection,
+    id: Uuid,
+    event: &lemonsqueezy::Event,
+    outcome: &str,
+) -> ApiResult<EventRow> {
+    let subscription_id = event.subscription_id();
+    let (mut user, mut workspace) = owner_columns(event.owner);
+    if event.owner.is_none() && !subscription_id.is_empty() {
+        let owner: Option<(Option<Uuid>, Option<Uuid>)> = sqlx::query_as(
+            "SELECT user_id, workspace_id FROM subscriptions WHERE subscription_id = $1",
+        )
+        .bind(subscription_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+        (user, workspace) = owner.unwrap_or_default();
+    }
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "UPDATE subscription_events
+         SET outcome = $2, subscription_id = $3, user_id = $4, workspace_id = $5
+         WHERE id = $1 RETURNING {EVENT_COLUMNS}"
+    )))
+    .bind(id)
+    .bind(outcome)
+    .bind(subscription_id)
+    .bind(user)
+    .bind(workspace)
+    .fetch_one(conn)
+    .await?)
+}
+
+/// Applies again, in the order they came, the events of a subscription that
+/// arrived before it could be stored (a first payment sent with the
+/// creation, an update without custom_data): once the subscription exists
+/// they apply, or are stale.
+async fn replay_pending(
+    conn: &mut PgConnection,
+    plans: &Plans,
+    subscription_id: &str,
+) -> ApiResult<()> {
+    let pending: Vec<(Uuid, String, serde_json::Value)> = sqlx::query_as(
+        "SELECT id, event_name, payload FROM subscription_events
+         WHERE subscription_id = $1 AND outcome IN ('no_subscription', 'no_owner')
+         ORDER BY receive_time, id FOR UPDATE",
+    )
+    .bind(subscription_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    for (id, name, payload) in pending {
+        // It parsed when it came; the same text parses the same way.
+        let Ok(event) = lemonsqueezy::parse(&name, &payload.to_string()) else {
+            continue;
+        };
+        let outcome = apply_kind(conn, plans, &event).await?;
+        record_outcome(conn, id, &event, outcome).await?;
+    }
+    Ok(())
+}
+
+/// Applies the event's effect; returns its outcome.
 async fn apply_kind(
     conn: &mut PgConnection,
     plans: &Plans,
     event: &lemonsqueezy::Event,
-) -> ApiResult<(&'static str, String)> {
+) -> ApiResult<&'static str> {
     match &event.kind {
         Kind::Subscription(sub) => {
             let (user, workspace) = owner_columns(event.owner);
@@ -298,7 +373,7 @@ async fn apply_kind(
                 .fetch_one(&mut *conn)
                 .await?;
                 if !known {
-                    return Ok(("no_owner", sub.subscription_id.clone()));
+                    return Ok("no_owner");
                 }
             }
             let plan = plans.for_variant(&sub.variant_id);
@@ -310,14 +385,17 @@ async fn apply_kind(
                     "INSERT INTO subscriptions (subscription_id, user_id, workspace_id,
                          customer_id, order_id, product_id, variant_id, plan_id, status,
                          renews_at, ends_at, trial_ends_at, customer_portal_url, test_mode,
-                         state_time)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+                         state_time, pause_mode)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
+                             $16)
                      ON CONFLICT (subscription_id) DO UPDATE SET
                          user_id = $2, workspace_id = $3, {STATE_COLUMNS}
                      WHERE subscriptions.state_time <= $15"
                 )
             } else {
                 format!(
+                    // $2 and $3 (no owner) are named only so that both
+                    // statements take the same parameters.
                     "UPDATE subscriptions SET {STATE_COLUMNS}
                      WHERE subscription_id = $1 AND state_time <= $15
                        AND $2::uuid IS NULL AND $3::uuid IS NULL"
@@ -339,41 +417,39 @@ async fn apply_kind(
                 .bind(&sub.customer_portal_url)
                 .bind(event.test_mode)
                 .bind(sub.updated_at)
+                .bind(&sub.pause_mode)
                 .execute(&mut *conn)
                 .await?
                 .rows_affected()
                 == 1;
-            let outcome = if applied { "applied" } else { "stale" };
-            Ok((outcome, sub.subscription_id.clone()))
+            Ok(if applied { "applied" } else { "stale" })
         }
         Kind::Payment {
             subscription_id,
             status,
             time,
         } => {
-            let found: Option<bool> = sqlx::query_scalar(
-                "WITH target AS (SELECT subscription_id FROM subscriptions
-                                 WHERE subscription_id = $1 FOR UPDATE),
-                      updated AS (
-                     UPDATE subscriptions SET last_payment_status = $2, last_payment_time = $3
-                     WHERE subscription_id = $1
-                       AND (last_payment_time IS NULL OR last_payment_time <= $3)
-                     RETURNING 1)
-                 SELECT EXISTS (SELECT 1 FROM updated) FROM target",
+            let updated = sqlx::query(
+                "UPDATE subscriptions SET last_payment_status = $2, last_payment_time = $3
+                 WHERE subscription_id = $1
+                   AND (last_payment_time IS NULL OR last_payment_time <= $3)",
             )
             .bind(subscription_id)
             .bind(status)
             .bind(time)
-            .fetch_optional(&mut *conn)
-            .await?;
-            let outcome = match found {
-                None => "no_subscription",
-                Some(true) => "applied",
-                Some(false) => "stale",
-            };
-            Ok((outcome, subscription_id.clone()))
+            .execute(&mut *conn)
+            .await?
+            .rows_affected()
+                == 1;
+            Ok(if updated {
+                "applied"
+            } else if stored(&mut *conn, subscription_id).await?.is_some() {
+                "stale"
+            } else {
+                "no_subscription"
+            })
         }
-        Kind::Other => Ok(("recorded", String::new())),
+        Kind::Other => Ok("recorded"),
     }
 }
 

@@ -13,7 +13,7 @@ use mesh_runtime::{
     text_enum,
     wire::{optional_uuid, required_text},
 };
-use rust_decimal::Decimal;
+use rust_decimal::{Decimal, RoundingStrategy};
 use uuid::Uuid;
 
 use crate::{
@@ -99,13 +99,40 @@ fn cost(field: &str, text: &str) -> Result<Decimal, FieldViolation> {
 
 fn latency_ms(latency: Option<&prost_types::Duration>) -> Result<i64, FieldViolation> {
     let Some(latency) = latency else { return Ok(0) };
-    if latency.seconds < 0 || latency.nanos < 0 || latency.seconds > 86_400 {
-        return Err(FieldViolation::new(
-            "latency",
-            "must be between 0 and 1 day",
-        ));
-    }
-    Ok(latency.seconds * 1000 + i64::from(latency.nanos) / 1_000_000)
+    std::time::Duration::try_from(*latency)
+        .ok()
+        .filter(|d| d.as_secs() <= 86_400)
+        .map(|d| d.as_millis() as i64)
+        .ok_or_else(|| FieldViolation::new("latency", "must be between 0 and 1 day"))
+}
+
+/// The cost of a checked request from the price table, rounded half away
+/// from zero to the ledger's 10 decimals (as Postgres rounds numerics).
+fn priced(state: &State, request: &pb::RecordAiUsageRequest) -> ApiResult<Decimal> {
+    let price = state
+        .config
+        .prices
+        .get(&request.provider, &request.model)
+        .ok_or_else(|| {
+            ApiError::invalid(
+                "model",
+                format!(
+                    "{}/{} is not in the price table: give cost_usd, or add it to BILLING_PRICES_FILE",
+                    request.provider, request.model
+                ),
+            )
+        })?;
+    price
+        .cost(request.input_tokens, request.output_tokens)
+        .filter(|cost| *cost <= Decimal::from(MAX_COST))
+        .map(|cost| cost.round_dp_with_strategy(MAX_SCALE, RoundingStrategy::MidpointAwayFromZero))
+        .ok_or_else(|| {
+            ApiError::internal(anyhow::anyhow!(
+                "the price of {}/{} gives a cost over {MAX_COST}: check BILLING_PRICES_FILE",
+                request.provider,
+                request.model
+            ))
+        })
 }
 
 pub async fn record(
@@ -140,30 +167,12 @@ pub async fn record(
         Some(text) => violations.check(cost("cost_usd", text)).map(Some),
         None => Some(None),
     };
-    let priced = match given {
-        Some(None) if !request.provider.is_empty() && !request.model.is_empty() => {
-            match state.config.prices.get(&request.provider, &request.model) {
-                Some(price) => Some(price.cost(request.input_tokens, request.output_tokens)),
-                None => {
-                    violations.push(
-                        "model",
-                        format!(
-                            "{}/{} is not in the price table: give cost_usd, or add it to BILLING_PRICES_FILE",
-                            request.provider, request.model
-                        ),
-                    );
-                    None
-                }
-            }
-        }
-        _ => None,
-    };
     violations.check(idempotency::check_request_id(&request.request_id));
     violations.into_result()?;
     let user = user.expect("checked");
     let (cost_usd, source) = match given.expect("checked") {
         Some(cost) => (cost, "given"),
-        None => (priced.expect("checked").round_dp(MAX_SCALE), "price_table"),
+        None => (priced(state, &request)?, "price_table"),
     };
 
     let standing = quotas::standing(state, user).await?;

@@ -40,6 +40,15 @@ async fn purge_erases_usage_and_strips_the_audit_log() {
             .await
             .unwrap();
     }
+    // The first payment came before the subscription: not linked to the user.
+    app.apply(&payment_event(
+        "subscription_payment_success",
+        11,
+        4,
+        "2026-12-07T09:59:00Z",
+    ))
+    .await
+    .unwrap();
     let event = subscription_event(
         "subscription_created",
         11,
@@ -75,7 +84,7 @@ async fn purge_erases_usage_and_strips_the_audit_log() {
         "inbound messages, AI tokens, AI cost"
     );
     assert_eq!(deleted["subscriptions"], 1);
-    assert_eq!(deleted["subscription_events"], 2, "stripped, not deleted");
+    assert_eq!(deleted["subscription_events"], 3, "stripped, not deleted");
     assert_eq!(deleted["rate_limit_windows"], 1);
     assert_eq!(
         deleted["idempotency_keys"], 2,
@@ -114,7 +123,7 @@ async fn purge_erases_usage_and_strips_the_audit_log() {
         .unwrap()
         .into_inner()
         .events;
-    assert_eq!(events.len(), 2);
+    assert_eq!(events.len(), 3);
     for event in &events {
         assert_eq!(
             event.owner.as_ref().unwrap().kind,
@@ -131,6 +140,24 @@ async fn purge_erases_usage_and_strips_the_audit_log() {
             }
         }
     }
+    // A renewal naming the erased user is kept for accounting only, and
+    // brings back nothing.
+    let renewal = subscription_event(
+        "subscription_updated",
+        11,
+        json!({"user_id": user}),
+        "active",
+        42,
+        "2027-01-07T10:00:00Z",
+    );
+    let answer = app.apply(&renewal).await.unwrap();
+    let recorded = answer.event.unwrap();
+    assert_eq!(recorded.outcome, "erased");
+    assert!(answer.subscription.is_none());
+    assert!(!format!("{:?}", recorded.payload).contains("ana@example.com"));
+    assert_eq!(app.entitlements(&user).await.plan.unwrap().id, "free");
+    assert_eq!(app.db.count("billing", "subscriptions").await, 0);
+
     // The other user is untouched.
     assert_eq!(app.quota(&survivor, F::InboundMessages).await.used, "2");
     assert_eq!(app.db.count("billing", "ai_usage").await, 1);

@@ -324,6 +324,11 @@ async fn bad_consumptions_name_every_field() {
         ["user_id", "feature", "amount", "request_id"]
     );
     let user = Uuid::now_v7().to_string();
+    let huge = app
+        .consume(&user, F::Documents, 1_000_000_001, "")
+        .await
+        .unwrap_err();
+    assert_eq!(bad_fields(&huge), ["amount"]);
     let cost = app.consume(&user, F::AiCostUsd, 1, "").await.unwrap_err();
     assert_eq!(bad_fields(&cost), ["feature"]);
     let owner = app

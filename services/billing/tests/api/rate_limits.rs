@@ -103,40 +103,47 @@ async fn concurrent_callers_get_exactly_the_limit() {
     assert_eq!(allowed, 10);
 }
 
+/// Sleeps until `reset_time` (and a little past it).
+async fn sleep_until(reset: &prost_types::Timestamp) {
+    let at = chrono::DateTime::from_timestamp(reset.seconds, reset.nanos as u32).unwrap();
+    let wait = (at - chrono::Utc::now()).to_std().unwrap_or_default();
+    tokio::time::sleep(wait + Duration::from_millis(20)).await;
+}
+
 #[tokio::test]
 async fn the_previous_window_still_weighs_at_the_boundary() {
     let mut app = spawn_app().await;
-    // Fill a 2 s window, then call right after it ends: a fixed window would
-    // allow 5 more at once; the sliding one carries most of the last 5.
-    let fill = |client: &mut Client| {
-        let mut client = client.clone();
-        async move {
-            client
-                .check_rate_limit(request("ip-1", "gateway", 5, 2))
+    let call = |key: &str| request(key, "gateway", 5, 2);
+    // Start at the beginning of a 2 s window, fill it, and call again just
+    // after it ends: a fixed window would let 5 more through at once; the
+    // sliding one still counts nearly all of the last 5.
+    let probe = app
+        .client
+        .check_rate_limit(call("probe"))
+        .await
+        .unwrap()
+        .into_inner();
+    sleep_until(probe.reset_time.as_ref().unwrap()).await;
+    let mut last = None;
+    for _ in 0..5 {
+        last = Some(
+            app.client
+                .check_rate_limit(call("ip-1"))
                 .await
-        }
-    };
-    let mut granted = 0;
-    while granted < 5 {
-        match fill(&mut app.client).await {
-            Ok(_) => granted += 1,
-            Err(status) => {
-                let delay = status
-                    .get_details_retry_info()
-                    .unwrap()
-                    .retry_delay
-                    .unwrap();
-                tokio::time::sleep(delay).await;
-            }
-        }
+                .unwrap()
+                .into_inner(),
+        );
     }
+    let last = last.unwrap();
+    assert_eq!(last.remaining, 0);
+    sleep_until(last.reset_time.as_ref().unwrap()).await;
     let mut burst = 0;
     for _ in 0..10 {
-        if fill(&mut app.client).await.is_ok() {
+        if app.client.check_rate_limit(call("ip-1")).await.is_ok() {
             burst += 1;
         }
     }
-    assert!(burst < 5, "{burst} calls passed right after a full window");
+    assert!(burst <= 1, "{burst} calls passed right after a full window");
 }
 
 #[tokio::test]
