@@ -10,7 +10,7 @@ use axum::{
 use serde::Serialize;
 use tonic::Code;
 
-use crate::{MAX_WHATSAPP_BODY, PayloadError, SignatureError, mesh::CallError};
+use crate::{PayloadError, SignatureError, mesh::CallError};
 
 /// What one delivery carried and what became of it.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -31,16 +31,27 @@ pub struct Summary {
 #[derive(Clone, Copy, Debug)]
 pub struct Outcome(pub &'static str);
 
+/// What became of a Lemon Squeezy event in billing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EventSummary {
+    /// applied, stale, recorded, no_subscription or no_owner (billing's words).
+    pub outcome: String,
+    /// False for a repeat delivery: the first one's outcome is answered.
+    pub recorded: bool,
+}
+
 #[derive(Debug)]
 pub enum Answer {
     Recorded(Summary),
+    /// A Lemon Squeezy event billing recorded (now or by an earlier delivery).
+    Event(EventSummary),
     /// The WhatsApp verification handshake succeeded: echo the challenge.
     Challenge(String),
     BadRequest(String),
     Unauthorized(SignatureError),
     Forbidden(&'static str),
-    /// Over [`MAX_WHATSAPP_BODY`].
-    TooLarge,
+    /// Over the route's limit, in bytes.
+    TooLarge(usize),
     Downstream(CallError),
 }
 
@@ -85,6 +96,16 @@ impl IntoResponse for Answer {
                 response.extensions_mut().insert(Outcome("recorded"));
                 response
             }
+            Self::Event(event) => {
+                let outcome = if event.recorded {
+                    "recorded"
+                } else {
+                    "duplicate"
+                };
+                let mut response = json_line(StatusCode::OK, &event);
+                response.extensions_mut().insert(Outcome(outcome));
+                response
+            }
             Self::Challenge(challenge) => {
                 // Exactly the challenge: Meta compares it byte for byte.
                 let mut response = (StatusCode::OK, challenge).into_response();
@@ -96,10 +117,10 @@ impl IntoResponse for Answer {
                 error(StatusCode::UNAUTHORIZED, "unauthorized", &why.to_string())
             }
             Self::Forbidden(why) => error(StatusCode::FORBIDDEN, "forbidden", why),
-            Self::TooLarge => error(
+            Self::TooLarge(limit) => error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "too_large",
-                &format!("body is over the {MAX_WHATSAPP_BODY} byte limit"),
+                &format!("body is over the {limit} byte limit"),
             ),
             Self::Downstream(failure) => {
                 // The details stay in the log (with the trace id): the caller

@@ -10,6 +10,7 @@ use mesh_runtime::config::{
 pub const DEFAULT_ADDR: &str = "127.0.0.1:8080";
 pub const DEFAULT_USERS_URL: &str = "http://127.0.0.1:50051";
 pub const DEFAULT_CONVERSATIONS_URL: &str = "http://127.0.0.1:50052";
+pub const DEFAULT_BILLING_URL: &str = "http://127.0.0.1:50055";
 /// Each downstream call gets this long; a webhook runs a few in a row, well
 /// inside the time Meta and Telegram wait for an answer.
 pub const DEFAULT_DOWNSTREAM_TIMEOUT: Duration = Duration::from_secs(5);
@@ -22,6 +23,8 @@ pub struct Config {
     pub users_url: String,
     /// `GATEWAY_CONVERSATIONS_URL`.
     pub conversations_url: String,
+    /// `GATEWAY_BILLING_URL`: Lemon Squeezy events, and the inbound-message quota.
+    pub billing_url: String,
     /// The bearer token presented to the services (`MESH_AUTH_TOKEN`).
     pub auth_token: String,
     /// The deadline of each downstream call (`GATEWAY_DOWNSTREAM_TIMEOUT_SECONDS`).
@@ -34,6 +37,8 @@ pub struct Config {
     pub whatsapp_app_secret: Option<String>,
     /// `TELEGRAM_SECRET_TOKEN`: Telegram updates are refused (401) without it.
     pub telegram_secret_token: Option<String>,
+    /// `LEMONSQUEEZY_SIGNING_SECRET`: Lemon Squeezy events are refused (401) without it.
+    pub lemonsqueezy_signing_secret: Option<String>,
 }
 
 impl Config {
@@ -53,6 +58,8 @@ impl Config {
             users_url: optional("GATEWAY_USERS_URL").unwrap_or_else(|| DEFAULT_USERS_URL.into()),
             conversations_url: optional("GATEWAY_CONVERSATIONS_URL")
                 .unwrap_or_else(|| DEFAULT_CONVERSATIONS_URL.into()),
+            billing_url: optional("GATEWAY_BILLING_URL")
+                .unwrap_or_else(|| DEFAULT_BILLING_URL.into()),
             auth_token: required(
                 "MESH_AUTH_TOKEN",
                 "the bearer token the services expect (cargo xtask up uses dev-token)",
@@ -65,6 +72,7 @@ impl Config {
             whatsapp_verify_token: optional("WHATSAPP_VERIFY_TOKEN"),
             whatsapp_app_secret: optional("WHATSAPP_APP_SECRET"),
             telegram_secret_token,
+            lemonsqueezy_signing_secret: optional("LEMONSQUEEZY_SIGNING_SECRET"),
         })
     }
 
@@ -74,6 +82,10 @@ impl Config {
             ("WHATSAPP_VERIFY_TOKEN", &self.whatsapp_verify_token),
             ("WHATSAPP_APP_SECRET", &self.whatsapp_app_secret),
             ("TELEGRAM_SECRET_TOKEN", &self.telegram_secret_token),
+            (
+                "LEMONSQUEEZY_SIGNING_SECRET",
+                &self.lemonsqueezy_signing_secret,
+            ),
         ] {
             if value.is_none() {
                 tracing::warn!(

@@ -1,4 +1,4 @@
-//! The error a route maps to 400 ([`PayloadError`]), and the body limit
+//! The error a route maps to 400 ([`PayloadError`]), and the body limits
 //! over which it answers 413.
 
 use thiserror::Error;
@@ -6,6 +6,10 @@ use thiserror::Error;
 /// Meta documents webhook payloads of up to 3 MB; anything larger is refused
 /// before it is buffered further or hashed.
 pub const MAX_WHATSAPP_BODY: usize = 3 * 1024 * 1024;
+
+/// Lemon Squeezy's events are a few KiB; the billing service takes at most
+/// 256 KiB, so nothing larger is worth hashing.
+pub const MAX_LEMONSQUEEZY_BODY: usize = 256 * 1024;
 
 /// Longest reason kept in an error: serde messages can quote the offending
 /// input, and a 3 MB string has no place in a 400 body or a log line.

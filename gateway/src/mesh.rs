@@ -5,6 +5,7 @@
 use std::{future::Future, sync::Arc, time::Duration};
 
 use mesh_proto::mesh::{
+    billing::v1::{self as billing, billing_service_client::BillingServiceClient},
     conversations::v1::{self as conv, conversations_service_client::ConversationsServiceClient},
     users::v1::{self as users, users_service_client::UsersServiceClient},
 };
@@ -57,10 +58,12 @@ impl From<CallError> for Failure {
 
 type Users = UsersServiceClient<mesh_runtime::client::MeshChannel>;
 type Conversations = ConversationsServiceClient<mesh_runtime::client::MeshChannel>;
+type Billing = BillingServiceClient<mesh_runtime::client::MeshChannel>;
 
 pub struct Mesh {
     users: Downstream,
     conversations: Downstream,
+    billing: Downstream,
     metrics: Arc<Metrics>,
 }
 
@@ -80,6 +83,12 @@ impl Mesh {
                 &config.auth_token,
                 timeout,
             )?,
+            billing: Downstream::new(
+                "GATEWAY_BILLING_URL",
+                &config.billing_url,
+                &config.auth_token,
+                timeout,
+            )?,
             metrics,
         })
     }
@@ -92,6 +101,10 @@ impl Mesh {
         ConversationsServiceClient::new(self.conversations.channel())
     }
 
+    fn billing(&self) -> Billing {
+        BillingServiceClient::new(self.billing.channel())
+    }
+
     async fn call<T>(
         &self,
         service: &'static str,
@@ -101,8 +114,14 @@ impl Mesh {
         match call.await {
             Ok(response) => Ok(response.into_inner()),
             Err(status) => {
-                self.metrics
-                    .downstream_error(service, method, status.code());
+                // A refused quota is an answer billing gives by design (the
+                // caller acts on it), not a failure to alert on.
+                let over_quota =
+                    method == "ConsumeQuota" && status.code() == Code::ResourceExhausted;
+                if !over_quota {
+                    self.metrics
+                        .downstream_error(service, method, status.code());
+                }
                 Err(CallError {
                     service,
                     method,
@@ -270,6 +289,34 @@ impl Mesh {
         .map(drop)
     }
 
+    /// Consumes `amount` of the user's `feature` quota, once per `request_id`;
+    /// RESOURCE_EXHAUSTED (consuming nothing) when it would go over.
+    pub async fn consume_quota(
+        &self,
+        request: billing::ConsumeQuotaRequest,
+    ) -> Result<billing::ConsumeQuotaResponse, CallError> {
+        self.call(
+            "billing",
+            "ConsumeQuota",
+            self.billing().consume_quota(request),
+        )
+        .await
+    }
+
+    /// Hands a verified Lemon Squeezy event to billing, which records and
+    /// applies it once (a repeat delivery answers `recorded: false`).
+    pub async fn apply_subscription_event(
+        &self,
+        request: billing::ApplySubscriptionEventRequest,
+    ) -> Result<billing::ApplySubscriptionEventResponse, CallError> {
+        self.call(
+            "billing",
+            "ApplySubscriptionEvent",
+            self.billing().apply_subscription_event(request),
+        )
+        .await
+    }
+
     /// Each downstream service and whether its gRPC health says SERVING.
     pub async fn readiness(&self) -> Vec<(&'static str, Result<(), String>)> {
         let check = |name: &'static str, downstream: &Downstream| {
@@ -293,11 +340,12 @@ impl Mesh {
                 (name, state)
             }
         };
-        let (users, conversations) = tokio::join!(
+        let (users, conversations, billing) = tokio::join!(
             check("users", &self.users),
-            check("conversations", &self.conversations)
+            check("conversations", &self.conversations),
+            check("billing", &self.billing)
         );
-        vec![users, conversations]
+        vec![users, conversations, billing]
     }
 }
 

@@ -1,6 +1,7 @@
 //! What `/metrics` serves (OpenMetrics text, which Prometheus scrapes):
-//! requests by route and outcome, their latency, downstream call errors, and
-//! what became of the messages and statuses the webhooks carried.
+//! requests by route and outcome, their latency, downstream call errors,
+//! what became of the messages and statuses the webhooks carried, and how
+//! their senders stood against the inbound-message quota.
 
 use std::time::Duration;
 
@@ -29,6 +30,12 @@ struct DownstreamLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QuotaLabels {
+    source: &'static str,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ItemLabels {
     source: &'static str,
     kind: &'static str,
@@ -41,6 +48,7 @@ pub struct Metrics {
     latency: Family<RouteLabels, Histogram>,
     downstream_errors: Family<DownstreamLabels, Counter>,
     items: Family<ItemLabels, Counter>,
+    quota: Family<QuotaLabels, Counter>,
 }
 
 /// Latency buckets from 1 ms to about 16 s, doubling.
@@ -78,12 +86,20 @@ impl Default for Metrics {
             "Messages and statuses carried by webhooks, by what became of them",
             items.clone(),
         );
+        let quota = Family::<QuotaLabels, Counter>::default();
+        registry.register(
+            "inbound_quota_checks",
+            "Inbound messages counted against their sender's daily quota, by result \
+             (within, over, unchecked: billing did not answer and the message went unflagged)",
+            quota.clone(),
+        );
         Self {
             registry,
             requests,
             latency,
             downstream_errors,
             items,
+            quota,
         }
     }
 }
@@ -122,6 +138,14 @@ impl Metrics {
                 kind,
                 result,
             })
+            .inc();
+    }
+
+    /// One inbound message from `source` checked against its sender's quota:
+    /// within, over (stored flagged) or unchecked (stored unflagged).
+    pub fn quota(&self, source: &'static str, result: &'static str) {
+        self.quota
+            .get_or_create(&QuotaLabels { source, result })
             .inc();
     }
 

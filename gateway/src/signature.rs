@@ -1,6 +1,7 @@
-//! Webhook authenticity checks. Both run before any parsing, on exactly what
+//! Webhook authenticity checks. All run before any parsing, on exactly what
 //! arrived: WhatsApp signs the raw bytes of its own (escaped-unicode)
-//! serialisation, so hashing anything re-serialised would not match.
+//! serialisation, and Lemon Squeezy the raw body too, so hashing anything
+//! re-serialised would not match.
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -43,27 +44,54 @@ pub fn verify_whatsapp(
     let hex_digest = header
         .strip_prefix(SHA256_PREFIX)
         .ok_or(SignatureError::Malformed)?;
-    // Fixed-size decode: rejects wrong lengths and non-hex in one step.
-    let mut tag = [0u8; 32];
-    hex::decode_to_slice(hex_digest, &mut tag).map_err(|_| SignatureError::Malformed)?;
-    // HMAC takes keys of any length, so this cannot fail; no unwrap all the same.
-    let mut mac =
-        HmacSha256::new_from_slice(app_secret).map_err(|_| SignatureError::NotConfigured)?;
-    mac.update(raw_body);
-    // `verify_slice` compares in constant time.
-    mac.verify_slice(&tag).map_err(|_| SignatureError::Mismatch)
+    verify_hex_hmac(app_secret, hex_digest, raw_body)
 }
 
 /// The `X-Hub-Signature-256` value Meta sends for `raw_body`: what a
 /// sender of test or replayed deliveries needs.
 pub fn sign_whatsapp(app_secret: &[u8], raw_body: &[u8]) -> String {
-    // HMAC takes keys of any length.
-    let mut mac = HmacSha256::new_from_slice(app_secret).expect("any key length");
+    format!("{SHA256_PREFIX}{}", hex_hmac(app_secret, raw_body))
+}
+
+/// Checks Lemon Squeezy's `X-Signature: <hex>` (no prefix) against
+/// HMAC-SHA256 of `raw_body` keyed with the webhook's signing secret. Lemon
+/// Squeezy sends lowercase hex; uppercase is accepted too.
+pub fn verify_lemonsqueezy(
+    signing_secret: &[u8],
+    header: Option<&str>,
+    raw_body: &[u8],
+) -> Result<(), SignatureError> {
+    if signing_secret.is_empty() {
+        return Err(SignatureError::NotConfigured);
+    }
+    let header = header.ok_or(SignatureError::Missing)?;
+    verify_hex_hmac(signing_secret, header, raw_body)
+}
+
+/// The `X-Signature` value Lemon Squeezy sends for `raw_body`.
+pub fn sign_lemonsqueezy(signing_secret: &[u8], raw_body: &[u8]) -> String {
+    hex_hmac(signing_secret, raw_body)
+}
+
+/// Compares `hex_digest` with HMAC-SHA256 of `raw_body` under `secret`, in
+/// constant time.
+fn verify_hex_hmac(secret: &[u8], hex_digest: &str, raw_body: &[u8]) -> Result<(), SignatureError> {
+    // Fixed-size decode: rejects wrong lengths and non-hex in one step.
+    let mut tag = [0u8; 32];
+    hex::decode_to_slice(hex_digest, &mut tag).map_err(|_| SignatureError::Malformed)?;
+    // HMAC takes keys of any length, so this cannot fail; no unwrap all the same.
+    let mut mac = HmacSha256::new_from_slice(secret).map_err(|_| SignatureError::NotConfigured)?;
     mac.update(raw_body);
-    format!(
-        "{SHA256_PREFIX}{}",
-        hex::encode(mac.finalize().into_bytes())
-    )
+    // `verify_slice` compares in constant time.
+    mac.verify_slice(&tag).map_err(|_| SignatureError::Mismatch)
+}
+
+/// Lowercase hex HMAC-SHA256 of `raw_body` under `secret`.
+fn hex_hmac(secret: &[u8], raw_body: &[u8]) -> String {
+    // HMAC takes keys of any length.
+    let mut mac = HmacSha256::new_from_slice(secret).expect("any key length");
+    mac.update(raw_body);
+    hex::encode(mac.finalize().into_bytes())
 }
 
 /// Longest secret token Telegram accepts in `setWebhook`.
@@ -195,6 +223,60 @@ mod tests {
         assert_eq!(
             verify_whatsapp(SECRET, Some(&header), &reserialised),
             Err(SignatureError::Mismatch)
+        );
+    }
+
+    #[test]
+    fn lemonsqueezy_accepts_its_signature_and_refuses_the_rest() {
+        let body = br#"{"meta":{"event_name":"subscription_created"},"data":{"type":"subscriptions","id":"1"}}"#;
+        let good = sign_lemonsqueezy(SECRET, body);
+        assert_eq!(good.len(), 64);
+        assert!(!good.bytes().any(|b| b.is_ascii_uppercase()), "{good}");
+        // The same digest as WhatsApp's, without Meta's prefix.
+        assert_eq!(format!("sha256={good}"), sign_whatsapp(SECRET, body));
+        assert_eq!(verify_lemonsqueezy(SECRET, Some(&good), body), Ok(()));
+        let upper = good.to_uppercase();
+        assert_eq!(verify_lemonsqueezy(SECRET, Some(&upper), body), Ok(()));
+
+        assert_eq!(
+            verify_lemonsqueezy(SECRET, None, body),
+            Err(SignatureError::Missing)
+        );
+        for bad in [
+            "",
+            &good[..63],                 // one hex digit short
+            &good[..62],                 // one byte short
+            &format!("{good}00"),        // too long
+            &format!("sha256={good}"),   // Meta's prefix is not Lemon Squeezy's
+            &"zz".repeat(32),            // not hex
+            &format!(" {}", &good[1..]), // padded
+        ] {
+            assert_eq!(
+                verify_lemonsqueezy(SECRET, Some(bad), body),
+                Err(SignatureError::Malformed),
+                "{bad:?}"
+            );
+        }
+        let mut flipped = good.clone().into_bytes();
+        flipped[0] = if flipped[0] == b'0' { b'1' } else { b'0' };
+        let flipped = String::from_utf8(flipped).unwrap();
+        assert_eq!(
+            verify_lemonsqueezy(SECRET, Some(&flipped), body),
+            Err(SignatureError::Mismatch)
+        );
+        assert_eq!(
+            verify_lemonsqueezy(b"other-secret", Some(&good), body),
+            Err(SignatureError::Mismatch)
+        );
+        let mut changed = body.to_vec();
+        changed.push(b'\n');
+        assert_eq!(
+            verify_lemonsqueezy(SECRET, Some(&good), &changed),
+            Err(SignatureError::Mismatch)
+        );
+        assert_eq!(
+            verify_lemonsqueezy(b"", Some(&good), body),
+            Err(SignatureError::NotConfigured)
         );
     }
 

@@ -1,9 +1,9 @@
 //! The fuzz target, as property tests: arbitrary bytes and arbitrary
-//! JSON into both parsers and both signature checks never panic, every
+//! JSON into the parsers and the signature checks never panic, every
 //! failure is a `PayloadError` (400), and well-shaped payloads keep their text.
 
-use mesh_gateway::signature::{verify_telegram, verify_whatsapp};
-use mesh_gateway::{PayloadError, telegram, whatsapp};
+use mesh_gateway::signature::{verify_lemonsqueezy, verify_telegram, verify_whatsapp};
+use mesh_gateway::{PayloadError, lemonsqueezy, telegram, whatsapp};
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
 
@@ -57,6 +57,10 @@ const KEYS: &[&str] = &[
     "data",
     "photo",
     "reply_to_message",
+    "meta",
+    "event_name",
+    "custom_data",
+    "attributes",
 ];
 const STRINGS: &[&str] = &[
     "whatsapp_business_account",
@@ -69,6 +73,7 @@ const STRINGS: &[&str] = &[
     "1700000000",
     "private",
     "/start abc",
+    "subscription_created",
 ];
 
 fn arb_json() -> impl Strategy<Value = Value> {
@@ -127,11 +132,14 @@ proptest! {
     fn bytes_never_panic(raw in prop::collection::vec(any::<u8>(), 0..512)) {
         if let Err(e) = whatsapp::parse(&raw) { check_error(&e); }
         if let Err(e) = telegram::parse(&raw) { check_error(&e); }
+        if let Err(e) = lemonsqueezy::parse(&raw) { check_error(&e); }
         let header = String::from_utf8_lossy(&raw);
         let _ = verify_whatsapp(b"secret", Some(&header), &raw);
         let _ = verify_whatsapp(&raw, Some(&header), &raw);
         let _ = verify_telegram("token", Some(&header));
         let _ = verify_telegram(&header, Some("token"));
+        let _ = verify_lemonsqueezy(b"secret", Some(&header), &raw);
+        let _ = verify_lemonsqueezy(&raw, Some(&header), &raw);
     }
 
     #[test]
@@ -147,6 +155,10 @@ proptest! {
             }
             Err(e) => check_error(&e),
         }
+        let ls = if wrap {
+            json!({"meta": {"event_name": "subscription_created"}, "data": v.clone()})
+        } else { v.clone() };
+        if let Err(e) = lemonsqueezy::parse(ls.to_string().as_bytes()) { check_error(&e); }
         let tg = if wrap { json!({"update_id": 1, "message": v}) } else { v };
         if let Err(e) = telegram::parse(tg.to_string().as_bytes()) { check_error(&e); }
     }
@@ -216,6 +228,7 @@ mod routes {
 
     const SECRET: &str = "fuzz-app-secret";
     const TELEGRAM: &str = "fuzz-telegram-secret";
+    const LEMONSQUEEZY: &str = "fuzz-lemonsqueezy-secret";
 
     fn runtime() -> &'static tokio::runtime::Runtime {
         static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
@@ -231,12 +244,14 @@ mod routes {
                     addr: "127.0.0.1:0".parse().unwrap(),
                     users_url: "http://127.0.0.1:9".into(),
                     conversations_url: "http://127.0.0.1:9".into(),
+                    billing_url: "http://127.0.0.1:9".into(),
                     auth_token: "token".into(),
                     downstream_timeout: std::time::Duration::from_secs(2),
                     drain_grace: std::time::Duration::from_secs(1),
                     whatsapp_verify_token: None,
                     whatsapp_app_secret: Some(SECRET.into()),
                     telegram_secret_token: Some(TELEGRAM.into()),
+                    lemonsqueezy_signing_secret: Some(LEMONSQUEEZY.into()),
                 };
                 mesh_gateway::routes::router(mesh_gateway::routes::AppState::new(&config).unwrap())
             })
@@ -274,6 +289,9 @@ mod routes {
             let status = post("/webhooks/telegram",
                 ("x-telegram-bot-api-secret-token", TELEGRAM.into()), raw.clone());
             check(status, telegram::parse(&raw).is_ok());
+            let signature = mesh_gateway::signature::sign_lemonsqueezy(LEMONSQUEEZY.as_bytes(), &raw);
+            let status = post("/webhooks/lemonsqueezy", ("x-signature", signature), raw.clone());
+            check(status, lemonsqueezy::parse(&raw).is_ok());
         }
 
         #[test]
@@ -286,6 +304,13 @@ mod routes {
             let status = post("/webhooks/whatsapp",
                 ("x-hub-signature-256", sign(SECRET.as_bytes(), &raw)), raw.clone());
             check(status, whatsapp::parse(&raw).is_ok());
+            let ls = if wrap {
+                json!({"meta": {"event_name": "subscription_created"}, "data": v.clone()})
+            } else { v.clone() };
+            let raw = ls.to_string().into_bytes();
+            let signature = mesh_gateway::signature::sign_lemonsqueezy(LEMONSQUEEZY.as_bytes(), &raw);
+            let status = post("/webhooks/lemonsqueezy", ("x-signature", signature), raw.clone());
+            check(status, lemonsqueezy::parse(&raw).is_ok());
             let tg = if wrap { json!({"update_id": 1, "message": v}) } else { v };
             let raw = tg.to_string().into_bytes();
             let status = post("/webhooks/telegram",
@@ -296,7 +321,10 @@ mod routes {
         #[test]
         fn unsigned_bytes_are_401(raw in prop::collection::vec(any::<u8>(), 0..256)) {
             let status = post("/webhooks/whatsapp",
-                ("x-hub-signature-256", sign(b"another-secret", &raw)), raw);
+                ("x-hub-signature-256", sign(b"another-secret", &raw)), raw.clone());
+            prop_assert_eq!(status, 401);
+            let signature = mesh_gateway::signature::sign_lemonsqueezy(b"another-secret", &raw);
+            let status = post("/webhooks/lemonsqueezy", ("x-signature", signature), raw);
             prop_assert_eq!(status, 401);
         }
     }

@@ -4,6 +4,7 @@
 //! all, which the services' idempotency (on the provider message id, the
 //! status order and the dead letter's request id) makes harmless.
 
+mod quota;
 pub mod telegram;
 pub mod whatsapp;
 

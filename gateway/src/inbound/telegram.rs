@@ -11,7 +11,7 @@ use mesh_proto::mesh::{
 use serde_json::{Value, json};
 use tonic::Code;
 
-use super::{DeadLetter, Delivery, metadata, store, unix_time};
+use super::{DeadLetter, Delivery, metadata, quota, store, unix_time};
 use crate::{
     answer::Summary,
     mesh::{CallError, Failure, Mesh},
@@ -78,6 +78,7 @@ async fn message(
         _ => None,
     };
     let (user, link) = sender(delivery.mesh, from, start).await?;
+    let is_edit = edit_of.is_some();
     let kind = message_type(&m);
     let tg::Message {
         chat,
@@ -108,7 +109,7 @@ async fn message(
         caption: caption.clone().unwrap_or_default(),
         ..Default::default()
     });
-    let message = conv::Message {
+    let mut message = conv::Message {
         r#type: kind.into(),
         content: text.or(caption).unwrap_or_default(),
         media,
@@ -120,6 +121,10 @@ async fn message(
         provider_time: unix_time(date),
         ..Default::default()
     };
+    // An edit changes a message already counted; it is not another one.
+    if !is_edit {
+        quota::count(delivery, &user.id, provider_message_id, &mut message).await;
+    }
     store(delivery.mesh, &user.id, Channel::Telegram, message, None).await
 }
 
@@ -137,7 +142,7 @@ async fn callback(
         (Some(chat), Some(message)) => format!("{chat}:{message}"),
         _ => String::new(),
     };
-    let message = conv::Message {
+    let mut message = conv::Message {
         r#type: MessageType::Interactive.into(),
         content: q.data.clone().unwrap_or_default(),
         provider_message_id: provider_message_id.to_owned(),
@@ -149,6 +154,8 @@ async fn callback(
         }})),
         ..Default::default()
     };
+    // A press asks the agent for an answer as a message does: it counts.
+    quota::count(delivery, &user.id, provider_message_id, &mut message).await;
     store(delivery.mesh, &user.id, Channel::Telegram, message, None).await
 }
 

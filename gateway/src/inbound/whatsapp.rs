@@ -1,12 +1,13 @@
-//! A WhatsApp delivery: every message to users.UpsertUserByPhone, then
-//! conversations.GetOrCreateActiveConversation + RecordInboundMessage (and
-//! users.TouchLastMessage); every status to conversations.UpdateDeliveryStatus.
+//! A WhatsApp delivery: every message to users.UpsertUserByPhone,
+//! billing.ConsumeQuota, then conversations.GetOrCreateActiveConversation +
+//! RecordInboundMessage (and users.TouchLastMessage); every status to
+//! conversations.UpdateDeliveryStatus.
 
 use mesh_proto::mesh::conversations::v1::{self as conv, Channel, DeliveryStatus, MessageType};
 use mesh_runtime::validate::is_e164;
 use serde_json::{Value, json};
 
-use super::{DeadLetter, Delivery, metadata, store, unix_time};
+use super::{DeadLetter, Delivery, metadata, quota, store, unix_time};
 use crate::{
     answer::Summary,
     mesh::{CallError, Failure},
@@ -88,11 +89,14 @@ async fn store_message(
         headline: r.headline.unwrap_or_default(),
         ctwa_clid: r.ctwa_clid.unwrap_or_default(),
     });
+    let mut message = to_message(message);
+    let wamid = message.provider_message_id.clone();
+    quota::count(delivery, &user.id, &wamid, &mut message).await;
     store(
         delivery.mesh,
         &user.id,
         Channel::Whatsapp,
-        to_message(message),
+        message,
         referral,
     )
     .await

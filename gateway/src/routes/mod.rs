@@ -1,6 +1,7 @@
 //! The HTTP routes, and the layer that gives every request its span and its
 //! line in the metrics.
 
+mod lemonsqueezy;
 mod ops;
 mod telegram;
 mod whatsapp;
@@ -19,7 +20,7 @@ use axum::{
 use tracing::Instrument;
 
 use crate::{
-    MAX_WHATSAPP_BODY,
+    MAX_LEMONSQUEEZY_BODY, MAX_WHATSAPP_BODY,
     answer::{Answer, Outcome},
     config::Config,
     mesh::Mesh,
@@ -38,6 +39,7 @@ struct Inner {
     whatsapp_verify_token: Option<String>,
     whatsapp_app_secret: Option<String>,
     telegram_secret_token: Option<String>,
+    lemonsqueezy_signing_secret: Option<String>,
 }
 
 impl AppState {
@@ -50,6 +52,7 @@ impl AppState {
                 whatsapp_verify_token: config.whatsapp_verify_token.clone(),
                 whatsapp_app_secret: config.whatsapp_app_secret.clone(),
                 telegram_secret_token: config.telegram_secret_token.clone(),
+                lemonsqueezy_signing_secret: config.lemonsqueezy_signing_secret.clone(),
             }),
         })
     }
@@ -77,6 +80,11 @@ pub fn router(state: AppState) -> Router {
             get(whatsapp::verify).post(whatsapp::receive),
         )
         .route("/webhooks/telegram", post(telegram::receive))
+        // Its own, smaller limit (this inner layer overrides the one below).
+        .route(
+            "/webhooks/lemonsqueezy",
+            post(lemonsqueezy::receive).layer(DefaultBodyLimit::max(MAX_LEMONSQUEEZY_BODY)),
+        )
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
@@ -126,11 +134,11 @@ fn status_outcome(status: StatusCode) -> &'static str {
 }
 
 /// The body, or the answer to a body that could not be read: 413 over the
-/// limit, 400 otherwise.
-fn body(read: Result<Bytes, BytesRejection>) -> Result<Bytes, Answer> {
+/// route's `limit`, 400 otherwise.
+fn body(read: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, Answer> {
     read.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            Answer::TooLarge
+            Answer::TooLarge(limit)
         } else {
             Answer::BadRequest(rejection.body_text())
         }

@@ -14,11 +14,18 @@ pub async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// 200 when every downstream service's gRPC health is SERVING, else 503;
-/// the body says which is which.
+/// Services the gateway can work without: with billing away, messages are
+/// still stored (unflagged) and only Lemon Squeezy deliveries fail (and are
+/// retried), so a billing outage must not take every gateway out of service.
+const OPTIONAL: &[&str] = &["billing"];
+
+/// 200 when every downstream service the gateway needs reports SERVING on
+/// gRPC health, else 503; the body says which is which, billing included.
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let checks = state.inner.mesh.readiness().await;
-    let ready = checks.iter().all(|(_, state)| state.is_ok());
+    let ready = checks
+        .iter()
+        .all(|(name, state)| state.is_ok() || OPTIONAL.contains(name));
     let body: Map<String, Value> = checks
         .into_iter()
         .map(|(name, state)| {

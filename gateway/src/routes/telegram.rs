@@ -8,14 +8,14 @@ use axum::{
 use mesh_proto::mesh::conversations::v1::WebhookSource;
 
 use super::{AppState, body};
-use crate::{answer::Answer, inbound, signature, telegram};
+use crate::{MAX_WHATSAPP_BODY, answer::Answer, inbound, signature, telegram};
 
 pub async fn receive(
     State(state): State<AppState>,
     headers: HeaderMap,
     read: Result<Bytes, BytesRejection>,
 ) -> Answer {
-    let raw = match body(read) {
+    let raw = match body(read, MAX_WHATSAPP_BODY) {
         Ok(raw) => raw,
         Err(answer) => return answer,
     };

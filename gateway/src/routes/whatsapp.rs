@@ -13,7 +13,7 @@ use mesh_proto::mesh::conversations::v1::WebhookSource;
 use subtle::ConstantTimeEq;
 
 use super::{AppState, body};
-use crate::{answer::Answer, inbound, signature, whatsapp};
+use crate::{MAX_WHATSAPP_BODY, answer::Answer, inbound, signature, whatsapp};
 
 /// The challenge is echoed as the body: keep it to what Meta sends (digits,
 /// in practice), so the route cannot be used to reflect arbitrary content.
@@ -53,7 +53,7 @@ pub async fn receive(
     headers: HeaderMap,
     read: Result<Bytes, BytesRejection>,
 ) -> Answer {
-    let raw = match body(read) {
+    let raw = match body(read, MAX_WHATSAPP_BODY) {
         Ok(raw) => raw,
         Err(answer) => return answer,
     };

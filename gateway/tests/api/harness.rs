@@ -1,12 +1,13 @@
-//! Spawns the real users and conversations services over a fresh database
-//! and the gateway in front of them, all on port 0; posts provider-shaped
-//! webhooks, signed as the providers sign them; reads back what was stored
-//! through the services' gRPC APIs.
+//! Spawns the real users, conversations and billing services over a fresh
+//! database and the gateway in front of them, all on port 0; posts
+//! provider-shaped webhooks, signed as the providers sign them; reads back
+//! what was stored through the services' gRPC APIs.
 
 use std::{net::SocketAddr, time::Duration};
 
 use mesh_conversations::config::{TelegramConfig, WhatsAppConfig};
 use mesh_proto::mesh::{
+    billing::v1::billing_service_client::BillingServiceClient,
     conversations::v1::{self as conv, conversations_service_client::ConversationsServiceClient},
     users::v1::{self as users, users_service_client::UsersServiceClient},
 };
@@ -19,9 +20,11 @@ use crate::faults::Faults;
 pub const APP_SECRET: &str = "test-app-secret";
 pub const VERIFY_TOKEN: &str = "test-verify-token";
 pub const TELEGRAM_SECRET: &str = "test-telegram-secret";
+pub const LEMONSQUEEZY_SECRET: &str = "test-lemonsqueezy-secret";
 
 pub type Conversations = ConversationsServiceClient<InterceptedService<Channel, Auth>>;
 pub type Users = UsersServiceClient<InterceptedService<Channel, Auth>>;
+pub type Billing = BillingServiceClient<InterceptedService<Channel, Auth>>;
 
 /// A service running in this test, stopped (drain included) on `stop`.
 struct Running {
@@ -45,9 +48,12 @@ pub struct TestApp {
     pub http: reqwest::Client,
     pub users: Users,
     pub conversations: Conversations,
+    pub billing: Billing,
     pub db: TestDatabase,
     conversations_config: mesh_conversations::Config,
     conversations_service: Option<Running>,
+    billing_config: mesh_billing::Config,
+    billing_service: Option<Running>,
     _users_service: Running,
     _gateway: Running,
 }
@@ -65,22 +71,10 @@ pub async fn spawn_app_with_faults() -> (TestApp, Faults) {
 
 async fn spawn(faults: Option<Faults>) -> TestApp {
     let db = TestDatabase::create().await;
-    let users_service = {
-        let app = mesh_users::build(&db.service_config("users"))
-            .await
-            .expect("build users");
-        let addr = app.local_addr();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(app.run_until(async {
-            let _ = stopped.await;
-        }));
-        wait_serving(channel(addr).await).await;
-        Running {
-            addr,
-            stop: Some(stop),
-            task,
-        }
-    };
+    let users_service = run(mesh_users::build(&db.service_config("users"))
+        .await
+        .expect("build users"))
+    .await;
     let mut conversations_config = mesh_conversations::Config {
         service: db.service_config("conversations"),
         idle_gap: mesh_conversations::config::DEFAULT_IDLE_GAP,
@@ -101,23 +95,40 @@ async fn spawn(faults: Option<Faults>) -> TestApp {
     let conversations_service = spawn_conversations(&conversations_config).await;
     // A restart must come back where the gateway looks for it.
     conversations_config.service.addr = conversations_service.addr;
-    let (users_addr, conversations_addr) = match faults {
-        None => (users_service.addr, conversations_service.addr),
+    let mut billing_config = mesh_billing::Config {
+        service: db.service_config("billing"),
+        users_url: format!("http://{}", users_service.addr),
+        call_timeout: Duration::from_secs(5),
+        profile_cache: Duration::from_secs(300),
+        plans: mesh_billing::plans::Plans::builtin(),
+        prices: mesh_billing::plans::Prices::builtin(),
+    };
+    let billing_service = spawn_billing(&billing_config).await;
+    billing_config.service.addr = billing_service.addr;
+    let (users_addr, conversations_addr, billing_addr) = match faults {
+        None => (
+            users_service.addr,
+            conversations_service.addr,
+            billing_service.addr,
+        ),
         Some(faults) => (
             crate::faults::start(users_service.addr, faults.clone()).await,
-            crate::faults::start(conversations_service.addr, faults).await,
+            crate::faults::start(conversations_service.addr, faults.clone()).await,
+            crate::faults::start(billing_service.addr, faults).await,
         ),
     };
     let gateway_config = mesh_gateway::Config {
         addr: "127.0.0.1:0".parse().unwrap(),
         users_url: format!("http://{users_addr}"),
         conversations_url: format!("http://{conversations_addr}"),
+        billing_url: format!("http://{billing_addr}"),
         auth_token: mesh_runtime::testing::TOKEN.into(),
         downstream_timeout: Duration::from_secs(3),
         drain_grace: Duration::from_secs(5),
         whatsapp_verify_token: Some(VERIFY_TOKEN.into()),
         whatsapp_app_secret: Some(APP_SECRET.into()),
         telegram_secret_token: Some(TELEGRAM_SECRET.into()),
+        lemonsqueezy_signing_secret: Some(LEMONSQUEEZY_SECRET.into()),
     };
     let gateway = mesh_gateway::build(&gateway_config)
         .await
@@ -138,9 +149,15 @@ async fn spawn(faults: Option<Faults>) -> TestApp {
             channel(conversations_service.addr).await,
             bearer as Auth,
         ),
+        billing: BillingServiceClient::with_interceptor(
+            channel(billing_service.addr).await,
+            bearer as Auth,
+        ),
         db,
         conversations_config,
         conversations_service: Some(conversations_service),
+        billing_config,
+        billing_service: Some(billing_service),
         _users_service: users_service,
         _gateway: Running {
             addr,
@@ -151,9 +168,18 @@ async fn spawn(faults: Option<Faults>) -> TestApp {
 }
 
 async fn spawn_conversations(config: &mesh_conversations::Config) -> Running {
-    let app = mesh_conversations::build(config)
+    run(mesh_conversations::build(config)
         .await
-        .expect("build conversations");
+        .expect("build conversations"))
+    .await
+}
+
+async fn spawn_billing(config: &mesh_billing::Config) -> Running {
+    run(mesh_billing::build(config).await.expect("build billing")).await
+}
+
+/// Runs a built service until stopped, once it reports SERVING.
+async fn run(app: mesh_runtime::server::Application) -> Running {
     let addr = app.local_addr();
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(app.run_until(async {
@@ -183,6 +209,48 @@ impl TestApp {
     /// Starts it again on the same address.
     pub async fn start_conversations(&mut self) {
         self.conversations_service = Some(spawn_conversations(&self.conversations_config).await);
+    }
+
+    /// Stops the billing service (the gateway keeps running).
+    pub async fn stop_billing(&mut self) {
+        if let Some(running) = self.billing_service.take() {
+            running.stop().await;
+        }
+    }
+
+    /// Starts it again on the same address.
+    pub async fn start_billing(&mut self) {
+        self.billing_service = Some(spawn_billing(&self.billing_config).await);
+    }
+
+    /// POSTs `body` to the Lemon Squeezy webhook under `event_name`,
+    /// signed as Lemon Squeezy signs it.
+    pub async fn post_lemonsqueezy(&self, event_name: &str, body: &[u8]) -> reqwest::Response {
+        let signature =
+            mesh_gateway::signature::sign_lemonsqueezy(LEMONSQUEEZY_SECRET.as_bytes(), body);
+        self.post_lemonsqueezy_signed(Some(event_name), body, Some(&signature))
+            .await
+    }
+
+    /// POSTs `body` to the Lemon Squeezy webhook with these headers (or none).
+    pub async fn post_lemonsqueezy_signed(
+        &self,
+        event_name: Option<&str>,
+        body: &[u8],
+        signature: Option<&str>,
+    ) -> reqwest::Response {
+        let mut request = self
+            .http
+            .post(format!("{}/webhooks/lemonsqueezy", self.url))
+            .header("content-type", "application/json")
+            .body(body.to_vec());
+        if let Some(name) = event_name {
+            request = request.header("x-event-name", name);
+        }
+        if let Some(signature) = signature {
+            request = request.header("x-signature", signature);
+        }
+        request.send().await.expect("the gateway answers")
     }
 
     /// POSTs `body` to the WhatsApp webhook, correctly signed.

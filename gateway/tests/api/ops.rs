@@ -15,7 +15,7 @@ async fn healthz_readyz_and_metrics() {
     let body: serde_json::Value = ready.json().await.unwrap();
     assert_eq!(
         body,
-        serde_json::json!({"users": "SERVING", "conversations": "SERVING"})
+        serde_json::json!({"users": "SERVING", "conversations": "SERVING", "billing": "SERVING"})
     );
 
     let (wa_id, _) = sender();
