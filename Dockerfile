@@ -7,8 +7,7 @@
 #   memory         (mesh-memory)       scheduler     (mesh-scheduler)
 #   billing        (mesh-billing)      gateway       (mesh-gateway)
 #
-# `users`, `conversations`, `memory`, `scheduler` and `gateway` exist so far; the others arrive
-# with their issues. An image with `memory` also carries its embedding model,
+# An image with `memory` also carries its embedding model,
 # all-MiniLM-L6-v2 (~90 MB), and sets MEMORY_MODEL_DIR to it. Examples:
 #
 #   docker build -t mesh-users .                                  # just users

@@ -27,13 +27,14 @@ usage: cargo xtask <command>
 
   up               build and start the mesh locally (Ctrl-C stops it)
   test [-- ARGS]   lint, then cargo test --workspace [ARGS] on a throwaway Postgres
-  bench <name>     run a benchmark: users, conversations, gateway or memory
+  bench <name>     run a benchmark: users, conversations, gateway, memory,
+                   scheduler or billing
 
 environment: DATABASE_URL (use this server instead of a local one),
 MESH_PG_PORT (local Postgres for `up`, default 54320), MESH_DB_PASSWORD,
 MESH_AUTH_TOKEN (default dev-token), WHATSAPP_VERIFY_TOKEN, WHATSAPP_APP_SECRET,
-TELEGRAM_SECRET_TOKEN (defaults dev-verify-token, dev-app-secret,
-dev-telegram-secret), MEMORY_MODEL_DIR (all-MiniLM-L6-v2 already on disk, instead
+TELEGRAM_SECRET_TOKEN, LEMONSQUEEZY_SIGNING_SECRET (defaults dev-verify-token,
+dev-app-secret, dev-telegram-secret, dev-lemonsqueezy-secret), MEMORY_MODEL_DIR (all-MiniLM-L6-v2 already on disk, instead
 of the one installed from PyPI), RUST_LOG, <SERVICE>_ADDR ...";
 
 fn main() -> ExitCode {

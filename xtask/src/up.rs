@@ -44,6 +44,7 @@ const DEV_SECRETS: &[(&str, &str)] = &[
     ("WHATSAPP_VERIFY_TOKEN", "dev-verify-token"),
     ("WHATSAPP_APP_SECRET", "dev-app-secret"),
     ("TELEGRAM_SECRET_TOKEN", "dev-telegram-secret"),
+    ("LEMONSQUEEZY_SIGNING_SECRET", "dev-lemonsqueezy-secret"),
 ];
 /// The sample WhatsApp delivery `up` prints a curl line for: a fixed message
 /// id, so posting it again shows the idempotency (`"duplicates":1`). The
@@ -160,9 +161,35 @@ const SERVICES: &[ServiceSpec] = &[
             ),
         ],
     },
+    // After users: it asks users for time zones and owned workspaces
+    // (BILLING_USERS_URL); README's example user is unknown there, so it is
+    // counted in UTC on the free plan. Fixed request ids: the consumption
+    // happens once, and a repeat answers the first result.
+    ServiceSpec {
+        name: "billing",
+        package: "mesh-billing",
+        bin: "billing",
+        addr_env: "BILLING_ADDR",
+        probe: Probe::Grpc,
+        examples: &[
+            (
+                "mesh.billing.v1.BillingService/GetEntitlements",
+                r#"{"owner":{"user_id":"0196f1c2-7a5e-7c3a-9d1e-3f2b8c4d5e6f"}}"#,
+            ),
+            (
+                "mesh.billing.v1.BillingService/ConsumeQuota",
+                r#"{"user_id":"0196f1c2-7a5e-7c3a-9d1e-3f2b8c4d5e6f","feature":"FEATURE_INBOUND_MESSAGES","amount":1,"request_id":"readme-quota"}"#,
+            ),
+            (
+                "mesh.billing.v1.BillingService/CheckRateLimit",
+                r#"{"key":"+573001234567","endpoint":"readme","limit":60,"window":"60s"}"#,
+            ),
+        ],
+    },
     // Last: it hands webhooks on to users and conversations
-    // (GATEWAY_USERS_URL, GATEWAY_CONVERSATIONS_URL), and its /readyz is 200
-    // only once both report SERVING. Its examples are curl lines
+    // (GATEWAY_USERS_URL, GATEWAY_CONVERSATIONS_URL) and Lemon Squeezy's to
+    // billing (GATEWAY_BILLING_URL), and its /readyz is 200 only once users
+    // and conversations report SERVING. Its examples are curl lines
     // (print_gateway), not grpcurl ones.
     ServiceSpec {
         name: "gateway",
@@ -321,8 +348,11 @@ fn service_env(admin_url: &str, model_dir: Option<&Path>) -> Result<Vec<(String,
         "SCHEDULER_CONVERSATIONS_URL",
         conversations_url.clone(),
     );
+    default(&mut env, "BILLING_USERS_URL", users_url.clone());
     default(&mut env, "GATEWAY_USERS_URL", users_url);
     default(&mut env, "GATEWAY_CONVERSATIONS_URL", conversations_url);
+    let billing_url = format!("http://{}", dial_addr(&effective(&env, "BILLING_ADDR")));
+    default(&mut env, "GATEWAY_BILLING_URL", billing_url);
     // Even when xtask's own is set: this is it made absolute, and the
     // services run in the repository, not in xtask's directory.
     if let Some(dir) = model_dir {

@@ -21,7 +21,7 @@ use uuid::Uuid;
 use super::{
     ConversationsClient as Client, Measurement, Options, Roles, latency_histogram, measure,
     peak_rss_note, print_table, run_bench, spread, start_conversations_service,
-    start_users_service, with_service_cpu,
+    start_users_service, thousands, with_service_cpu,
 };
 use crate::tools::Paths;
 
@@ -153,19 +153,6 @@ async fn measure_all(paths: &Paths, roles: &Roles, options: Options) -> Result<(
 /// Measured plus warm-up requests of one workload.
 fn expected_writes(options: Options) -> usize {
     options.requests + options.warm_up()
-}
-
-/// `n` with commas between thousands: 1000 -> "1,000".
-fn thousands(n: usize) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, digit) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(digit);
-    }
-    out
 }
 
 /// `n` WhatsApp conversations, each of a new user id.
@@ -497,16 +484,4 @@ fn print_lag(rows: &[(&str, &str, &Histogram<u64>)]) {
         );
     }
     println!();
-}
-
-#[cfg(test)]
-mod tests {
-    use super::thousands;
-
-    #[test]
-    fn thousands_get_commas() {
-        assert_eq!(thousands(7), "7");
-        assert_eq!(thousands(1_000), "1,000");
-        assert_eq!(thousands(1_234_567), "1,234,567");
-    }
 }

@@ -1,8 +1,9 @@
 //! `cargo xtask bench gateway`: signed WhatsApp text webhooks (a unique
 //! message id each, from 1,000 senders) posted over loopback HTTP to the
-//! gateway, which hands each on to the users and conversations services (all
-//! three release-built processes of their own); next to the same four gRPC
-//! calls per message made directly by this process, in the same run, so the
+//! gateway, which hands each on to the users, billing (the inbound quota) and
+//! conversations services (all four release-built processes of their own);
+//! next to the same five gRPC calls per message made directly by this
+//! process, in the same run, so the
 //! gateway's overhead can be read. Afterwards every acknowledged message is
 //! looked up in the database, and a sample is posted again to show a
 //! duplicate is not stored twice. Exits non-zero when what was acknowledged
@@ -15,12 +16,12 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use mesh_proto::mesh::{conversations::v1 as conv, users::v1 as users};
+use mesh_proto::mesh::{billing::v1 as billing, conversations::v1 as conv, users::v1 as users};
 
 use super::{
-    ConversationsClient as Conversations, Measurement, Options, Roles, Service,
-    UsersClient as Users, cpu_time, drive, measure, peak_rss, print_table_with, run_bench, spread,
-    start_conversations_service, start_users_service,
+    BillingClient as Billing, ConversationsClient as Conversations, Measurement, Options, Roles,
+    Service, UsersClient as Users, cpu_time, drive, measure, peak_rss, print_table_with, run_bench,
+    spread, start_billing_service, start_conversations_service, start_users_service,
 };
 use crate::{tools::Paths, whatsapp};
 
@@ -47,7 +48,7 @@ const VIA_GRPC: &str = "gRPC, no gateway";
 pub async fn run(options: &Options) -> Result<()> {
     run_bench(
         options,
-        &["users", "conversations", "gateway"],
+        &["users", "conversations", "billing", "gateway"],
         DATABASE,
         measure_all,
     )
@@ -58,6 +59,9 @@ async fn measure_all(paths: &Paths, roles: &Roles, options: Options) -> Result<(
     let (mut users, users_client) = start_users_service(paths, roles, options).await?;
     let (mut conversations, conversations_client) =
         start_conversations_service(paths, roles, options, &users, &[]).await?;
+    // Every inbound message is counted against its sender's quota first.
+    let (mut billing, billing_client) =
+        start_billing_service(paths, roles, options, &users, &[]).await?;
     let mut gateway = Service::start(
         paths,
         "gateway",
@@ -67,6 +71,7 @@ async fn measure_all(paths: &Paths, roles: &Roles, options: Options) -> Result<(
                 "GATEWAY_CONVERSATIONS_URL",
                 format!("http://{}", conversations.addr),
             ),
+            ("GATEWAY_BILLING_URL", format!("http://{}", billing.addr)),
             ("WHATSAPP_APP_SECRET", APP_SECRET.to_owned()),
         ],
     )?;
@@ -98,6 +103,7 @@ async fn measure_all(paths: &Paths, roles: &Roles, options: Options) -> Result<(
         ("gateway", gateway.child.id()),
         ("users", users.child.id()),
         ("conversations", conversations.child.id()),
+        ("billing", billing.child.id()),
     ];
     let gateway_url = format!("http://{}/webhooks/whatsapp", gateway.addr);
     let via_gateway_tally = Arc::new(Tally::default());
@@ -112,6 +118,7 @@ async fn measure_all(paths: &Paths, roles: &Roles, options: Options) -> Result<(
     let before = cpu_all(&pids);
     let direct = call_directly(
         &users_client,
+        &billing_client,
         &conversations_client,
         &messages,
         &direct_tally,
@@ -136,6 +143,7 @@ async fn measure_all(paths: &Paths, roles: &Roles, options: Options) -> Result<(
         .collect();
     gateway.stop();
     conversations.stop();
+    billing.stop();
     users.stop();
 
     let answers = via_gateway_tally.statuses();
@@ -394,20 +402,26 @@ async fn post(
 /// The gateway's work for the i-th message, done from here over gRPC.
 async fn call_directly(
     users: &Users,
+    billing: &Billing,
     conversations: &Conversations,
     messages: &Arc<Messages>,
     tally: &Arc<Tally>,
     options: Options,
 ) -> Result<Measurement> {
-    let (users, conversations, messages, tally) = (
+    let (users, billing, conversations, messages, tally) = (
         users.clone(),
+        billing.clone(),
         conversations.clone(),
         messages.clone(),
         tally.clone(),
     );
     measure(WORKLOAD, VIA_GRPC, options, move |i| {
-        let (mut users, mut conversations, tally) =
-            (users.clone(), conversations.clone(), tally.clone());
+        let (mut users, mut billing, mut conversations, tally) = (
+            users.clone(),
+            billing.clone(),
+            conversations.clone(),
+            tally.clone(),
+        );
         let (wa_id, profile_name) = Messages::sender(i);
         let provider_message_id = format!("{}{i}", messages.grpc_prefix);
         let time = prost_types::Timestamp {
@@ -424,6 +438,21 @@ async fn call_directly(
                 .into_inner()
                 .user
                 .context("UpsertUserByPhone answered no user")?;
+            // The gateway's inbound quota (gateway/src/inbound/quota.rs); a
+            // refusal only flags the message, as there.
+            let quota = billing
+                .consume_quota(billing::ConsumeQuotaRequest {
+                    user_id: user.id.clone(),
+                    feature: billing::Feature::InboundMessages.into(),
+                    amount: 1,
+                    request_id: format!("inbound:whatsapp:{provider_message_id}"),
+                })
+                .await;
+            if let Err(status) = quota
+                && status.code() != tonic::Code::ResourceExhausted
+            {
+                return Err(status.into());
+            }
             let conversation = conversations
                 .get_or_create_active_conversation(conv::GetOrCreateActiveConversationRequest {
                     user_id: user.id.clone(),

@@ -4,6 +4,7 @@
 //! gRPC calls made without it), so the ratio between them can be read. Prints
 //! a Markdown table and the machine it ran on.
 
+mod billing;
 mod conversations;
 mod gateway;
 mod memory;
@@ -24,6 +25,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use hdrhistogram::Histogram;
 use mesh_proto::mesh::{
+    billing::v1::billing_service_client::BillingServiceClient,
     conversations::v1::conversations_service_client::ConversationsServiceClient,
     users::v1::users_service_client::UsersServiceClient,
 };
@@ -49,7 +51,7 @@ pub const TOKEN: &str = "bench-token";
 pub async fn run(args: &[String]) -> Result<()> {
     let Some((name, rest)) = args.split_first() else {
         bail!(
-            "usage: cargo xtask bench <name> [--requests N] [--concurrency C]; names: users, conversations, gateway, memory, scheduler"
+            "usage: cargo xtask bench <name> [--requests N] [--concurrency C]; names: users, conversations, gateway, memory, scheduler, billing"
         );
     };
     let defaults = match name.as_str() {
@@ -64,8 +66,9 @@ pub async fn run(args: &[String]) -> Result<()> {
         "gateway" => gateway::run(&options).await,
         "memory" => memory::run(&options).await,
         "scheduler" => scheduler::run(&options).await,
+        "billing" => billing::run(&options).await,
         other => bail!(
-            "unknown bench {other:?}; names: users, conversations, gateway, memory, scheduler"
+            "unknown bench {other:?}; names: users, conversations, gateway, memory, scheduler, billing"
         ),
     }
 }
@@ -207,6 +210,7 @@ type Auth = fn(Request<()>) -> Result<Request<()>, Status>;
 
 pub type UsersClient = UsersServiceClient<InterceptedService<Channel, Auth>>;
 pub type ConversationsClient = ConversationsServiceClient<InterceptedService<Channel, Auth>>;
+pub type BillingClient = BillingServiceClient<InterceptedService<Channel, Auth>>;
 
 /// Adds the bench token to every request of a client.
 fn bearer(mut request: Request<()>) -> Result<Request<()>, Status> {
@@ -270,6 +274,46 @@ pub async fn start_conversations_service(
         service,
         ConversationsServiceClient::with_interceptor(channel, bearer as Auth),
     ))
+}
+
+/// The billing service on the bench database, configured with `users`
+/// (asked for time zones and owned workspaces), its pool as large as the
+/// load, and `extra` on top (later entries win); SERVING, with a client.
+pub async fn start_billing_service(
+    paths: &Paths,
+    roles: &Roles,
+    options: Options,
+    users: &Service,
+    extra: &[(&str, String)],
+) -> Result<(Service, BillingClient)> {
+    let mut env = vec![
+        ("BILLING_DATABASE_URL", roles.url("billing")?),
+        (
+            "BILLING_DB_MAX_CONNECTIONS",
+            options.concurrency.to_string(),
+        ),
+        ("BILLING_USERS_URL", format!("http://{}", users.addr)),
+    ];
+    env.extend(extra.iter().cloned());
+    let mut service = Service::start(paths, "billing", &env)?;
+    let channel = service.wait_serving().await?;
+    Ok((
+        service,
+        BillingServiceClient::with_interceptor(channel, bearer as Auth),
+    ))
+}
+
+/// `n` with commas between thousands: 1000 -> "1,000".
+pub fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, digit) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(digit);
+    }
+    out
 }
 
 /// The notes line giving a service's peak resident memory so far.
@@ -642,6 +686,13 @@ mod tests {
         assert_eq!(rate(0.54), "0.54");
         assert_eq!(rate(7.0), "7.00");
         assert_eq!(rate(3230.4), "3230");
+    }
+
+    #[test]
+    fn thousands_get_commas() {
+        assert_eq!(thousands(7), "7");
+        assert_eq!(thousands(1_000), "1,000");
+        assert_eq!(thousands(1_234_567), "1,234,567");
     }
 
     #[test]
