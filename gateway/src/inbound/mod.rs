@@ -28,6 +28,10 @@ pub struct Delivery<'a> {
     pub raw: &'a [u8],
     pub source: conv::WebhookSource,
     pub summary: Summary,
+    /// Set once billing failed to answer a quota check in this delivery: the
+    /// rest of its messages are stored unchecked at once rather than each
+    /// waiting for a billing that is away.
+    pub billing_away: std::sync::atomic::AtomicBool,
 }
 
 /// Where a dead letter is filed and what it says.
@@ -66,7 +70,7 @@ impl Delivery<'_> {
     /// Files an item that can never be applied where an operator can list it
     /// (ListWebhookFailures), with the whole body, so it is not retried for a
     /// week and not lost either.
-    async fn dead_letter(
+    pub(crate) async fn dead_letter(
         &mut self,
         kind: &'static str,
         letter: DeadLetter<'_>,
@@ -99,7 +103,7 @@ impl Delivery<'_> {
 
 /// `<source>:<kind>:<key>`, or a digest of the key when that would be too
 /// long (a wamid alone may take 128 characters).
-fn request_id(source: &str, kind: &str, key: &str) -> String {
+pub(crate) fn request_id(source: &str, kind: &str, key: &str) -> String {
     let id = format!("{source}:{kind}:{key}");
     if id.len() <= MAX_REQUEST_ID_LEN {
         return id;

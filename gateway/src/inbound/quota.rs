@@ -11,34 +11,52 @@ use prost_types::value::Kind;
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
+use std::{sync::atomic::Ordering, time::Duration};
+
 use super::{Delivery, request_id};
+
+/// The most a message waits for its quota check. The check only adds a
+/// flag, so a slow billing must not hold the delivery (Meta and Telegram
+/// resend what is not answered in time); past this the message is stored
+/// unchecked, and so are the delivery's other messages.
+const QUOTA_DEADLINE: Duration = Duration::from_secs(1);
 
 /// Counts `message` from `user_id` against the user's quota and flags it
 /// when the quota is used up. `key` is the provider's id of the message: a
 /// redelivery carries the same key, which billing consumes only once.
 pub async fn count(delivery: &Delivery<'_>, user_id: &str, key: &str, message: &mut conv::Message) {
     let source = delivery.source_name();
-    let consumed = delivery
-        .mesh
-        .consume_quota(billing::ConsumeQuotaRequest {
+    if delivery.billing_away.load(Ordering::Relaxed) {
+        delivery.metrics.quota(source, "unchecked");
+        return;
+    }
+    let consumed = tokio::time::timeout(
+        QUOTA_DEADLINE,
+        delivery.mesh.consume_quota(billing::ConsumeQuotaRequest {
             user_id: user_id.to_owned(),
             feature: billing::Feature::InboundMessages.into(),
             amount: 1,
             // "inbound:<source>:<provider id>" (hashed when over 128 chars).
             request_id: request_id("inbound", source, key),
-        })
-        .await;
+        }),
+    )
+    .await;
     let result = match consumed {
-        Ok(_) => "within",
-        Err(e) if e.code() == Code::ResourceExhausted => {
+        Ok(Ok(_)) => "within",
+        Ok(Err(e)) if e.code() == Code::ResourceExhausted => {
             flag(message, &e.status);
             "over"
         }
-        Err(e) => {
+        failed => {
+            delivery.billing_away.store(true, Ordering::Relaxed);
+            let error = match failed {
+                Ok(Err(e)) => e.to_string(),
+                _ => format!("no answer within {QUOTA_DEADLINE:?}"),
+            };
             tracing::warn!(
                 source,
-                error = %e,
-                "inbound quota not checked: the message is stored without the over_quota flag"
+                %error,
+                "inbound quota not checked: the delivery's messages are stored without the over_quota flag"
             );
             "unchecked"
         }

@@ -8,7 +8,10 @@ use axum::{
     extract::{State, rejection::BytesRejection},
     http::HeaderMap,
 };
-use mesh_proto::mesh::billing::v1::ApplySubscriptionEventRequest;
+use mesh_proto::mesh::{
+    billing::v1::ApplySubscriptionEventRequest, conversations::v1::WebhookSource,
+};
+use sha2::{Digest, Sha256};
 use tonic::Code;
 
 use super::{AppState, body};
@@ -16,6 +19,7 @@ use crate::{
     MAX_LEMONSQUEEZY_BODY,
     answer::{Answer, EventSummary},
     error::short,
+    inbound::DeadLetter,
     lemonsqueezy, signature,
 };
 
@@ -43,7 +47,7 @@ pub async fn receive(
         Ok(event) => event,
         Err(why) => {
             tracing::warn!(reason = %why, "Lemon Squeezy body is not an event");
-            return why.into();
+            return refuse(&state, &raw, why.to_string(), why.into()).await;
         }
     };
     // Optional: billing then goes by meta.event_name alone (and refuses a
@@ -78,10 +82,32 @@ pub async fn receive(
         // Signed by Lemon Squeezy but not an event billing can take: a retry
         // carries the same body, so say why instead of asking for one.
         Err(e) if e.code() == Code::InvalidArgument => {
-            let reason = short(e.status.message());
+            let reason = format!("billing refused the event: {}", short(e.status.message()));
             tracing::warn!(event = %event.name, %reason, "billing refused the Lemon Squeezy event");
-            Answer::BadRequest(format!("billing refused the event: {reason}"))
+            let answer = Answer::BadRequest(reason.clone());
+            refuse(&state, &raw, reason, answer).await
         }
+
+        Err(e) => Answer::Downstream(e),
+    }
+}
+
+/// Files a signed body that is not an event billing can take as a dead
+/// letter (conversations.ListWebhookFailures, source LEMONSQUEEZY) before
+/// answering `answer`: Lemon Squeezy gives up after three retries, and what
+/// it signed must not be lost. If the letter cannot be filed, 5xx: then Lemon
+/// Squeezy's retry tries again.
+async fn refuse(state: &AppState, raw: &[u8], reason: String, answer: Answer) -> Answer {
+    let mut delivery = state.delivery(raw, WebhookSource::Lemonsqueezy);
+    let letter = DeadLetter {
+        // The same body again files the same letter, once.
+        key: hex::encode(Sha256::digest(raw)),
+        phone: None,
+        provider_message_id: "",
+        reason,
+    };
+    match delivery.dead_letter("event", letter).await {
+        Ok(()) => answer,
         Err(e) => Answer::Downstream(e),
     }
 }

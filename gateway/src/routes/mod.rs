@@ -58,7 +58,7 @@ impl AppState {
     }
 
     /// A delivery of `raw` (verified and parsed) about to be handed on.
-    fn delivery<'a>(
+    pub(crate) fn delivery<'a>(
         &'a self,
         raw: &'a [u8],
         source: mesh_proto::mesh::conversations::v1::WebhookSource,
@@ -69,6 +69,7 @@ impl AppState {
             raw,
             source,
             summary: Default::default(),
+            billing_away: Default::default(),
         }
     }
 }

@@ -1,10 +1,14 @@
 //! Lemon Squeezy subscription webhooks: signed events reach billing and are
-//! applied once; anything unsigned, mis-signed or not an event is refused
-//! and records nothing; billing away is a 5xx that Lemon Squeezy retries.
+//! applied once; anything unsigned or mis-signed is refused and records
+//! nothing; a signed body that is not an event is refused and kept as a dead
+//! letter; billing away is a 5xx that Lemon Squeezy retries.
 
-use mesh_proto::mesh::billing::v1::{
-    self as billing, GetSubscriptionRequest, ListSubscriptionEventsRequest, Owner,
-    SubscriptionStatus, owner,
+use mesh_proto::mesh::{
+    billing::v1::{
+        self as billing, GetSubscriptionRequest, ListSubscriptionEventsRequest, Owner,
+        SubscriptionStatus, owner,
+    },
+    conversations::v1 as conv,
 };
 use serde_json::{Value, json};
 use tonic::Code;
@@ -290,7 +294,7 @@ async fn an_unsigned_or_mis_signed_event_is_401_and_records_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_signed_body_that_is_not_an_event_is_400_and_records_nothing() {
+async fn a_signed_body_that_is_not_an_event_is_400_and_dead_lettered() {
     let mut app = spawn_app().await;
     let user_id = new_user(&mut app).await;
     let mut no_meta = subscription_event(
@@ -356,12 +360,28 @@ async fn a_signed_body_that_is_not_an_event_is_400_and_records_nothing() {
             "event_name",
         ),
     ];
-    for (body, event_name, reason) in cases {
-        let answer = app.post_lemonsqueezy(event_name, &body).await;
-        let text = text_with(answer, 400).await;
-        assert!(text.contains(reason), "{reason} in {text}");
+    let refused = cases.len();
+    for (body, event_name, reason) in &cases {
+        // Lemon Squeezy retries a 400: the same body files one letter.
+        for _ in 0..2 {
+            let answer = app.post_lemonsqueezy(event_name, body).await;
+            let text = text_with(answer, 400).await;
+            assert!(text.contains(reason), "{reason} in {text}");
+        }
     }
     assert_eq!(app.db.count("billing", "subscription_events").await, 0);
+    // What Lemon Squeezy signed is not lost: each body is a dead letter.
+    let letters = app.webhook_failures().await;
+    assert_eq!(letters.len(), refused);
+    for (letter, (body, _, reason)) in letters.iter().zip(&cases) {
+        assert_eq!(letter.source(), conv::WebhookSource::Lemonsqueezy);
+        assert_eq!(&letter.raw_payload, body);
+        assert!(
+            letter.error.contains(reason),
+            "{reason} in {}",
+            letter.error
+        );
+    }
     let none = subscription_of(&mut app, &user_id).await.unwrap_err();
     assert_eq!(none.code(), Code::NotFound);
 

@@ -59,9 +59,23 @@ async fn measure_all(paths: &Paths, roles: &Roles, options: Options) -> Result<(
     let (mut users, users_client) = start_users_service(paths, roles, options).await?;
     let (mut conversations, conversations_client) =
         start_conversations_service(paths, roles, options, &users, &[]).await?;
-    // Every inbound message is counted against its sender's quota first.
-    let (mut billing, billing_client) =
-        start_billing_service(paths, roles, options, &users, &[]).await?;
+    // Every inbound message is counted against its sender's quota first,
+    // under a plan no run reaches: the quota is checked, never refused, so
+    // both paths do the same work at any --requests.
+    let scratch = tempfile::tempdir()?;
+    let plans = scratch.path().join("plans.json");
+    std::fs::write(
+        &plans,
+        r#"{"plans": [{"id": "free", "limits": {"inbound_messages": 1000000000}}]}"#,
+    )?;
+    let (mut billing, billing_client) = start_billing_service(
+        paths,
+        roles,
+        options,
+        &users,
+        &[("BILLING_PLANS_FILE", plans.to_string_lossy().into_owned())],
+    )
+    .await?;
     let mut gateway = Service::start(
         paths,
         "gateway",
@@ -141,6 +155,14 @@ async fn measure_all(paths: &Paths, roles: &Roles, options: Options) -> Result<(
         .iter()
         .map(|(name, pid)| format!("{name} {}", peak_rss(*pid)))
         .collect();
+    // Both paths must have done the quota check: a gateway that skipped it
+    // (billing away) would look cheaper than it is.
+    let metrics = http
+        .get(format!("http://{}/metrics", gateway.addr))
+        .send()
+        .await?
+        .text()
+        .await?;
     gateway.stop();
     conversations.stop();
     billing.stop();
@@ -194,13 +216,20 @@ async fn measure_all(paths: &Paths, roles: &Roles, options: Options) -> Result<(
                 per_message(&direct_cpu, all).join(", ")
             ),
             format!(
-                "{} requests in flight; each message: users.UpsertUserByPhone, conversations.GetOrCreateActiveConversation, then RecordInboundMessage and users.TouchLastMessage at once, as the gateway does; {SENDERS} senders, each made a user with an active WhatsApp conversation before measuring (the path of a known contact writing again)",
+                "{} requests in flight; each message: users.UpsertUserByPhone, billing.ConsumeQuota, conversations.GetOrCreateActiveConversation, then RecordInboundMessage and users.TouchLastMessage at once, as the gateway does; {SENDERS} senders, each made a user with an active WhatsApp conversation before measuring (the path of a known contact writing again)",
                 options.concurrency
             ),
             "load client: reqwest over HTTP/1.1 keep-alive (a connection per request in flight), the body signed (HMAC-SHA256) per request; the gateway and the gRPC reference each use one HTTP/2 channel per service; client, gateway, services and Postgres share the machine; Postgres runs with fsync=off and synchronous_commit=off".into(),
         ],
     );
     let mut problems = Vec::new();
+    for line in metrics.lines().filter(|l| {
+        l.starts_with("gateway_inbound_quota_checks_total")
+            && !l.contains("result=\"within\"")
+            && !l.ends_with(" 0")
+    }) {
+        problems.push(format!("the gateway did not check every quota: {line}"));
+    }
     for (path, check) in [
         ("via the gateway", &via_gateway_check),
         ("without the gateway", &direct_check),
@@ -438,8 +467,7 @@ async fn call_directly(
                 .into_inner()
                 .user
                 .context("UpsertUserByPhone answered no user")?;
-            // The gateway's inbound quota (gateway/src/inbound/quota.rs); a
-            // refusal only flags the message, as there.
+            // The gateway's inbound quota (gateway/src/inbound/quota.rs).
             let quota = billing
                 .consume_quota(billing::ConsumeQuotaRequest {
                     user_id: user.id.clone(),
@@ -448,11 +476,8 @@ async fn call_directly(
                     request_id: format!("inbound:whatsapp:{provider_message_id}"),
                 })
                 .await;
-            if let Err(status) = quota
-                && status.code() != tonic::Code::ResourceExhausted
-            {
-                return Err(status.into());
-            }
+            // Under the bench's plan the quota is never used up.
+            quota?;
             let conversation = conversations
                 .get_or_create_active_conversation(conv::GetOrCreateActiveConversationRequest {
                     user_id: user.id.clone(),
