@@ -27,8 +27,6 @@ CREATE TABLE subscriptions (
     renews_at           timestamptz,
     ends_at             timestamptz,
     trial_ends_at       timestamptz,
-    -- 'void' or 'free' while paused: a free pause keeps the plan in force.
-    pause_mode          text,
     customer_portal_url text NOT NULL DEFAULT '',
     last_payment_status text NOT NULL DEFAULT '',
     last_payment_time   timestamptz,
@@ -53,7 +51,7 @@ CREATE TABLE subscription_events (
     user_id         uuid,
     workspace_id    uuid,
     outcome         text NOT NULL CHECK (outcome IN
-                    ('applied', 'stale', 'recorded', 'no_subscription', 'no_owner', 'erased')),
+                    ('applied', 'stale', 'recorded', 'no_subscription', 'no_owner')),
     payload         jsonb NOT NULL,
     -- Set when PurgeUser stripped the payload of personal data.
     redact_time     timestamptz,
@@ -63,18 +61,6 @@ CREATE INDEX subscription_events_time ON subscription_events (receive_time DESC,
 CREATE INDEX subscription_events_subscription ON subscription_events (subscription_id, receive_time DESC, id DESC);
 CREATE INDEX subscription_events_user ON subscription_events (user_id) WHERE user_id IS NOT NULL;
 CREATE INDEX subscription_events_workspace ON subscription_events (workspace_id) WHERE workspace_id IS NOT NULL;
-
--- Users erased by PurgeUser, and their subscriptions: a later event naming
--- either (a renewal carries the checkout's custom_data) is stored stripped
--- of personal data and unlinked, and creates no subscription.
-CREATE TABLE erased_users (
-    user_id    uuid PRIMARY KEY,
-    erase_time timestamptz NOT NULL DEFAULT now()
-);
-CREATE TABLE erased_subscriptions (
-    subscription_id text PRIMARY KEY,
-    erase_time      timestamptz NOT NULL DEFAULT now()
-);
 
 -- The AI usage ledger: one row per call, once per request_id. local_day is
 -- the user's day when it was recorded (daily reports follow it).
