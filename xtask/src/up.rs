@@ -690,6 +690,9 @@ fn print_gateway(env: &[(String, String)], token: &str, sample: &Sample) {
     println!(
         "  POST {base}/webhooks/telegram  updates, with X-Telegram-Bot-Api-Secret-Token: {telegram_token}"
     );
+    println!(
+        "  POST {base}/webhooks/lemonsqueezy  subscription events, signed with LEMONSQUEEZY_SIGNING_SECRET (X-Signature; README's \"The gateway\" has a signed curl line)"
+    );
     println!("  GET  {base}/healthz  {base}/readyz  {base}/metrics");
 
     let signature = whatsapp::signature(&effective(env, "WHATSAPP_APP_SECRET"), &sample.body);
