@@ -8,6 +8,7 @@
 //! (mesh_runtime::error).
 
 pub mod config;
+mod events;
 mod features;
 pub mod lemonsqueezy;
 mod people;
@@ -85,8 +86,8 @@ mesh_runtime::grpc_handlers! { pb, BillingService for BillingApi, state;
     record_ai_usage(RecordAiUsageRequest) -> RecordAiUsageResponse => usage::record;
     check_rate_limit(CheckRateLimitRequest) -> CheckRateLimitResponse => rate_limits::check;
     get_subscription(GetSubscriptionRequest) -> GetSubscriptionResponse => subscriptions::get;
-    list_subscription_events(ListSubscriptionEventsRequest) -> ListSubscriptionEventsResponse => subscriptions::list_events;
-    apply_subscription_event(ApplySubscriptionEventRequest) -> ApplySubscriptionEventResponse => subscriptions::apply;
+    list_subscription_events(ListSubscriptionEventsRequest) -> ListSubscriptionEventsResponse => events::list;
+    apply_subscription_event(ApplySubscriptionEventRequest) -> ApplySubscriptionEventResponse => events::apply;
     list_daily_usage(ListDailyUsageRequest) -> ListDailyUsageResponse => reports::daily;
     list_model_usage(ListModelUsageRequest) -> ListModelUsageResponse => reports::by_model;
     get_usage_totals(GetUsageTotalsRequest) -> GetUsageTotalsResponse => reports::totals;
