@@ -15,6 +15,10 @@ use crate::State;
 
 const MAX_WINDOW: Duration = Duration::from_secs(86_400);
 
+/// The database's time, and one of the key's recent windows (its start and
+/// hits), if it has any.
+type ClockAndWindow = (DateTime<Utc>, Option<DateTime<Utc>>, Option<i64>);
+
 /// The fixed window `now` is in, and how far into it `now` is (0 to 1).
 fn window_of(now: DateTime<Utc>, window: Duration) -> (DateTime<Utc>, f64) {
     let width = window.as_millis() as i64;
@@ -80,19 +84,28 @@ pub async fn check(
     }
     violations.into_result()?;
     let window = window.expect("checked");
-    let now = Utc::now();
-    let (start, elapsed) = window_of(now, window);
-    let width = TimeDelta::from_std(window).expect("at most a day");
-    let counts: Vec<(DateTime<Utc>, i64)> = sqlx::query_as(
-        "SELECT window_start, hits FROM rate_limit_windows
-         WHERE key = $1 AND endpoint = $2 AND window_start IN ($3, $4)",
+    // The database's clock, not this replica's: every replica must agree
+    // on where a window starts. One query reads it with the key's recent
+    // windows (a row of NULLs when there are none).
+    let rows: Vec<ClockAndWindow> = sqlx::query_as(
+        "SELECT c.now, w.window_start, w.hits
+         FROM (SELECT now() AS now) c
+         LEFT JOIN rate_limit_windows w
+           ON w.key = $1 AND w.endpoint = $2
+          AND w.window_start > c.now - make_interval(secs => $3)",
     )
     .bind(&request.key)
     .bind(&request.endpoint)
-    .bind(start)
-    .bind(start - width)
+    .bind(2.0 * window.as_secs_f64())
     .fetch_all(&state.pool)
     .await?;
+    let now = rows.first().map_or_else(Utc::now, |(now, _, _)| *now);
+    let (start, elapsed) = window_of(now, window);
+    let width = TimeDelta::from_std(window).expect("at most a day");
+    let counts: Vec<(DateTime<Utc>, i64)> = rows
+        .into_iter()
+        .filter_map(|(_, start, hits)| Some((start?, hits?)))
+        .collect();
     let hits_at = |at| counts.iter().find(|(s, _)| *s == at).map_or(0, |(_, h)| *h);
     let previous = hits_at(start - width);
     // What the previous window still weighs, rounded up: never let through
