@@ -111,14 +111,23 @@ impl Mesh {
         method: &'static str,
         call: impl Future<Output = Result<tonic::Response<T>, Status>>,
     ) -> Result<T, CallError> {
+        self.call_expecting(service, method, &[], call).await
+    }
+
+    /// Like [`Self::call`], where the codes in `answers` are answers the
+    /// caller acts on by design (a used-up quota), not failures: they are
+    /// not counted as downstream errors, so they set off no alert.
+    async fn call_expecting<T>(
+        &self,
+        service: &'static str,
+        method: &'static str,
+        answers: &[Code],
+        call: impl Future<Output = Result<tonic::Response<T>, Status>>,
+    ) -> Result<T, CallError> {
         match call.await {
             Ok(response) => Ok(response.into_inner()),
             Err(status) => {
-                // A refused quota is an answer billing gives by design (the
-                // caller acts on it), not a failure to alert on.
-                let over_quota =
-                    method == "ConsumeQuota" && status.code() == Code::ResourceExhausted;
-                if !over_quota {
+                if !answers.contains(&status.code()) {
                     self.metrics
                         .downstream_error(service, method, status.code());
                 }
@@ -295,9 +304,10 @@ impl Mesh {
         &self,
         request: billing::ConsumeQuotaRequest,
     ) -> Result<billing::ConsumeQuotaResponse, CallError> {
-        self.call(
+        self.call_expecting(
             "billing",
             "ConsumeQuota",
+            &[Code::ResourceExhausted],
             self.billing().consume_quota(request),
         )
         .await

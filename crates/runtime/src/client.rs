@@ -38,6 +38,20 @@ impl Interceptor for MeshInterceptor {
 /// What a generated client is built over: `FooClient::new(downstream.channel())`.
 pub type MeshChannel = InterceptedService<Channel, MeshInterceptor>;
 
+/// Whether a call failing with `code` means the callee did not answer
+/// (down, slow, overloaded): worth retrying, unlike a refusal.
+pub fn did_not_answer(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unavailable
+            | Code::DeadlineExceeded
+            | Code::Cancelled
+            | Code::ResourceExhausted
+            | Code::Aborted
+            | Code::Unknown
+    )
+}
+
 /// One service this process calls.
 pub struct Downstream {
     url: String,
@@ -111,12 +125,7 @@ impl Downstream {
     ) -> ApiError {
         match status.code() {
             Code::NotFound => ApiError::NotFound(not_found()),
-            Code::Unavailable
-            | Code::DeadlineExceeded
-            | Code::Cancelled
-            | Code::ResourceExhausted
-            | Code::Aborted
-            | Code::Unknown => {
+            code if did_not_answer(code) => {
                 tracing::warn!(url = %self.url, %status, "{callee} did not answer");
                 ApiError::Unavailable(format!("{callee} is unavailable; retry"))
             }

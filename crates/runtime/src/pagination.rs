@@ -49,29 +49,12 @@ fn foreign_token() -> FieldViolation {
     FieldViolation::new("page_token", "is not a token this service issued")
 }
 
-/// A token holding a key of type `T` (parsed from its text form).
+/// A token holding a key of type `T`: anything with a text form that parses
+/// back (UUIDs, strings, integers, dates, [`TimeKey`]).
 pub fn decode_parsed_token<T: FromStr>(token: &str) -> Result<Option<T>, FieldViolation> {
     decode_token(token)?
         .map(|key| key.parse().map_err(|_| foreign_token()))
         .transpose()
-}
-
-/// A token holding a UUID key.
-pub fn decode_uuid_token(token: &str) -> Result<Option<Uuid>, FieldViolation> {
-    decode_parsed_token(token)
-}
-
-/// A key a page token can hold: anything with a text form that parses back
-/// (UUIDs, strings, integers, dates, [`TimeKey`]).
-pub trait PageKey: Sized {
-    /// The key `token` holds; `None` for an empty token (the first page).
-    fn decode(token: &str) -> Result<Option<Self>, FieldViolation>;
-}
-
-impl<T: FromStr> PageKey for T {
-    fn decode(token: &str) -> Result<Option<Self>, FieldViolation> {
-        decode_parsed_token(token)
-    }
 }
 
 /// The key of rows listed by a time, the id breaking ties: its text form is
@@ -117,12 +100,12 @@ pub struct Page<K> {
     pub after: Option<K>,
 }
 
-impl<K: PageKey> Page<K> {
+impl<K: FromStr> Page<K> {
     /// Checks `page_size` then `page_token`, recording what is wrong in
     /// `violations`; `None` when either is invalid.
     pub fn check(violations: &mut Violations, page_size: i32, page_token: &str) -> Option<Self> {
         let size = violations.check(self::page_size(page_size));
-        let after = violations.check(K::decode(page_token));
+        let after = violations.check(decode_parsed_token(page_token));
         Some(Self {
             size: size?,
             after: after?,
@@ -159,10 +142,10 @@ mod tests {
     fn tokens_round_trip_and_foreign_ones_are_refused() {
         let id = Uuid::now_v7();
         let token = encode_token(&id.to_string());
-        assert_eq!(decode_uuid_token(&token).unwrap(), Some(id));
-        assert_eq!(decode_uuid_token("").unwrap(), None);
-        assert!(decode_uuid_token("not-a-token").is_err());
-        assert!(decode_uuid_token(&encode_token("not-a-uuid")).is_err());
+        assert_eq!(decode_parsed_token::<Uuid>(&token).unwrap(), Some(id));
+        assert_eq!(decode_parsed_token::<Uuid>("").unwrap(), None);
+        assert!(decode_parsed_token::<Uuid>("not-a-token").is_err());
+        assert!(decode_parsed_token::<Uuid>(&encode_token("not-a-uuid")).is_err());
         assert!(decode_token(&encode_token("a\0b")).is_err());
         assert_eq!(
             decode_parsed_token::<i64>(&encode_token("42")).unwrap(),
@@ -176,9 +159,11 @@ mod tests {
         let time = DateTime::from_timestamp_micros(1_780_000_000_123_456).unwrap();
         let key = TimeKey::new(time, Uuid::now_v7());
         let token = encode_token(&key.to_string());
-        assert_eq!(TimeKey::decode(&token).unwrap(), Some(key));
-        assert!(TimeKey::decode(&encode_token("12.not-a-uuid")).is_err());
-        assert!(TimeKey::decode(&encode_token(&Uuid::now_v7().to_string())).is_err());
+        assert_eq!(decode_parsed_token::<TimeKey>(&token).unwrap(), Some(key));
+        assert!(decode_parsed_token::<TimeKey>(&encode_token("12.not-a-uuid")).is_err());
+        assert!(
+            decode_parsed_token::<TimeKey>(&encode_token(&Uuid::now_v7().to_string())).is_err()
+        );
     }
 
     #[test]

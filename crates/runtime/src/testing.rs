@@ -177,17 +177,32 @@ pub async fn wait_serving(channel: tonic::transport::Channel) {
     panic!("the service never reported SERVING");
 }
 
-/// Runs `app` in the background until the sender it returns is sent or
-/// dropped, and waits until it reports SERVING; returns where it listens.
-pub async fn serve(
-    app: crate::server::Application,
-) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
+/// A service running in the background for a test.
+pub struct Served {
+    pub addr: std::net::SocketAddr,
+    /// Stops it (with its drain) when sent or dropped.
+    pub stop: tokio::sync::oneshot::Sender<()>,
+    /// Its exit, for tests that wait for a clean stop.
+    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+/// Runs `app` in the background until stopped, once it reports SERVING.
+pub async fn serve_task(app: crate::server::Application) -> Served {
     let addr = app.local_addr();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(app.run_until(async {
+    let task = tokio::spawn(app.run_until(async {
         let _ = stopped.await;
     }));
     wait_serving(channel(addr).await).await;
+    Served { addr, stop, task }
+}
+
+/// Like [`serve_task`], for tests that never wait for the exit: where it
+/// listens, and the sender that stops it.
+pub async fn serve(
+    app: crate::server::Application,
+) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    let Served { addr, stop, .. } = serve_task(app).await;
     (addr, stop)
 }
 

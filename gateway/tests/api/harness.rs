@@ -11,7 +11,7 @@ use mesh_proto::mesh::{
     conversations::v1::{self as conv, conversations_service_client::ConversationsServiceClient},
     users::v1::{self as users, users_service_client::UsersServiceClient},
 };
-use mesh_runtime::testing::{Auth, TestDatabase, bearer, channel, wait_serving};
+use mesh_runtime::testing::{Auth, TestDatabase, bearer, channel, serve_task};
 use tokio::{sync::oneshot, task::JoinHandle};
 use tonic::{service::interceptor::InterceptedService, transport::Channel};
 
@@ -180,16 +180,11 @@ async fn spawn_billing(config: &mesh_billing::Config) -> Running {
 
 /// Runs a built service until stopped, once it reports SERVING.
 async fn run(app: mesh_runtime::server::Application) -> Running {
-    let addr = app.local_addr();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(app.run_until(async {
-        let _ = stopped.await;
-    }));
-    wait_serving(channel(addr).await).await;
+    let served = serve_task(app).await;
     Running {
-        addr,
-        stop: Some(stop),
-        task,
+        addr: served.addr,
+        stop: Some(served.stop),
+        task: served.task,
     }
 }
 

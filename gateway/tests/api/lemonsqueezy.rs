@@ -464,3 +464,24 @@ async fn a_billing_failure_is_502_and_retried() {
     assert_eq!(answer, json!({"outcome": "applied", "recorded": true}));
     assert_eq!(app.db.count("billing", "subscription_events").await, 1);
 }
+
+/// A signed body that is not an event is answered 400 only once its dead
+/// letter is filed: while RecordWebhookFailure fails it is 5xx (Lemon
+/// Squeezy retries), and the retry files it once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_event_whose_letter_cannot_be_filed_yet_is_retried() {
+    let (mut app, faults) = spawn_app_with_faults().await;
+    faults.inject("RecordWebhookFailure", Code::Unavailable, 1);
+    let body = b"not json";
+    let first = app.post_lemonsqueezy("subscription_created", body).await;
+    assert_eq!(first.status(), 503);
+    assert!(app.webhook_failures().await.is_empty());
+
+    let text = text_with(
+        app.post_lemonsqueezy("subscription_created", body).await,
+        400,
+    )
+    .await;
+    assert!(text.contains("body is not JSON"), "{text}");
+    assert_eq!(app.webhook_failures().await.len(), 1);
+}

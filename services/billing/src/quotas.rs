@@ -69,10 +69,10 @@ pub fn quota(
         unlimited: limit.is_none(),
         limit: limit.map(decimal_text).unwrap_or_default(),
         used: used.map(decimal_text).unwrap_or_default(),
+        // Unknown without `used` (a workspace's quota: usage is per user).
         remaining: match (limit, used) {
             (Some(limit), Some(used)) => decimal_text((limit - used).max(Decimal::ZERO)),
-            (Some(limit), None) => decimal_text(limit),
-            (None, _) => String::new(),
+            _ => String::new(),
         },
         reset_time: optional_timestamp(reset),
     }
@@ -86,9 +86,9 @@ pub struct Used {
 }
 
 /// What `user` used of each of `wanted` in its current period.
-#[tracing::instrument(skip(conn, profile))]
+#[tracing::instrument(skip(pool, profile))]
 pub async fn usage(
-    conn: &mut PgConnection,
+    pool: &sqlx::PgPool,
     user: Uuid,
     profile: &Profile,
     wanted: &[Feature],
@@ -112,7 +112,7 @@ pub async fn usage(
     .bind(user)
     .bind(&names)
     .bind(&keys)
-    .fetch_all(&mut *conn)
+    .fetch_all(pool)
     .await?;
     Ok(periods
         .into_iter()
@@ -138,8 +138,7 @@ pub async fn entitlements(
     match owner {
         Owner::User(user) => {
             let standing = standing(state, user).await?;
-            let mut conn = state.pool.acquire().await?;
-            let used = usage(&mut conn, user, &standing.profile, &Feature::ALL).await?;
+            let used = usage(&state.pool, user, &standing.profile, &Feature::ALL).await?;
             Ok(pb::GetEntitlementsResponse {
                 plan: Some(plan_pb(standing.plan)),
                 quotas: used
@@ -167,10 +166,6 @@ pub async fn entitlements(
                 quotas: Feature::ALL
                     .into_iter()
                     .map(|f| quota(f, plan.limit(f), None, None))
-                    .map(|q| pb::Quota {
-                        remaining: String::new(),
-                        ..q
-                    })
                     .collect(),
                 subscription: subscription.map(|row| row.to_pb()),
                 time_zone: String::new(),

@@ -432,7 +432,7 @@ pub async fn list(
 /// (UNAVAILABLE, retry shortly), or the state machine's refusal of the
 /// row's actual status.
 async fn refusal(conn: &mut PgConnection, id: Uuid, to: &str) -> ApiError {
-    match current_status(conn, id).await {
+    match current_status(conn, id, false).await {
         Ok(Some((_, true))) => being_sent("reminder", id),
         Ok(Some((from, false))) => status::refused(&from, to),
         Ok(None) => ApiError::not_found(format!("no reminder {id}")),
@@ -440,10 +440,16 @@ async fn refusal(conn: &mut PgConnection, id: Uuid, to: &str) -> ApiError {
     }
 }
 
-/// The reminder's status, and whether a dispatcher is sending it now.
-async fn current_status(conn: &mut PgConnection, id: Uuid) -> ApiResult<Option<(String, bool)>> {
+/// The reminder's status, and whether a dispatcher is sending it now;
+/// with `lock`, the row stays locked for this transaction.
+async fn current_status(
+    conn: &mut PgConnection,
+    id: Uuid,
+    lock: bool,
+) -> ApiResult<Option<(String, bool)>> {
+    let lock = if lock { "FOR UPDATE" } else { "" };
     Ok(sqlx::query_as(AssertSqlSafe(format!(
-        "SELECT status, NOT {NOT_BEING_SENT} FROM reminders WHERE id = $1"
+        "SELECT status, NOT {NOT_BEING_SENT} FROM reminders WHERE id = $1 {lock}"
     )))
     .bind(id)
     .fetch_optional(conn)
@@ -455,13 +461,7 @@ async fn current_status(conn: &mut PgConnection, id: Uuid) -> ApiResult<Option<(
 /// dispatcher holds it now, as its message may be at the provider. None when
 /// there is no such reminder.
 pub async fn hold(conn: &mut PgConnection, id: Uuid) -> ApiResult<Option<String>> {
-    let current: Option<(String, bool)> = sqlx::query_as(AssertSqlSafe(format!(
-        "SELECT status, NOT {NOT_BEING_SENT} FROM reminders WHERE id = $1 FOR UPDATE"
-    )))
-    .bind(id)
-    .fetch_optional(conn)
-    .await?;
-    match current {
+    match current_status(conn, id, true).await? {
         Some((_, true)) => Err(being_sent("reminder", id)),
         current => Ok(current.map(|(status, _)| status)),
     }
@@ -618,22 +618,22 @@ pub async fn snooze(
     let (id, duration) = (id.expect("checked"), duration.expect("checked"));
     let until = Utc::now() + duration;
     let mut tx = state.pool.begin().await?;
-    let snoozed = sqlx::query(AssertSqlSafe(format!(
+    let snoozed: Option<ReminderRow> = sqlx::query_as(AssertSqlSafe(format!(
         "UPDATE reminders
          SET scheduled_time = $2, next_attempt_time = $2, status_reason = '',
              lease_owner = NULL, lease_expire_time = NULL
-         WHERE id = $1 AND status = $3 AND {NOT_BEING_SENT}"
+         WHERE id = $1 AND status = $3 AND {NOT_BEING_SENT}
+         RETURNING {COLUMNS}"
     )))
     .bind(id)
     .bind(until)
     .bind(status::PENDING)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if snoozed == 0 {
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(snoozed) = snoozed else {
         // Only a pending reminder snoozes, though failed -> pending is a
         // transition (RescheduleReminder's): say so rather than the table.
-        return Err(match current_status(&mut tx, id).await? {
+        return Err(match current_status(&mut tx, id, false).await? {
             None => ApiError::not_found(format!("no reminder {id}")),
             Some((_, true)) => being_sent("reminder", id),
             Some((from, false)) => ApiError::FailedPrecondition(format!(
@@ -641,12 +641,11 @@ pub async fn snooze(
                  (RescheduleReminder moves a failed or cancelled one)"
             )),
         });
-    }
+    };
     dispatcher::wake(&mut tx).await?;
-    let reminder = fetch(&mut tx, id).await?;
     tx.commit().await?;
     Ok(pb::SnoozeReminderResponse {
-        reminder: Some(reminder),
+        reminder: Some(snoozed.into_pb()),
     })
 }
 

@@ -147,7 +147,7 @@ async fn measure_all(paths: &Paths, roles: &Roles, options: Options) -> Result<(
     let record_many = Workload::record(&run, "record-many", spread_users.clone());
     let (record_many_m, record_many_n) = with_outcomes(pid, &record_many, &client, options).await?;
 
-    let race = race(&client, &run, &racer, options, &mut checks).await?;
+    let race = race(pid, &client, &run, &racer, options, &mut checks).await?;
 
     let rss = peak_rss_note("billing", pid);
     service.stop();
@@ -488,6 +488,7 @@ impl Checks {
 /// more calls than the plan's limit: exactly the limit may get through. The
 /// note line with what it measured.
 async fn race(
+    pid: u32,
     client: &Client,
     run: &str,
     user: &str,
@@ -498,25 +499,15 @@ async fn race(
         requests: RACE_CALLS,
         ..options
     };
-    let workload = Workload::new(
+    let mut workload = Workload::new(
         "ConsumeQuota",
         Rpc::Consume(pb::Feature::Documents),
         run,
         "race",
         Arc::new(vec![user.to_owned()]),
     );
-    let outcomes = Arc::new(Outcomes::default());
-    let (work, callers, counted) = (workload.clone(), client.clone(), outcomes.clone());
-    let measured = measure(
-        "ConsumeQuota (one user racing for a limit)",
-        "gRPC",
-        race_options,
-        move |i| {
-            let (work, client, counted) = (work.clone(), callers.clone(), counted.clone());
-            async move { counted.count(work.call(&client, i).await) }
-        },
-    )
-    .await?;
+    workload.name = "ConsumeQuota (one user racing for a limit)".into();
+    let (measured, outcomes) = with_outcomes(pid, &workload, client, race_options).await?;
     let counter = used(&quota(client, user, pb::Feature::Documents).await?)?;
     let calls = RACE_CALLS + race_options.warm_up();
     let (ok, refused, errors) = (outcomes.ok(), outcomes.refused(), measured.errors);

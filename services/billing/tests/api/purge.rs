@@ -157,6 +157,20 @@ async fn purge_erases_usage_and_strips_the_audit_log() {
     assert!(!format!("{:?}", recorded.payload).contains("ana@example.com"));
     assert_eq!(app.entitlements(&user).await.plan.unwrap().id, "free");
     assert_eq!(app.db.count("billing", "subscriptions").await, 0);
+    // A later payment names only the subscription: kept stripped too.
+    let payment = payment_event(
+        "subscription_payment_success",
+        11,
+        6,
+        "2027-01-07T10:00:00Z",
+    );
+    let recorded = app.apply(&payment).await.unwrap().event.unwrap();
+    assert_eq!(recorded.outcome, "erased");
+    let text = format!("{:?}", recorded.payload);
+    assert!(
+        !text.contains("ana@example.com") && !text.contains("4242"),
+        "{text}"
+    );
 
     // The other user is untouched.
     assert_eq!(app.quota(&survivor, F::InboundMessages).await.used, "2");

@@ -338,3 +338,15 @@ async fn bad_consumptions_name_every_field() {
         .unwrap_err();
     assert_eq!(bad_fields(&owner), ["owner"]);
 }
+
+#[tokio::test]
+async fn a_users_service_that_does_not_answer_is_unavailable_and_consumes_nothing() {
+    let mut app = spawn_with(|config| config.users_url = "http://127.0.0.1:9".into()).await;
+    let stranger = Uuid::now_v7().to_string();
+    let refused = app
+        .consume(&stranger, F::InboundMessages, 1, "")
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable);
+    assert_eq!(app.db.count("billing", "usage_counters").await, 0);
+}

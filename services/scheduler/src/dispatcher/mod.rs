@@ -99,12 +99,11 @@ impl Kind {
 
     /// The statuses the item may move to `to` from. A check-in leaves
     /// pending only once, to sent, failed or skipped.
-    fn allowed_from(self, to: &str) -> Vec<String> {
-        let statuses: &[&str] = match self {
+    fn allowed_from(self, to: &str) -> &'static [&'static str] {
+        match self {
             Self::Reminder => crate::status::allowed_from(to),
-            Self::CheckIn => &["pending"],
-        };
-        statuses.iter().map(|s| (*s).to_owned()).collect()
+            Self::CheckIn => &[crate::status::PENDING],
+        }
     }
 }
 

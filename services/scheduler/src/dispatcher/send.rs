@@ -2,7 +2,7 @@
 //! whether quiet hours or the WhatsApp window stand in the way, and the
 //! SendMessage call itself.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use mesh_proto::mesh::conversations::v1::{
@@ -10,7 +10,7 @@ use mesh_proto::mesh::conversations::v1::{
     conversations_service_client::ConversationsServiceClient,
     send_message_request::{Content, Target},
 };
-use mesh_runtime::{ApiError, convert::json_to_struct};
+use mesh_runtime::{ApiError, client::did_not_answer, convert::json_to_struct};
 use serde_json::{Value, json};
 use tonic::{Code, Status};
 use tonic_types::StatusExt as _;
@@ -229,17 +229,10 @@ fn pinned_request(payload: &Value) -> Option<(String, Content)> {
 fn classify(call: &str, status: &Status) -> Outcome {
     let error = format!("{call}: {:?}: {}", status.code(), status.message());
     match status.code() {
-        Code::Unavailable
-        | Code::ResourceExhausted
-        | Code::DeadlineExceeded
-        | Code::Aborted
-        | Code::Unknown
-        | Code::Cancelled
-        | Code::Internal => {
+        code if did_not_answer(code) || code == Code::Internal => {
             let retry_after = status
                 .get_details_retry_info()
-                .and_then(|info| info.retry_delay)
-                .map(|delay: Duration| delay);
+                .and_then(|info| info.retry_delay);
             Outcome::retry(error, retry_after)
         }
         // Refused for good as it stands, for a cause outside the item that an

@@ -17,7 +17,7 @@ use mesh_proto::mesh::{
     scheduler::v1::{self as pb, scheduler_service_client::SchedulerServiceClient},
     users::v1::{self as users_pb, users_service_client::UsersServiceClient},
 };
-use mesh_runtime::testing::{Auth, TestDatabase, bearer};
+use mesh_runtime::testing::{Auth, TestDatabase, bearer, serve_task};
 pub use mesh_runtime::testing::{TOKEN, bad_fields, channel, serve, wait_serving};
 use mesh_scheduler::{Config, config::DispatcherConfig};
 use tokio::{sync::oneshot, task::JoinHandle};
@@ -150,18 +150,13 @@ pub async fn spawn_scheduler(config: &Config) -> Scheduler {
     let (app, metrics_addr) = mesh_scheduler::build_with_metrics(config)
         .await
         .expect("build the scheduler");
-    let addr = app.local_addr();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(app.run_until(async {
-        let _ = stopped.await;
-    }));
-    wait_serving(channel(addr).await).await;
+    let served = serve_task(app).await;
     Scheduler {
-        addr,
+        addr: served.addr,
         metrics_addr,
-        client: client(channel(addr).await),
-        stop: Some(stop),
-        server,
+        client: client(channel(served.addr).await),
+        stop: Some(served.stop),
+        server: served.task,
     }
 }
 

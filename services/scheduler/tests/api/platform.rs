@@ -94,18 +94,9 @@ async fn the_readme_scheduler_lines_work_as_written() {
 
 #[tokio::test]
 async fn metrics_are_served_in_the_openmetrics_text_format() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let app = spawn_app().await;
-    let mut stream = tokio::net::TcpStream::connect(app.scheduler.metrics_addr)
-        .await
-        .expect("connect to /metrics");
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: scheduler\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).await.unwrap();
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // 200 asserted by the scrape.
+    let answer = crate::dispatch::scrape(app.scheduler.metrics_addr).await;
     assert!(
         answer.contains("scheduler_dispatch_lateness_seconds"),
         "{answer}"
