@@ -5,7 +5,9 @@
 //! trait. Every handler returns `ApiError`, mapped to a Status in one place
 //! (mesh_runtime::error).
 
+pub mod config;
 mod devices;
+pub mod erasure;
 mod flags;
 mod links;
 mod preferences;
@@ -13,17 +15,18 @@ mod users;
 pub mod validate;
 mod workspaces;
 
+use std::{ops::Deref, sync::Arc};
+
+use erasure::{Contexts, Erasures};
 use mesh_proto::mesh::users::v1::{
     self as pb,
     users_service_server::{UsersService, UsersServiceServer},
 };
-use mesh_runtime::{
-    config::ServiceConfig,
-    server::{Application, ServiceSpec},
-};
+use mesh_runtime::server::{Application, ServiceSpec};
 use sqlx::{PgPool, migrate::Migrator};
 use tonic::service::Routes;
 
+pub use config::Config;
 pub use flags::rollout_bucket;
 
 pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/users");
@@ -38,19 +41,47 @@ pub static SPEC: ServiceSpec = ServiceSpec {
 /// `USERS_ADDR` when unset.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:50051";
 
-/// Builds the users service from its configuration.
-pub async fn build(config: &ServiceConfig) -> anyhow::Result<Application> {
-    Application::build(config, &SPEC, |context| {
-        Routes::new(UsersServiceServer::new(UsersApi { pool: context.pool }))
+/// Builds the users service from its configuration. A bare
+/// `ServiceConfig` gives erasures that reach no other context.
+pub async fn build(config: impl Into<Config>) -> anyhow::Result<Application> {
+    let config = config.into();
+    let contexts = Contexts::new(&config.erasure, &config.service.auth_token)?;
+    let mut erasures = None;
+    let app = Application::build(&config.service, &SPEC, |context| {
+        let state = State {
+            pool: context.pool.clone(),
+            erasures: Erasures::new(context.pool, contexts, config.erasure.retry_max),
+        };
+        erasures = Some(state.erasures.clone());
+        Routes::new(UsersServiceServer::new(UsersApi { state }))
     })
-    .await
+    .await?;
+    let erasures = erasures.expect("the routes were built");
+    Ok(app.with_worker("erasures", move |shutdown| {
+        erasure::run_worker(erasures, shutdown)
+    }))
+}
+
+/// What handlers work with. Most need only the database, and take the
+/// `&PgPool` this dereferences to.
+pub struct State {
+    pool: PgPool,
+    erasures: Arc<Erasures>,
+}
+
+impl Deref for State {
+    type Target = PgPool;
+
+    fn deref(&self) -> &PgPool {
+        &self.pool
+    }
 }
 
 pub struct UsersApi {
-    pool: PgPool,
+    state: State,
 }
 
-mesh_runtime::grpc_handlers! { pb, UsersService for UsersApi, pool;
+mesh_runtime::grpc_handlers! { pb, UsersService for UsersApi, state;
     create_user(CreateUserRequest) -> CreateUserResponse => users::create;
     get_user(GetUserRequest) -> GetUserResponse => users::get;
     get_user_by_phone(GetUserByPhoneRequest) -> GetUserByPhoneResponse => users::get_by_phone;
@@ -59,7 +90,8 @@ mesh_runtime::grpc_handlers! { pb, UsersService for UsersApi, pool;
     update_user(UpdateUserRequest) -> UpdateUserResponse => users::update;
     list_users(ListUsersRequest) -> ListUsersResponse => users::list;
     deactivate_user(DeactivateUserRequest) -> DeactivateUserResponse => users::deactivate;
-    delete_user(DeleteUserRequest) -> DeleteUserResponse => users::delete;
+    delete_user(DeleteUserRequest) -> DeleteUserResponse => erasure::delete_user;
+    get_erasure(GetErasureRequest) -> GetErasureResponse => erasure::get_erasure;
     touch_last_message(TouchLastMessageRequest) -> TouchLastMessageResponse => users::touch_last_message;
     create_link_token(CreateLinkTokenRequest) -> CreateLinkTokenResponse => links::create;
     redeem_link_token(RedeemLinkTokenRequest) -> RedeemLinkTokenResponse => links::redeem;

@@ -13,7 +13,7 @@ use mesh_runtime::{
 use sqlx::{PgPool, Postgres, QueryBuilder};
 use uuid::Uuid;
 
-use crate::validate;
+use crate::{erasure, validate};
 
 /// How far ahead of this server's clock a caller's message time may be.
 const MAX_CLOCK_SKEW: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
@@ -210,7 +210,8 @@ pub async fn get(pool: &PgPool, request: pb::GetUserRequest) -> ApiResult<pb::Ge
     })
 }
 
-#[tracing::instrument(skip(pool))]
+// Not the phone: spans are exported, and a phone number is personal data.
+#[tracing::instrument(skip_all)]
 async fn find_by_phone(pool: &PgPool, phone: &str) -> ApiResult<Option<UserRow>> {
     Ok(sqlx::query_as("SELECT * FROM users WHERE phone = $1")
         .bind(phone)
@@ -226,6 +227,7 @@ pub async fn get_by_phone(
     let row = find_by_phone(pool, &phone)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no user with phone {phone}")))?;
+    erasure::refuse_if_erasing(pool, row.id, row.is_active).await?;
     Ok(pb::GetUserByPhoneResponse {
         user: Some(row.into()),
     })
@@ -247,6 +249,7 @@ pub async fn get_by_telegram_id(
                 request.telegram_user_id
             ))
         })?;
+    erasure::refuse_if_erasing(pool, row.id, row.is_active).await?;
     Ok(pb::GetUserByTelegramIdResponse {
         user: Some(row.into()),
     })
@@ -290,6 +293,7 @@ pub async fn upsert_by_phone(
             }
         }
     };
+    erasure::refuse_if_erasing(pool, row.id, row.is_active).await?;
     Ok(pb::UpsertUserByPhoneResponse {
         user: Some(row.into()),
         created,
@@ -480,48 +484,6 @@ pub async fn deactivate(
     Ok(pb::DeactivateUserResponse {
         user: Some(row.into()),
     })
-}
-
-#[tracing::instrument(skip(pool))]
-pub async fn delete(
-    pool: &PgPool,
-    request: pb::DeleteUserRequest,
-) -> ApiResult<pb::DeleteUserResponse> {
-    let mut violations = Violations::default();
-    let id = violations.check(parse_uuid("user_id", &request.user_id));
-    violations.check(idempotency::check_request_id(&request.request_id));
-    violations.into_result()?;
-    let id = id.expect("validated");
-    const OPERATION: &str = "DeleteUser";
-    let key = idempotency::Key {
-        operation: OPERATION,
-        request_id: &request.request_id,
-        user_id: Some(id),
-    };
-    idempotency::run_once(pool, key, &request, async |conn| {
-        // Devices, preferences, onboarding, link tokens, workspaces and their
-        // projects go with the row (ON DELETE CASCADE); flag targets name the
-        // user by id only, so they are cleaned here.
-        let deleted = sqlx::query("DELETE FROM users WHERE id = $1")
-            .bind(id)
-            .execute(&mut *conn)
-            .await?
-            .rows_affected();
-        if deleted == 0 {
-            return Err(ApiError::not_found(format!("no user with id {id}")));
-        }
-        sqlx::query(
-            "UPDATE feature_flags SET target_user_ids = array_remove(target_user_ids, $1)
-             WHERE $1 = ANY (target_user_ids)",
-        )
-        .bind(id)
-        .execute(&mut *conn)
-        .await?;
-        // Stored answers of earlier calls (CreateUser's holds the phone and names).
-        idempotency::forget_user(conn, id, OPERATION).await?;
-        Ok(pb::DeleteUserResponse {})
-    })
-    .await
 }
 
 #[tracing::instrument(skip(pool))]

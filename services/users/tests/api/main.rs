@@ -2,6 +2,7 @@
 //! service on port 0, over real Postgres, a fresh database per test.
 
 mod devices;
+mod erasure;
 mod flags;
 mod harness;
 mod links;
