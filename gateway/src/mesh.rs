@@ -1,6 +1,7 @@
-//! The gateway's calls on the mesh: each one through a shared lazily
-//! connected channel with a deadline, the bearer token and the trace context
-//! (see `mesh_runtime::client`), and every failure counted in the metrics.
+//! The gateway's calls on the mesh: each one in a client span of its own,
+//! through a shared lazily connected channel with a deadline, the bearer
+//! token and the trace context (see `mesh_runtime::client`), and every
+//! failure counted in the metrics.
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -14,6 +15,7 @@ use tonic::{Code, Status};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
+use tracing::Instrument;
 
 use crate::{config::Config, metrics::Metrics};
 
@@ -124,7 +126,22 @@ impl Mesh {
         answers: &[Code],
         call: impl Future<Output = Result<tonic::Response<T>, Status>>,
     ) -> Result<T, CallError> {
-        match call.await {
+        // The callee's server span is this span's child (the interceptor
+        // sends it as the traceparent): the time between the two is the
+        // network's and the callee's queue's.
+        let span = tracing::info_span!(
+            "grpc.call",
+            otel.name = %format_args!("{service}/{method}"),
+            otel.kind = "client",
+            rpc.system = "grpc",
+            rpc.method = method,
+            peer.service = service,
+            rpc.grpc.status_code = tracing::field::Empty,
+        );
+        let answer = call.instrument(span.clone()).await;
+        let code = answer.as_ref().map_or_else(Status::code, |_| Code::Ok);
+        span.record("rpc.grpc.status_code", code as i32);
+        match answer {
             Ok(response) => Ok(response.into_inner()),
             Err(status) => {
                 if !answers.contains(&status.code()) {

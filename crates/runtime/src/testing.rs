@@ -1,7 +1,10 @@
 //! Integration-test support: a fresh database per test on the server that
 //! `DATABASE_URL` names (a superuser URL; `cargo xtask test` starts a
 //! throwaway Postgres and sets it), set up exactly as in production by
-//! `migrations/bootstrap.sql`.
+//! `migrations/bootstrap.sql`; and an OTLP collector in the test process
+//! ([`otlp`]) for tests of what is traced.
+
+pub mod otlp;
 
 use std::str::FromStr;
 

@@ -95,8 +95,9 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// One span per request (continuing a `traceparent` when one came), and the
-/// request's route, outcome and latency in the metrics.
+/// One span per request (continuing a `traceparent` when one came, and
+/// naming its trace id in every log line inside), and the request's route,
+/// outcome and latency in the metrics.
 async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let route = request
         .extensions()
@@ -109,6 +110,7 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
         http.request.method = %request.method(),
         http.route = %route,
         http.response.status_code = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
     );
     mesh_runtime::telemetry::continue_trace(&span, request.headers());
     let started = Instant::now();

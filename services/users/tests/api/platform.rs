@@ -465,54 +465,14 @@ async fn the_binary_drains_and_exits_cleanly_on_sigterm() {
     wait_clean_exit(child).await;
 }
 
-/// An OTLP/gRPC collector that keeps every span it is sent.
-#[derive(Clone, Default)]
-struct Collector(
-    std::sync::Arc<std::sync::Mutex<Vec<opentelemetry_proto::tonic::trace::v1::Span>>>,
-);
-
-#[tonic::async_trait]
-impl opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceService
-    for Collector
-{
-    async fn export(
-        &self,
-        request: tonic::Request<
-            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest,
-        >,
-    ) -> Result<
-        tonic::Response<
-            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse,
-        >,
-        tonic::Status,
-    > {
-        let spans = request
-            .into_inner()
-            .resource_spans
-            .into_iter()
-            .flat_map(|r| r.scope_spans)
-            .flat_map(|s| s.spans);
-        self.0.lock().unwrap().extend(spans);
-        Ok(tonic::Response::new(Default::default()))
-    }
-}
-
 /// With OTEL_EXPORTER_OTLP_ENDPOINT set, the binary exports its spans, and a
 /// call that came with a traceparent continues the caller's trace.
 #[tokio::test(flavor = "multi_thread")]
 async fn spans_are_exported_over_otlp_in_the_callers_trace() {
-    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer;
-    let collector = Collector::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let collector_addr = listener.local_addr().unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(TraceServiceServer::new(collector.clone()))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
+    use mesh_runtime::testing::otlp::{Collector, hex};
+    let (collector, endpoint) = Collector::start().await;
 
     let db = TestDatabase::create().await;
-    let endpoint = format!("http://{collector_addr}");
     let (child, addr) = start_binary(&db, &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)]).await;
     let mut client = crate::harness::client(channel(addr.parse().unwrap()).await);
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -529,8 +489,7 @@ async fn spans_are_exported_over_otlp_in_the_callers_trace() {
     // SIGTERM flushes the spans still batched.
     terminate(child).await;
 
-    let spans = collector.0.lock().unwrap().clone();
-    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let spans = collector.spans();
     let request_span = spans
         .iter()
         .find(|s| s.name == "grpc.request" && hex(&s.trace_id) == trace_id)
