@@ -10,9 +10,8 @@ use std::{
 
 use anyhow::{Result, bail};
 use tonic::transport::Channel;
-use tonic_health::pb::{
-    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-};
+pub use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 use crate::process::tail;
 
@@ -23,6 +22,17 @@ const POLL_INTERVAL: Duration = Duration::from_millis(100);
 
 /// A channel to `addr` (`host:port`) if the server there reports SERVING.
 pub async fn serving_channel(addr: &str) -> Option<Channel> {
+    let (channel, status) = check(addr).await?;
+    (status == ServingStatus::Serving).then_some(channel)
+}
+
+/// What the server at `addr` reports on gRPC health (None: no answer, as
+/// from a process that is down).
+pub async fn status(addr: &str) -> Option<ServingStatus> {
+    check(addr).await.map(|(_, status)| status)
+}
+
+async fn check(addr: &str) -> Option<(Channel, ServingStatus)> {
     let channel = Channel::from_shared(format!("http://{addr}"))
         .ok()?
         .connect_timeout(Duration::from_secs(1))
@@ -37,7 +47,7 @@ pub async fn serving_channel(addr: &str) -> Option<Channel> {
         .ok()?
         .into_inner()
         .status();
-    (status == ServingStatus::Serving).then_some(channel)
+    Some((channel, status))
 }
 
 /// Whether `GET url` answers 200 within two seconds (the gateway's /readyz:

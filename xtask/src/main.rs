@@ -7,12 +7,20 @@
 //! - `bench <name>`: load against a service next to the same SQL run
 //!   straight against Postgres, or against the gateway next to the same gRPC
 //!   calls made directly (bench/).
+//! - `chaos`: the whole mesh under load while processes are killed, Postgres
+//!   restarts and bad requests arrive (chaos/); `test` runs it too.
 //!
 //! Shared pieces: tools.rs installs the external programs, postgres.rs runs a
-//! local server, process.rs holds the signal and child-process plumbing.
+//! local server, launch.rs builds and starts the mesh's processes, process.rs
+//! holds the signal and child-process plumbing.
 
 mod bench;
+mod chaos;
+mod clients;
+mod due_reminders;
 mod health;
+mod host;
+mod launch;
 mod postgres;
 mod process;
 mod test;
@@ -26,9 +34,13 @@ const USAGE: &str = "\
 usage: cargo xtask <command>
 
   up               build and start the mesh locally (Ctrl-C stops it)
-  test [-- ARGS]   lint, then cargo test --workspace [ARGS] on a throwaway Postgres
+  test [-- ARGS]   lint, then cargo test --workspace [ARGS] on a throwaway Postgres,
+                   then (without ARGS) the chaos suite
   bench <name>     run a benchmark: users, conversations, gateway, memory,
                    scheduler or billing
+  chaos            kill and restart each process, Postgres, a scheduler replica,
+                   and send bad requests, all under load (always on a Postgres
+                   of its own); prints a table, fails if a check does
 
 environment: DATABASE_URL (use this server instead of a local one),
 MESH_PG_PORT (local Postgres for `up`, default 54320), MESH_DB_PASSWORD,
@@ -70,6 +82,7 @@ async fn dispatch(args: &[String]) -> anyhow::Result<ExitCode> {
         // `cargo xtask test -- FILTER`: everything after `--` goes to cargo test.
         "test" => test::run(rest.strip_prefix(&["--".to_owned()]).unwrap_or(rest)).await?,
         "bench" => bench::run(rest).await?,
+        "chaos" if rest.is_empty() => chaos::run(chaos::Binaries::Build).await?,
         "help" | "-h" | "--help" => println!("{USAGE}"),
         _ => {
             eprintln!("{USAGE}");

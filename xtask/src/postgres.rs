@@ -281,6 +281,8 @@ pub struct Postgres {
     log: PathBuf,
     socket_dir: PathBuf,
     port: u16,
+    /// The `-c` settings it runs with, again on every start.
+    settings: &'static [&'static str],
     /// True once `pg_ctl start` was attempted: even a start that reported an
     /// error (interrupted, timed out) may have left a server behind.
     running: bool,
@@ -303,12 +305,13 @@ impl Postgres {
             log: scratch.path().join("postgres.log"),
             socket_dir: scratch.path().to_path_buf(),
             port: free_port()?,
+            settings: THROWAWAY_SETTINGS,
             data,
             install,
             running: false,
             _scratch: vec![scratch],
         };
-        postgres.start(THROWAWAY_SETTINGS)?;
+        postgres.start()?;
         Ok(postgres)
     }
 
@@ -326,6 +329,7 @@ impl Postgres {
             log: state.join("postgres.log"),
             socket_dir: socket.path().to_path_buf(),
             port,
+            settings: &[],
             install,
             running: false,
             _scratch: vec![socket],
@@ -337,7 +341,7 @@ impl Postgres {
             tools::remove_dir_if_present(&postgres.data)?;
             initdb(&postgres.install, &postgres.data, false)?;
         }
-        postgres.start(&[])?;
+        postgres.start()?;
         Ok(postgres)
     }
 
@@ -400,13 +404,19 @@ impl Postgres {
         ours.then_some(dir)
     }
 
-    fn start(&mut self, settings: &[&str]) -> Result<()> {
+    /// Starts the server again after [`Postgres::stop`]: the same data
+    /// directory, port and settings, as an operator's restart would.
+    pub fn start_again(&mut self) -> Result<()> {
+        self.start()
+    }
+
+    fn start(&mut self) -> Result<()> {
         let mut options = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1",
             self.port,
             crate::process::shell_quote(&self.socket_dir.to_string_lossy())
         );
-        for setting in settings {
+        for setting in self.settings {
             options.push_str(" -c ");
             options.push_str(setting);
         }
@@ -552,6 +562,18 @@ pub async fn drop_database(admin_url: &str, database: &str) -> Result<()> {
         .with_context(|| format!("dropping database {database}"))?;
     conn.close().await?;
     Ok(())
+}
+
+/// Creates `database` unless it exists, gives it the services' roles and
+/// schemas, and sets the roles' password when MESH_DB_PASSWORD asks for one;
+/// true when it was created.
+pub async fn prepare_mesh_database(admin_url: &str, database: &str) -> Result<bool> {
+    let created = create_database(admin_url, database).await?;
+    bootstrap(admin_url, database).await?;
+    if let Some(password) = mesh_runtime::config::optional("MESH_DB_PASSWORD") {
+        set_passwords(admin_url, &password).await?;
+    }
+    Ok(created)
 }
 
 /// Runs migrations/bootstrap.sql in `database` as the superuser of `admin_url`.

@@ -5,6 +5,7 @@
 //! reaches the child and anything it spawned (cargo's test binaries, say).
 
 use std::{
+    future::Future,
     io::{BufRead, BufReader, Read, Seek, SeekFrom},
     path::{Path, PathBuf},
     process::{Command, Output},
@@ -81,6 +82,27 @@ impl Signals {
             _ = self.hangup.recv() => "SIGHUP",
         }
     }
+}
+
+/// Runs the future `work` makes on a multi-threaded runtime of its own, on a blocking thread
+/// that lives until `work` ends. xtask's own runtime is single-threaded
+/// (see main.rs), which would cap a load generator and stall it whenever a
+/// step blocks (pg_ctl, a child's exit). Children spawned inside `work`
+/// from its own task stay tied to that thread (see [`die_with_parent`]).
+pub async fn on_multi_thread_runtime<T, Work>(
+    work: impl FnOnce() -> Work + Send + 'static,
+) -> Result<T>
+where
+    T: Send + 'static,
+    Work: Future<Output = Result<T>>,
+{
+    tokio::task::spawn_blocking(move || {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(work())
+    })
+    .await?
 }
 
 /// Runs a short command to completion, capturing its output; on failure the

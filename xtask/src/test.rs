@@ -1,7 +1,8 @@
 //! `cargo xtask test`: what CI runs. Lints the protos, checks the compose
 //! file offline, then runs `cargo test --workspace` against a throwaway
 //! Postgres (or the server DATABASE_URL names), stopped on every exit path,
-//! with the memory service's embedding model (or the one MEMORY_MODEL_DIR names).
+//! with the memory service's embedding model (or the one MEMORY_MODEL_DIR
+//! names); then, when no arguments narrowed the tests, the chaos suite.
 
 use std::{
     io::{BufRead, IsTerminal},
@@ -54,6 +55,13 @@ pub async fn run(args: &[String]) -> Result<()> {
     // Stop the server before reporting, whatever happened to the tests.
     drop(server);
     let tally = outcome?;
+    // The whole suite (no filter) goes on to the faults the mesh must
+    // survive, once the tests pass; a filtered run is someone iterating.
+    let chaos = if tally.success && args.is_empty() {
+        Some(crate::chaos::run(crate::chaos::Binaries::AlreadyBuilt).await)
+    } else {
+        None
+    };
     // The closing line, after everything else xtask prints.
     println!(
         "tests: {} passed, {} failed, {} skipped",
@@ -61,6 +69,9 @@ pub async fn run(args: &[String]) -> Result<()> {
     );
     if !tally.success {
         bail!("cargo test failed");
+    }
+    if let Some(chaos) = chaos {
+        chaos?;
     }
     Ok(())
 }

@@ -82,6 +82,7 @@ pub fn model_dir(paths: &Paths) -> Result<PathBuf> {
 }
 
 /// Where the repository, the target directory and the tool cache are.
+#[derive(Clone)]
 pub struct Paths {
     pub repo: PathBuf,
     pub target: PathBuf,

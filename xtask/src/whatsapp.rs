@@ -1,6 +1,8 @@
 //! WhatsApp Cloud API webhooks as Meta sends them: a text message body and
-//! its `X-Hub-Signature-256` header, for `up`'s sample and `bench gateway`.
+//! its `X-Hub-Signature-256` header, for `up`'s sample, `bench gateway` and
+//! chaos; and the gateway's answer to one.
 
+use anyhow::{Context, Result};
 use hmac::{Hmac, Mac};
 use serde_json::json;
 use sha2::Sha256;
@@ -10,10 +12,16 @@ pub const SIGNATURE_HEADER: &str = "X-Hub-Signature-256";
 
 /// `sha256=<lowercase hex HMAC-SHA256 of the raw body, keyed with the app secret>`.
 pub fn signature(app_secret: &str, body: &[u8]) -> String {
+    format!("sha256={}", hmac_sha256_hex(app_secret, body))
+}
+
+/// Lowercase hex HMAC-SHA256 of `body` keyed with `secret`: Meta's signature
+/// without its prefix, and Lemon Squeezy's `X-Signature` as it is.
+pub fn hmac_sha256_hex(secret: &str, body: &[u8]) -> String {
     let mut mac =
-        Hmac::<Sha256>::new_from_slice(app_secret.as_bytes()).expect("HMAC takes any key length");
+        Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
     mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+    hex::encode(mac.finalize().into_bytes())
 }
 
 /// One inbound text message.
@@ -60,6 +68,45 @@ impl TextMessage<'_> {
         });
         serde_json::to_vec(&body).expect("JSON values serialize")
     }
+}
+
+/// The gateway's answer to a WhatsApp delivery.
+#[derive(Debug, Default)]
+pub struct Summary {
+    pub stored: u64,
+    pub duplicates: u64,
+}
+
+/// One signed POST of `body` to the gateway's `url`; the status, and the
+/// summary of a 200.
+pub async fn post_delivery(
+    http: &reqwest::Client,
+    url: &str,
+    body: Vec<u8>,
+    signature: String,
+) -> Result<(reqwest::StatusCode, Summary)> {
+    let answer = http
+        .post(url)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .header(SIGNATURE_HEADER, signature)
+        .body(body)
+        .send()
+        .await?;
+    let status = answer.status();
+    let bytes = answer.bytes().await?;
+    if status != reqwest::StatusCode::OK {
+        return Ok((status, Summary::default()));
+    }
+    let value: serde_json::Value =
+        serde_json::from_slice(&bytes).context("the gateway's 200 answer is not JSON")?;
+    let count = |field: &str| value[field].as_u64().unwrap_or_default();
+    Ok((
+        status,
+        Summary {
+            stored: count("stored"),
+            duplicates: count("duplicates"),
+        },
+    ))
 }
 
 /// The business number the sample deliveries are addressed to.

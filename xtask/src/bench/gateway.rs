@@ -364,7 +364,7 @@ async fn post_webhooks(
         let (body, signature) = messages.webhook(i);
         let measured = i < options.requests;
         async move {
-            let summary = match post(&http, &url, body, signature).await {
+            let summary = match whatsapp::post_delivery(&http, &url, body, signature).await {
                 Ok((status, summary)) => {
                     tally.answered(measured, status.as_str());
                     if status != reqwest::StatusCode::OK {
@@ -388,44 +388,6 @@ async fn post_webhooks(
         }
     })
     .await
-}
-
-/// The gateway's answer to a WhatsApp delivery.
-#[derive(Debug, Default)]
-struct Summary {
-    stored: u64,
-    duplicates: u64,
-}
-
-/// One signed POST; the status, and the summary of a 200.
-async fn post(
-    http: &reqwest::Client,
-    url: &str,
-    body: Vec<u8>,
-    signature: String,
-) -> Result<(reqwest::StatusCode, Summary)> {
-    let answer = http
-        .post(url)
-        .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .header(whatsapp::SIGNATURE_HEADER, signature)
-        .body(body)
-        .send()
-        .await?;
-    let status = answer.status();
-    let bytes = answer.bytes().await?;
-    if status != reqwest::StatusCode::OK {
-        return Ok((status, Summary::default()));
-    }
-    let value: serde_json::Value =
-        serde_json::from_slice(&bytes).context("the gateway's 200 answer is not JSON")?;
-    let count = |field: &str| value[field].as_u64().unwrap_or_default();
-    Ok((
-        status,
-        Summary {
-            stored: count("stored"),
-            duplicates: count("duplicates"),
-        },
-    ))
 }
 
 /// The gateway's work for the i-th message, done from here over gRPC.
@@ -640,7 +602,8 @@ async fn repost(
             let (http, url) = (http.clone(), url.clone());
             let (body, signature) = messages.webhook(sample[k]);
             async move {
-                let (status, summary) = post(&http, &url, body, signature).await?;
+                let (status, summary) =
+                    whatsapp::post_delivery(&http, &url, body, signature).await?;
                 if status != reqwest::StatusCode::OK
                     || summary.duplicates != 1
                     || summary.stored != 0

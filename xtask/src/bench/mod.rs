@@ -33,10 +33,7 @@ use sqlx::{
     PgConnection, PgPool,
     postgres::{PgConnectOptions, PgPoolOptions},
 };
-use tonic::{
-    Request, Status, metadata::MetadataValue, service::interceptor::InterceptedService,
-    transport::Channel,
-};
+use tonic::transport::Channel;
 
 use crate::{
     health::{self, wait_ready},
@@ -44,8 +41,7 @@ use crate::{
     tools::Paths,
 };
 
-/// The bearer token the benches' services are started with.
-pub const TOKEN: &str = "bench-token";
+pub use crate::clients::{Auth, BillingClient, ConversationsClient, TOKEN, UsersClient, bearer};
 
 /// Runs the named benchmark.
 pub async fn run(args: &[String]) -> Result<()> {
@@ -129,28 +125,23 @@ where
 {
     let paths = Paths::discover()?;
     let source = Source::from_env(&paths)?;
-    crate::up::build(&paths, services)?;
+    crate::launch::build(&paths, services, crate::launch::Profile::Release)?;
     let options = *options;
-    tokio::task::spawn_blocking(move || {
-        tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()?
-            .block_on(async move {
-                let (_server, admin_url) = source.throwaway()?;
-                if !postgres::create_database(&admin_url, database).await? {
-                    bail!("database {database} already exists on that server: drop it first");
-                }
-                let outcome = async {
-                    let roles = Roles::prepare(&admin_url, database).await?;
-                    measure_all(&paths, &roles, options).await
-                }
-                .await;
-                // Best effort: a failure here must not hide the bench's own outcome.
-                let _ = postgres::drop_database(&admin_url, database).await;
-                outcome
-            })
+    crate::process::on_multi_thread_runtime(move || async move {
+        let (_server, admin_url) = source.throwaway()?;
+        if !postgres::create_database(&admin_url, database).await? {
+            bail!("database {database} already exists on that server: drop it first");
+        }
+        let outcome = async {
+            let roles = Roles::prepare(&admin_url, database).await?;
+            measure_all(&paths, &roles, options).await
+        }
+        .await;
+        // Best effort: a failure here must not hide the bench's own outcome.
+        let _ = postgres::drop_database(&admin_url, database).await;
+        outcome
     })
-    .await?
+    .await
 }
 
 /// How the services log in to the bench database.
@@ -203,22 +194,6 @@ impl Roles {
             .connect_with(options)
             .await?)
     }
-}
-
-/// The interceptor type of [`bearer`], for naming clients.
-type Auth = fn(Request<()>) -> Result<Request<()>, Status>;
-
-pub type UsersClient = UsersServiceClient<InterceptedService<Channel, Auth>>;
-pub type ConversationsClient = ConversationsServiceClient<InterceptedService<Channel, Auth>>;
-pub type BillingClient = BillingServiceClient<InterceptedService<Channel, Auth>>;
-
-/// Adds the bench token to every request of a client.
-fn bearer(mut request: Request<()>) -> Result<Request<()>, Status> {
-    request.metadata_mut().insert(
-        "authorization",
-        MetadataValue::try_from(format!("Bearer {TOKEN}")).expect("ASCII"),
-    );
-    Ok(request)
 }
 
 /// The i-th request's index among `n` keys, spreading requests over all of them.
@@ -457,7 +432,8 @@ impl Service {
         let log = paths.tools.join("logs").join(format!("bench-{name}.log"));
         std::fs::create_dir_all(log.parent().expect("has a parent"))?;
         let file = File::create(&log)?;
-        let mut command = crate::up::service_command(paths, name);
+        let mut command =
+            crate::launch::service_command(paths, crate::launch::Profile::Release, name);
         command
             .env(format!("{}_ADDR", name.to_uppercase()), &addr)
             .env("MESH_AUTH_TOKEN", TOKEN)
@@ -602,41 +578,11 @@ fn print_notes(notes: &[String]) {
     println!("- machine: {}", machine());
 }
 
-/// CPU model, cores, memory and kernel of this machine, and the date.
-pub fn machine() -> String {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')))
-        .map(|(_, m)| m.trim().to_owned())
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let memory_gib = meminfo
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))
-        .and_then(|r| r.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0 / 1024.0);
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let date = std::process::Command::new("date")
-        .args(["-u", "+%Y-%m-%d"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default();
-    format!(
-        "{model}, {cores} cores, {memory_gib:.0} GiB, Linux {}, {date}",
-        kernel.trim()
-    )
-}
+pub use crate::host::machine;
 
 /// Peak resident memory (VmHWM) of a process, in MiB.
 fn peak_rss_mib(pid: u32) -> Option<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|r| r.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map(|kb| kb / 1024.0)
+    crate::host::memory_mib(pid, "VmHWM")
 }
 
 /// User plus system CPU time a process has used so far (from /proc/PID/stat).

@@ -18,17 +18,16 @@ use std::{
 };
 
 use anyhow::{Result, bail};
-use mesh_proto::mesh::{
-    conversations::v1 as conversations_pb,
-    users::v1::{self as users_pb},
-};
 use uuid::Uuid;
 
 use super::{
-    ConversationsClient, Options, Roles, Service, UsersClient, machine, peak_rss, run_bench,
+    ConversationsClient, Options, Roles, Service, machine, peak_rss, run_bench,
     start_conversations_service, start_users_service,
 };
-use crate::tools::Paths;
+use crate::{
+    due_reminders::{insert_due_reminders, round_status, seed_reachable_users},
+    tools::Paths,
+};
 
 const DATABASE: &str = "mesh_bench_scheduler";
 /// Recipients the reminders are spread over.
@@ -73,7 +72,8 @@ async fn measure_all(paths: &Paths, roles: &Roles, options: Options) -> Result<(
         start_conversations_with_whatsapp(paths, roles, options, &users_service, &whatsapp.url())
             .await?;
     println!("xtask: creating {USERS} users with open WhatsApp windows and no quiet hours");
-    let recipients = seed_users(&mut users, &mut conversations).await?;
+    let recipients =
+        seed_reachable_users(&mut users, &mut conversations, USERS, "bench-scheduler").await?;
 
     let mut rounds = Vec::new();
     for replicas in [1, 3] {
@@ -126,70 +126,6 @@ async fn start_conversations_with_whatsapp(
     start_conversations_service(paths, roles, options, users, &extra).await
 }
 
-/// Users with a phone, no quiet hours (start = end), and an inbound message
-/// each, so the customer service window is open and reminders go as text.
-async fn seed_users(
-    users: &mut UsersClient,
-    conversations: &mut ConversationsClient,
-) -> Result<Vec<Uuid>> {
-    let mut ids = Vec::with_capacity(USERS);
-    for i in 0..USERS {
-        let user = users
-            .create_user(users_pb::CreateUserRequest {
-                user: Some(users_pb::User {
-                    phone: Some(format!("+57310{i:07}")),
-                    timezone: "America/Bogota".into(),
-                    ..Default::default()
-                }),
-                request_id: format!("bench-scheduler-user-{i}"),
-            })
-            .await?
-            .into_inner()
-            .user
-            .expect("a user");
-        users
-            .update_agent_preferences(users_pb::UpdateAgentPreferencesRequest {
-                preferences: Some(users_pb::AgentPreferences {
-                    user_id: user.id.clone(),
-                    quiet_hours_start: "00:00".into(),
-                    quiet_hours_end: "00:00".into(),
-                    ..Default::default()
-                }),
-                update_mask: Some(prost_types::FieldMask {
-                    paths: vec!["quiet_hours_start".into(), "quiet_hours_end".into()],
-                }),
-            })
-            .await?;
-        let conversation = conversations
-            .get_or_create_active_conversation(
-                conversations_pb::GetOrCreateActiveConversationRequest {
-                    user_id: user.id.clone(),
-                    channel: conversations_pb::Channel::Whatsapp as i32,
-                    ..Default::default()
-                },
-            )
-            .await?
-            .into_inner()
-            .conversation
-            .expect("a conversation");
-        conversations
-            .record_inbound_message(conversations_pb::RecordInboundMessageRequest {
-                conversation_id: conversation.id,
-                message: Some(conversations_pb::Message {
-                    r#type: conversations_pb::MessageType::Text as i32,
-                    role: conversations_pb::MessageRole::User as i32,
-                    content: "hola".into(),
-                    provider_message_id: format!("wamid.bench-scheduler-{i}"),
-                    ..Default::default()
-                }),
-                referral: None,
-            })
-            .await?;
-        ids.push(user.id.parse()?);
-    }
-    Ok(ids)
-}
-
 /// Starts `replicas` schedulers, loads the reminders, waits until all are
 /// sent, and reads the figures from the rows.
 async fn dispatch_round(
@@ -220,27 +156,17 @@ async fn dispatch_round(
         service.wait_serving().await?;
         schedulers.push(service);
     }
-    let round = Uuid::now_v7();
+    let round = Uuid::now_v7().to_string();
     let mut db = roles.superuser().await?;
-    // One statement: ids and send tokens from Postgres, users round-robin,
-    // due times spread evenly over DUE_SPREAD after LEAD.
-    sqlx::query(
-        "INSERT INTO scheduler.reminders (id, user_id, title, scheduled_time, time_zone, \
-             send_token, series_id, series_local_time, next_attempt_time, channel, metadata) \
-         SELECT r.id, ($1::uuid[])[1 + (r.i % cardinality($1::uuid[]))], \
-                'Bench reminder ' || $2 || ' #' || r.i, r.due, 'America/Bogota', \
-                gen_random_uuid(), r.id, r.due AT TIME ZONE 'America/Bogota', r.due, 'whatsapp', \
-                jsonb_build_object('round', $2) \
-         FROM (SELECT uuidv7() AS id, i, \
-                      now() + make_interval(secs => $3 + $4 * i / $5) AS due \
-               FROM generate_series(0, $5 - 1) AS i) AS r",
+    insert_due_reminders(
+        &mut db,
+        recipients,
+        &round,
+        &format!("Bench reminder {round}"),
+        reminders,
+        LEAD,
+        DUE_SPREAD,
     )
-    .bind(recipients)
-    .bind(round.to_string())
-    .bind(LEAD.as_secs_f64())
-    .bind(DUE_SPREAD.as_secs_f64())
-    .bind(reminders as i64)
-    .execute(&mut db)
     .await?;
     println!(
         "xtask: {reminders} reminders due over {}s from {}s now; {replicas} scheduler replica(s) sending",
@@ -252,14 +178,7 @@ async fn dispatch_round(
     let deadline = DUE_SPREAD + LEAD + Duration::from_secs(1800);
     let mut last_report = Instant::now();
     loop {
-        let (pending, failed): (i64, i64) = sqlx::query_as(
-            "SELECT count(*) FILTER (WHERE status = 'pending'), \
-                    count(*) FILTER (WHERE status = 'failed') \
-             FROM scheduler.reminders WHERE metadata->>'round' = $1",
-        )
-        .bind(round.to_string())
-        .fetch_one(&mut db)
-        .await?;
+        let (pending, failed) = round_status(&mut db, &round).await?;
         if pending == 0 {
             if failed > 0 {
                 bail!("{failed} reminders failed: see .tools/logs/bench-scheduler.log");
@@ -294,7 +213,7 @@ async fn dispatch_round(
                    FROM scheduler.reminders \
                    WHERE metadata->>'round' = $1 AND status = 'sent') AS s",
         )
-        .bind(round.to_string())
+        .bind(&round)
         .fetch_one(&mut db)
         .await?;
     let peak_rss = schedulers.iter().map(|s| peak_rss(s.child.id())).collect();
