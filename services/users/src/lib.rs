@@ -50,7 +50,7 @@ pub async fn build(config: impl Into<Config>) -> anyhow::Result<Application> {
     let app = Application::build(&config.service, &SPEC, |context| {
         let state = State {
             pool: context.pool.clone(),
-            erasures: Erasures::new(context.pool, contexts, config.erasure.retry_max),
+            erasures: Erasures::new(context.pool, contexts, &config.erasure),
         };
         erasures = Some(state.erasures.clone());
         Routes::new(UsersServiceServer::new(UsersApi { state }))

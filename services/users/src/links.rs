@@ -12,7 +12,7 @@ use rand::RngCore;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::users::UserRow;
+use crate::{erasure, users::UserRow};
 
 const ALREADY_LINKED: &str = "this Telegram account is already linked to another user";
 const USED: &str = "this link token was already used; ask for a new one";
@@ -117,6 +117,8 @@ pub async fn redeem(
             // The same account again: Telegram re-delivers a `/start` whose
             // handling failed later on, even after the token expired.
             let user = redeemed_again(&mut tx, &token, &request).await?;
+            // Refused before the commit: nothing is linked to a user being erased.
+            erasure::refuse_if_erasing(user.id, user.erase_time)?;
             tx.commit().await?;
             return Ok(pb::RedeemLinkTokenResponse {
                 user: Some(user.into()),
@@ -146,6 +148,7 @@ pub async fn redeem(
     .fetch_one(&mut *tx)
     .await
     .map_err(|e| ApiError::from(e).or_conflict(|| ALREADY_LINKED.into()))?;
+    erasure::refuse_if_erasing(user.id, user.erase_time)?;
     sqlx::query(
         "UPDATE link_tokens SET redeem_time = now(), telegram_user_id = $2 WHERE token = $1",
     )

@@ -23,7 +23,7 @@ const MAX_PREFERENCES_BYTES: usize = 16 * 1024;
 
 #[derive(sqlx::FromRow)]
 pub struct UserRow {
-    id: Uuid,
+    pub(crate) id: Uuid,
     phone: Option<String>,
     whatsapp_profile_name: String,
     display_name: String,
@@ -39,6 +39,8 @@ pub struct UserRow {
     telegram_username: String,
     create_time: DateTime<Utc>,
     update_time: DateTime<Utc>,
+    /// Set when an erasure of the user began.
+    pub(crate) erase_time: Option<DateTime<Utc>>,
 }
 
 impl From<UserRow> for pb::User {
@@ -227,7 +229,7 @@ pub async fn get_by_phone(
     let row = find_by_phone(pool, &phone)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no user with phone {phone}")))?;
-    erasure::refuse_if_erasing(pool, row.id, row.is_active).await?;
+    erasure::refuse_if_erasing(row.id, row.erase_time)?;
     Ok(pb::GetUserByPhoneResponse {
         user: Some(row.into()),
     })
@@ -249,7 +251,7 @@ pub async fn get_by_telegram_id(
                 request.telegram_user_id
             ))
         })?;
-    erasure::refuse_if_erasing(pool, row.id, row.is_active).await?;
+    erasure::refuse_if_erasing(row.id, row.erase_time)?;
     Ok(pb::GetUserByTelegramIdResponse {
         user: Some(row.into()),
     })
@@ -270,7 +272,10 @@ pub async fn upsert_by_phone(
     let phone = phone.expect("validated");
 
     let (row, created) = match find_by_phone(pool, &phone).await? {
-        Some(row) => (refresh_profile_name(pool, row, name).await?, false),
+        Some(row) => {
+            erasure::refuse_if_erasing(row.id, row.erase_time)?;
+            (refresh_profile_name(pool, row, name).await?, false)
+        }
         None => {
             let inserted: Option<UserRow> = sqlx::query_as(
                 "INSERT INTO users (id, phone, whatsapp_profile_name) VALUES ($1, $2, $3)
@@ -293,7 +298,7 @@ pub async fn upsert_by_phone(
             }
         }
     };
-    erasure::refuse_if_erasing(pool, row.id, row.is_active).await?;
+    erasure::refuse_if_erasing(row.id, row.erase_time)?;
     Ok(pb::UpsertUserByPhoneResponse {
         user: Some(row.into()),
         created,
@@ -393,12 +398,16 @@ pub async fn update(
     query
         .push(" WHERE id = ")
         .push_bind(id)
-        .push(" RETURNING *");
-    let row: UserRow = query
-        .build_query_as()
-        .fetch_optional(pool)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no user with id {id}")))?;
+        .push(" AND erase_time IS NULL RETURNING *");
+    let row: Option<UserRow> = query.build_query_as().fetch_optional(pool).await?;
+    let Some(row) = row else {
+        // Absent, or being erased: find out which to say.
+        let erasing = find(pool, id).await?;
+        erasure::refuse_if_erasing(id, erasing.erase_time)?;
+        return Err(ApiError::internal(anyhow::anyhow!(
+            "user {id} updated meanwhile"
+        )));
+    };
     Ok(pb::UpdateUserResponse {
         user: Some(row.into()),
     })

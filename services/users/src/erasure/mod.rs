@@ -1,13 +1,14 @@
 //! Erasing a user from the whole mesh (users.DeleteUser and GetErasure).
 //!
-//! DeleteUser records an erasure, one step per context, and makes the first
-//! attempt at once: every other context's PurgeUser in parallel. Once all of
-//! them answered, the user's rows here go, in the transaction that marks the
-//! erasure done. Contexts that did not answer are retried by the worker
-//! (worker.rs) with backoff. Everything is in Postgres, so an erasure
-//! survives restarts, and any replica may carry it on: a claim is a row lock
-//! (`SKIP LOCKED`) held while one attempt runs, released at once if the
-//! process dies.
+//! DeleteUser marks the user, records an erasure with one step per context,
+//! and makes the first attempt at once: every other context's PurgeUser in
+//! parallel. Once all of them answered, the user's rows here go, in the
+//! transaction that marks the erasure done. Contexts that did not answer are
+//! retried by the worker (worker.rs) with backoff. Everything is in Postgres,
+//! so an erasure survives restarts, and any replica may carry it on: an
+//! attempt claims the erasure with a lease (its `next_attempt_time` moved past
+//! the attempt's longest run), and no transaction stays open while the other
+//! contexts are called.
 
 mod contexts;
 mod worker;
@@ -29,7 +30,7 @@ use uuid::Uuid;
 pub use contexts::{Context, Contexts};
 pub use worker::run_worker;
 
-use crate::State;
+use crate::{State, config::ErasureConfig};
 
 /// The step that removes the user from this service, always last.
 const USERS_STEP: &str = "users";
@@ -39,19 +40,36 @@ pub struct Erasures {
     pool: PgPool,
     contexts: Contexts,
     retry_max: Duration,
+    /// How long an attempt's claim lasts: one round of calls, with margin.
+    lease: Duration,
     /// Wakes the worker when a first attempt left work behind.
     wake: Notify,
 }
 
 impl Erasures {
-    pub fn new(pool: PgPool, contexts: Contexts, retry_max: Duration) -> Arc<Self> {
+    pub fn new(pool: PgPool, contexts: Contexts, config: &ErasureConfig) -> Arc<Self> {
+        if contexts.names().next().is_none() {
+            tracing::warn!(
+                "no other context is configured: erasures remove the user from this service only"
+            );
+        }
         Arc::new(Self {
             pool,
             contexts,
-            retry_max,
+            retry_max: config.retry_max,
+            lease: config.purge_timeout + Duration::from_secs(5),
             wake: Notify::new(),
         })
     }
+}
+
+/// An erasure an attempt has claimed.
+#[derive(sqlx::FromRow)]
+struct Claim {
+    id: Uuid,
+    user_id: Uuid,
+    /// The user's phone when the erasure began.
+    phone: Option<String>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -89,15 +107,21 @@ pub async fn delete_user(
     violations.into_result()?;
     let user = user.expect("validated");
 
-    let (id, started) = begin(erasures, user, &request.request_id).await?;
-    if started {
-        // The first attempt runs here so that, with every context up, the
-        // caller sees the erasure done. A failure is the worker's to retry.
-        if let Err(error) = erasures.attempt(Some(id)).await {
-            tracing::warn!(%error, erasure = %id, "first erasure attempt failed; the worker retries");
+    let id = match begin(erasures, user, &request.request_id).await? {
+        Begun::Already(id) => id,
+        Begun::Started(claim) => {
+            // The first attempt runs here so that, with every context up, the
+            // caller sees the erasure done. Its claim was taken with the
+            // erasure, so no worker races it; what it leaves, the worker
+            // retries once the claim lapses or the backoff says.
+            let id = claim.id;
+            if let Err(error) = erasures.attempt(claim).await {
+                tracing::warn!(%error, erasure = %id, "first erasure attempt failed; the worker retries");
+            }
+            erasures.wake.notify_one();
+            id
         }
-        erasures.wake.notify_one();
-    }
+    };
     Ok(pb::DeleteUserResponse {
         erasure: Some(load(&erasures.pool, id).await?),
     })
@@ -116,80 +140,76 @@ pub async fn get_erasure(
     })
 }
 
-/// Whether `user` is being erased: lookups that feed new data into the mesh
-/// (by phone, by Telegram id) refuse them meanwhile. Only an inactive user
-/// can be, so active ones cost no query.
-pub async fn refuse_if_erasing(pool: &PgPool, user: Uuid, is_active: bool) -> ApiResult<()> {
-    if is_active {
-        return Ok(());
-    }
-    let erasing: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM erasures WHERE user_id = $1 AND state = 'running')",
-    )
-    .bind(user)
-    .fetch_one(pool)
-    .await?;
-    if erasing {
-        return Err(ApiError::Unavailable(format!(
+/// Refuses a user whose erasure began (`erase_time`): lookups that feed new
+/// data into the mesh, and writes to the user, answer UNAVAILABLE. Once the
+/// erasure is done the user is gone, and a retry finds no one (or, by phone,
+/// makes a new user).
+pub fn refuse_if_erasing(user: Uuid, erase_time: Option<DateTime<Utc>>) -> ApiResult<()> {
+    match erase_time {
+        None => Ok(()),
+        Some(_) => Err(ApiError::Unavailable(format!(
             "user {user} is being erased; retry later"
-        )));
+        ))),
     }
-    Ok(())
 }
 
-/// Records the erasure of `user` with one step per configured context and
-/// one for this service, and marks the user inactive. Returns its id and
-/// whether it is new (a repeat finds the first one, even once it is done).
+/// What DeleteUser found or started.
+enum Begun {
+    /// The user's erasure, begun earlier (perhaps done).
+    Already(Uuid),
+    /// A new erasure, claimed for its first attempt.
+    Started(Claim),
+}
+
+/// Marks `user` as being erased and records their erasure, with one step
+/// per configured context and one for this service; the new erasure comes
+/// back claimed for its first attempt. A repeat finds the first erasure,
+/// even once it is done and the user gone.
 #[tracing::instrument(skip(erasures))]
-async fn begin(erasures: &Erasures, user: Uuid, request_id: &str) -> ApiResult<(Uuid, bool)> {
+async fn begin(erasures: &Erasures, user: Uuid, request_id: &str) -> ApiResult<Begun> {
     let mut tx = erasures.pool.begin().await?;
+    // Locks the user's row first: a concurrent DeleteUser waits here, then
+    // finds this erasure below.
+    let phone: Option<Option<String>> = sqlx::query_scalar(
+        "UPDATE users SET is_active = false, erase_time = coalesce(erase_time, now())
+         WHERE id = $1 RETURNING phone",
+    )
+    .bind(user)
+    .fetch_optional(&mut *tx)
+    .await?;
     if let Some(id) = existing(&mut tx, user).await? {
-        return Ok((id, false));
+        return Ok(Begun::Already(id));
     }
+    let Some(phone) = phone else {
+        return Err(ApiError::not_found(format!("no user with id {user}")));
+    };
+    let reused = || ApiError::invalid("request_id", "already used to erase another user");
     if !request_id.is_empty() {
-        // A request id names one request: reused for another user, the
-        // caller has mixed two up.
-        let other: Option<Uuid> =
-            sqlx::query_scalar("SELECT user_id FROM erasures WHERE request_id = $1 LIMIT 1")
-                .bind(request_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        if other.is_some() {
-            return Err(ApiError::invalid(
-                "request_id",
-                "already used to erase another user",
-            ));
+        let taken: Option<i32> = sqlx::query_scalar("SELECT 1 FROM erasures WHERE request_id = $1")
+            .bind(request_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if taken.is_some() {
+            return Err(reused());
         }
     }
-    // Locks the user's row: a concurrent DeleteUser waits here, then finds
-    // this erasure through the conflict below.
-    let found = sqlx::query("UPDATE users SET is_active = false WHERE id = $1")
-        .bind(user)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-    if found == 0 {
-        return Err(ApiError::not_found(format!("no user with id {user}")));
-    }
-    let id: Option<Uuid> = sqlx::query_scalar(
-        "INSERT INTO erasures (id, user_id, request_id) VALUES ($1, $2, $3)
-         ON CONFLICT (user_id) DO NOTHING RETURNING id",
+    let claim: Claim = sqlx::query_as(
+        "INSERT INTO erasures (id, user_id, request_id, phone, next_attempt_time)
+         VALUES ($1, $2, $3, $4, clock_timestamp() + $5::interval)
+         RETURNING id, user_id, phone",
     )
     .bind(Uuid::now_v7())
     .bind(user)
     .bind(request_id)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let Some(id) = id else {
-        drop(tx);
-        let mut conn = erasures.pool.acquire().await?;
-        let id = existing(&mut conn, user).await?.ok_or_else(|| {
-            ApiError::internal(anyhow::anyhow!(
-                "erasure of {user} conflicted but is absent"
-            ))
-        })?;
-        return Ok((id, false));
-    };
+    .bind(phone)
+    .bind(erasures.lease)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(|error| match &error {
+        // The same request id, for another user, in a concurrent call.
+        sqlx::Error::Database(db) if db.constraint() == Some("erasures_request_id") => reused(),
+        _ => ApiError::from(error),
+    })?;
     let steps: Vec<&str> = erasures
         .contexts
         .names()
@@ -200,13 +220,13 @@ async fn begin(erasures: &Erasures, user: Uuid, request_id: &str) -> ApiResult<(
         "INSERT INTO erasure_steps (erasure_id, context, position)
          SELECT $1, context, position::smallint FROM unnest($2::text[]) WITH ORDINALITY AS s (context, position)",
     )
-    .bind(id)
+    .bind(claim.id)
     .bind(&steps)
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
-    tracing::info!(erasure = %id, %user, "erasure started");
-    Ok((id, true))
+    tracing::info!(erasure = %claim.id, %user, "erasure started");
+    Ok(Begun::Started(claim))
 }
 
 async fn existing(conn: &mut sqlx::PgConnection, user: Uuid) -> ApiResult<Option<Uuid>> {

@@ -9,20 +9,23 @@ use sqlx::{PgConnection, types::Json};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{Context, Erasures, USERS_STEP, backoff, describe};
+use mesh_runtime::client::did_not_answer;
+
+use super::{Claim, Context, Erasures, USERS_STEP, backoff, describe};
 
 /// How often the worker looks for due erasures it was not woken for (those
 /// of other replicas, or left by a restart).
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Runs due erasures until `shutdown`; an attempt under way is finished
-/// first (it is bounded by the purge deadline).
+/// first (it is bounded by the purge deadline, and a cut one is only
+/// repeated: every call is idempotent).
 pub async fn run_worker(erasures: Arc<Erasures>, shutdown: CancellationToken) {
     loop {
-        match erasures.attempt(None).await {
-            // Something was due: look again at once.
-            Ok(true) => continue,
-            Ok(false) => {}
+        match erasures.attempt_due().await {
+            // Something was due: look again at once, unless draining.
+            Ok(true) if !shutdown.is_cancelled() => continue,
+            Ok(_) => {}
             Err(error) => tracing::warn!(%error, "erasure attempt failed"),
         }
         tokio::select! {
@@ -34,32 +37,40 @@ pub async fn run_worker(erasures: Arc<Erasures>, shutdown: CancellationToken) {
 }
 
 impl Erasures {
-    /// Makes one attempt at erasure `target`, or at the most overdue one when
-    /// `None`. Returns whether there was one to make (one locked by another
-    /// worker is left to it).
-    #[tracing::instrument(skip(self))]
-    pub(super) async fn attempt(&self, target: Option<Uuid>) -> ApiResult<bool> {
-        let mut tx = self.pool.begin().await?;
-        // NO KEY UPDATE: the steps are updated meanwhile on other connections,
-        // and their foreign key must not wait for this lock.
-        let claimed: Option<(Uuid, Uuid)> = sqlx::query_as(
-            "SELECT id, user_id FROM erasures
-             WHERE state = 'running'
-               AND CASE WHEN $1::uuid IS NULL THEN next_attempt_time <= now() ELSE id = $1 END
-             ORDER BY next_attempt_time LIMIT 1
-             FOR NO KEY UPDATE SKIP LOCKED",
+    /// Claims the most overdue erasure and makes one attempt at it. Returns
+    /// whether one was due (one claimed by another worker is left to it).
+    pub(super) async fn attempt_due(&self) -> ApiResult<bool> {
+        // The claim is the lease itself: the erasure is not due again until
+        // this attempt had time to finish (or its worker died).
+        let claimed: Option<Claim> = sqlx::query_as(
+            "UPDATE erasures SET next_attempt_time = clock_timestamp() + $1::interval
+             WHERE id = (SELECT id FROM erasures
+                         WHERE state = 'running' AND next_attempt_time <= now()
+                         ORDER BY next_attempt_time LIMIT 1
+                         FOR UPDATE SKIP LOCKED)
+             RETURNING id, user_id, phone",
         )
-        .bind(target)
-        .fetch_optional(&mut *tx)
+        .bind(self.lease)
+        .fetch_optional(&self.pool)
         .await?;
-        let Some((id, user)) = claimed else {
+        let Some(claim) = claimed else {
             return Ok(false);
         };
-        let phone: Option<String> = sqlx::query_scalar("SELECT phone FROM users WHERE id = $1")
-            .bind(user)
-            .fetch_optional(&mut *tx)
-            .await?
-            .flatten();
+        self.attempt(claim).await?;
+        Ok(true)
+    }
+
+    /// One attempt at a claimed erasure: calls every context that has not
+    /// answered yet, records each outcome, then either removes the user
+    /// (all answered) or sets when to try again. No transaction is open
+    /// while the contexts are called.
+    #[tracing::instrument(skip_all, fields(erasure = %claim.id))]
+    pub(super) async fn attempt(&self, claim: Claim) -> ApiResult<()> {
+        let Claim {
+            id,
+            user_id: user,
+            phone,
+        } = claim;
         let pending: Vec<String> = sqlx::query_scalar(
             "SELECT context FROM erasure_steps
              WHERE erasure_id = $1 AND complete_time IS NULL AND context <> $2
@@ -67,11 +78,12 @@ impl Erasures {
         )
         .bind(id)
         .bind(USERS_STEP)
-        .fetch_all(&mut *tx)
+        .fetch_all(&self.pool)
         .await?;
 
         // The request id is the erasure's: a call whose answer was lost is
-        // answered from the context's record the next time.
+        // answered from the context's record the next time. The phone is the
+        // one taken when the erasure began, so every call asks the same.
         let request_id = format!("erasure:{id}");
         let phone = phone.unwrap_or_default();
         let (phone, request_id) = (&phone, &request_id);
@@ -81,8 +93,8 @@ impl Erasures {
                     .contexts
                     .purge(context, user, phone, request_id)
                     .await
-                    .map_err(|status| describe(context, &status)),
-                None => Err(format!("unknown context {name}")),
+                    .map_err(|status| (describe(context, &status), did_not_answer(status.code()))),
+                None => Err((format!("unknown context {name}"), false)),
             };
             (name.as_str(), result)
         });
@@ -91,39 +103,61 @@ impl Erasures {
             match result {
                 Ok(deleted) => {
                     record(&self.pool, id, context, Ok(&deleted)).await?;
-                    tracing::info!(erasure = %id, context, ?deleted, "context erased the user");
+                    tracing::info!(context, ?deleted, "context erased the user");
                 }
-                Err(error) => {
+                Err((error, outage)) => {
                     failed_attempts.push(record(&self.pool, id, context, Err(&error)).await?);
-                    tracing::warn!(erasure = %id, context, error, "context not erased yet");
+                    if outage {
+                        tracing::warn!(context, error, "context did not answer; retrying");
+                    } else {
+                        // A refusal needs someone to look: a configuration or
+                        // a deploy. It is retried all the same, since the
+                        // erasure must happen once that is fixed.
+                        tracing::error!(context, error, "context refused the purge; retrying");
+                    }
                 }
             }
         }
 
         if let Some(attempts) = failed_attempts.into_iter().max() {
             sqlx::query(
-                "UPDATE erasures SET next_attempt_time = now() + $2::interval WHERE id = $1",
+                "UPDATE erasures SET next_attempt_time = clock_timestamp() + $2::interval
+                 WHERE id = $1 AND state = 'running'",
             )
             .bind(id)
             .bind(backoff(attempts, self.retry_max))
-            .execute(&mut *tx)
+            .execute(&self.pool)
             .await?;
-        } else {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        // Locked and checked again: a worker whose claim lapsed may have
+        // finished it meanwhile.
+        let state: String =
+            sqlx::query_scalar("SELECT state FROM erasures WHERE id = $1 FOR UPDATE")
+                .bind(id)
+                .fetch_one(&mut *tx)
+                .await?;
+        if state == "running" {
             let deleted = remove_user(&mut tx, user).await?;
             record(&mut *tx, id, USERS_STEP, Ok(&deleted)).await?;
-            sqlx::query("UPDATE erasures SET state = 'done', complete_time = now() WHERE id = $1")
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-            tracing::info!(erasure = %id, %user, "user erased from every context");
+            sqlx::query(
+                "UPDATE erasures SET state = 'done', phone = NULL, complete_time = clock_timestamp()
+                 WHERE id = $1",
+            )
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+            tracing::info!(%user, "user erased from every context");
         }
         tx.commit().await?;
-        Ok(true)
+        Ok(())
     }
 }
 
 /// Records one call to `context`: what it erased, or why it failed. Returns
-/// the step's attempts so far.
+/// the step's attempts so far. Times are `clock_timestamp()`: inside the
+/// finishing transaction `now()` would be when it began.
 async fn record<'c>(
     executor: impl sqlx::PgExecutor<'c>,
     erasure: Uuid,
@@ -137,10 +171,10 @@ async fn record<'c>(
     Ok(sqlx::query_scalar(
         "UPDATE erasure_steps
          SET attempts = attempts + 1,
-             last_attempt_time = now(),
+             last_attempt_time = clock_timestamp(),
              last_error = $3,
              deleted = coalesce($4, deleted),
-             complete_time = CASE WHEN $4 IS NULL THEN NULL ELSE now() END
+             complete_time = CASE WHEN $4 IS NULL THEN NULL ELSE clock_timestamp() END
          WHERE erasure_id = $1 AND context = $2
          RETURNING attempts",
     )
