@@ -67,10 +67,14 @@ pub struct TelemetryConfig {
     log_filter: EnvFilter,
     json: bool,
     export: SpanExport,
+    /// `OTEL_SERVICE_NAME`, which names the process in traces instead of
+    /// the service's own name (replicas of one service in several regions).
+    service_name: Option<String>,
 }
 
 impl TelemetryConfig {
-    /// Reads `RUST_LOG`, `LOG_FORMAT` and `OTEL_EXPORTER_OTLP_ENDPOINT`; a bad
+    /// Reads `RUST_LOG`, `LOG_FORMAT`, `OTEL_SERVICE_NAME` and
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`; a bad
     /// value is an error that names its variable.
     pub fn from_env() -> anyhow::Result<Self> {
         // RUST_LOG filters what is logged, not what is traced: spans at INFO and
@@ -97,6 +101,7 @@ impl TelemetryConfig {
             log_filter,
             json,
             export,
+            service_name: optional("OTEL_SERVICE_NAME"),
         })
     }
 
@@ -129,7 +134,7 @@ impl TelemetryConfig {
         };
         let exporting = exporter.is_some();
         let resource = opentelemetry_sdk::Resource::builder()
-            .with_service_name(service)
+            .with_service_name(self.service_name.unwrap_or_else(|| service.to_owned()))
             .build();
         let mut provider = SdkTracerProvider::builder().with_resource(resource);
         if let Some(exporter) = exporter {

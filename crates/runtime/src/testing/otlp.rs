@@ -14,7 +14,11 @@ use opentelemetry_proto::tonic::{
 pub use opentelemetry_proto::tonic::trace::v1::Span;
 
 #[derive(Clone, Default)]
-pub struct Collector(Arc<Mutex<Vec<Span>>>);
+pub struct Collector {
+    spans: Arc<Mutex<Vec<Span>>>,
+    /// The `service.name` of every export's resources.
+    service_names: Arc<Mutex<Vec<String>>>,
+}
 
 impl Collector {
     /// Starts a collector on a free port; returns it and its endpoint
@@ -35,7 +39,12 @@ impl Collector {
 
     /// Every span received so far.
     pub fn spans(&self) -> Vec<Span> {
-        self.0.lock().expect("collector lock").clone()
+        self.spans.lock().expect("collector lock").clone()
+    }
+
+    /// The `service.name` of every resource that exported spans, in order.
+    pub fn service_names(&self) -> Vec<String> {
+        self.service_names.lock().expect("collector lock").clone()
     }
 }
 
@@ -45,13 +54,27 @@ impl TraceService for Collector {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let spans = request
-            .into_inner()
-            .resource_spans
+        let resource_spans = request.into_inner().resource_spans;
+        let names = resource_spans.iter().filter_map(|r| {
+            let resource = r.resource.as_ref()?;
+            let name = resource
+                .attributes
+                .iter()
+                .find(|kv| kv.key == "service.name")?;
+            match name.value.as_ref()?.value.as_ref()? {
+                Value::StringValue(name) => Some(name.clone()),
+                _ => None,
+            }
+        });
+        self.service_names
+            .lock()
+            .expect("collector lock")
+            .extend(names);
+        let spans = resource_spans
             .into_iter()
             .flat_map(|r| r.scope_spans)
             .flat_map(|s| s.spans);
-        self.0.lock().expect("collector lock").extend(spans);
+        self.spans.lock().expect("collector lock").extend(spans);
         Ok(tonic::Response::new(Default::default()))
     }
 }

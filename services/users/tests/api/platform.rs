@@ -465,15 +465,23 @@ async fn the_binary_drains_and_exits_cleanly_on_sigterm() {
     wait_clean_exit(child).await;
 }
 
-/// With OTEL_EXPORTER_OTLP_ENDPOINT set, the binary exports its spans, and a
-/// call that came with a traceparent continues the caller's trace.
+/// With OTEL_EXPORTER_OTLP_ENDPOINT set, the binary exports its spans (named
+/// by OTEL_SERVICE_NAME), and a call that came with a traceparent continues
+/// the caller's trace.
 #[tokio::test(flavor = "multi_thread")]
 async fn spans_are_exported_over_otlp_in_the_callers_trace() {
     use mesh_runtime::testing::otlp::{Collector, hex};
     let (collector, endpoint) = Collector::start().await;
 
     let db = TestDatabase::create().await;
-    let (child, addr) = start_binary(&db, &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)]).await;
+    let (child, addr) = start_binary(
+        &db,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_SERVICE_NAME", "users-eu"),
+        ],
+    )
+    .await;
     let mut client = crate::harness::client(channel(addr.parse().unwrap()).await);
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let caller_span = "00f067aa0ba902b7";
@@ -501,6 +509,11 @@ async fn spans_are_exported_over_otlp_in_the_callers_trace() {
         .map(|s| s.name.as_str())
         .collect();
     assert!(!children.is_empty(), "the database work is a child span");
+    let names = collector.service_names();
+    assert!(
+        !names.is_empty() && names.iter().all(|n| n == "users-eu"),
+        "{names:?}"
+    );
 }
 
 #[test]
