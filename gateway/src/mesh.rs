@@ -137,10 +137,16 @@ impl Mesh {
             rpc.method = method,
             peer.service = service,
             rpc.grpc.status_code = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
         );
         let answer = call.instrument(span.clone()).await;
         let code = answer.as_ref().map_or_else(Status::code, |_| Code::Ok);
         span.record("rpc.grpc.status_code", code as i32);
+        // A failure shows as one in trace views; an answer the caller acts
+        // on by design (a used-up quota) does not.
+        if code != Code::Ok && !answers.contains(&code) {
+            span.record("otel.status_code", "ERROR");
+        }
         match answer {
             Ok(response) => Ok(response.into_inner()),
             Err(status) => {

@@ -22,8 +22,7 @@ use opentelemetry_sdk::{
 };
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::{
-    EnvFilter, Layer, filter::LevelFilter, fmt::MakeWriter, layer::SubscriberExt,
-    util::SubscriberInitExt,
+    EnvFilter, Layer, fmt::MakeWriter, layer::SubscriberExt, util::SubscriberInitExt,
 };
 
 use crate::config::{invalid, optional};
@@ -187,9 +186,14 @@ where
     } else {
         fmt.with_filter(logs.filter).boxed()
     };
+    // sqlx's statement events stay out: they become statement spans (the
+    // statements layer), and as span events they would export a slow
+    // statement's SQL text, which sqlx logs at WARN.
     let otel = tracing_opentelemetry::layer()
         .with_tracer(tracer.clone())
-        .with_filter(LevelFilter::INFO);
+        .with_filter(tracing_subscriber::filter::filter_fn(|metadata| {
+            *metadata.level() <= tracing::Level::INFO && metadata.target() != statements::TARGET
+        }));
     tracing_subscriber::registry()
         .with(fmt)
         .with(otel)
@@ -234,6 +238,13 @@ pub fn continue_trace(span: &tracing::Span, headers: &http::HeaderMap) {
         // Only fails when the span is disabled by the filter: nothing to attach to then.
         let _ = span.set_parent(parent);
     }
+    record_trace_id(span);
+}
+
+/// Records `span`'s trace id in its `trace_id` field (declared
+/// `tracing::field::Empty`), so every log line written inside it names its
+/// trace: for spans that start work of their own, such as a dispatcher job.
+pub fn record_trace_id(span: &tracing::Span) {
     let context = span.context();
     let traced = context.span().span_context().clone();
     if traced.is_valid() {

@@ -28,7 +28,7 @@ use tracing::{
 use tracing_subscriber::{Layer, filter::Targets, layer::Context, registry::LookupSpan};
 
 /// Where sqlx logs every statement it has run.
-const TARGET: &str = "sqlx::query";
+pub(super) const TARGET: &str = "sqlx::query";
 
 /// What `db.system.name` says, and a span's name when nothing else is known.
 const SYSTEM: &str = "postgresql";

@@ -146,7 +146,9 @@ pub async fn run(state: Arc<State>, shutdown: CancellationToken) {
                         id = %item.id,
                         scheduled = %item.scheduled_time,
                         user = %item.user_id,
+                        trace_id = tracing::field::Empty,
                     );
+                    mesh_runtime::telemetry::record_trace_id(&span);
                     let job = send::Job {
                         state: state.clone(),
                         people: people.clone(),
