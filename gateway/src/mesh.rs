@@ -15,7 +15,6 @@ use tonic::{Code, Status};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
-use tracing::Instrument;
 
 use crate::{config::Config, metrics::Metrics};
 
@@ -126,27 +125,8 @@ impl Mesh {
         answers: &[Code],
         call: impl Future<Output = Result<tonic::Response<T>, Status>>,
     ) -> Result<T, CallError> {
-        // The callee's server span is this span's child (the interceptor
-        // sends it as the traceparent): the time between the two is the
-        // network's and the callee's queue's.
-        let span = tracing::info_span!(
-            "grpc.call",
-            otel.name = %format_args!("{service}/{method}"),
-            otel.kind = "client",
-            rpc.system = "grpc",
-            rpc.method = method,
-            peer.service = service,
-            rpc.grpc.status_code = tracing::field::Empty,
-            otel.status_code = tracing::field::Empty,
-        );
-        let answer = call.instrument(span.clone()).await;
-        let code = answer.as_ref().map_or_else(Status::code, |_| Code::Ok);
-        span.record("rpc.grpc.status_code", code as i32);
-        // A failure shows as one in trace views; an answer the caller acts
-        // on by design (a used-up quota) does not.
-        if code != Code::Ok && !answers.contains(&code) {
-            span.record("otel.status_code", "ERROR");
-        }
+        // The call's client span is the runtime's (mesh_runtime::client).
+        let answer = call.await;
         match answer {
             Ok(response) => Ok(response.into_inner()),
             Err(status) => {

@@ -114,11 +114,39 @@ async fn a_whatsapp_webhook_is_one_trace_from_the_gateway_to_the_database() {
             assert_eq!(hex(&server.trace_id), hex(&root.trace_id), "{path}");
             // Its parent is the gateway's client span of the same call.
             let caller = by_id[&server.parent_span_id[..]];
-            assert_eq!(caller.name, format!("{}/{method}", peer(service)));
+            assert_eq!(caller.name, format!("{service}/{method}"));
+            assert_eq!(attribute(caller, "rpc.service"), Some(service));
             assert_eq!(attribute(caller, "rpc.method"), Some(method));
             assert_eq!(caller.parent_span_id, root.span_id, "{path}");
         }
     }
+
+    // A call one service makes to another is traced the same way: billing
+    // asks users for the sender's time zone while serving ConsumeQuota.
+    let nested = trace
+        .iter()
+        .find(|s| s.name == "mesh.users.v1.UsersService/GetUser")
+        .expect("billing's call to users.GetUser is in the trace");
+    let ancestry: Vec<&str> = chain(&by_id, nested)
+        .iter()
+        .map(|s| attribute(s, "rpc.method").unwrap_or(s.name.as_str()))
+        .collect();
+    assert_eq!(
+        ancestry,
+        [
+            "GetUser",
+            "fetch",
+            "/mesh.billing.v1.BillingService/ConsumeQuota",
+            "ConsumeQuota",
+            "http.request"
+        ],
+        "billing's client span, its lookup, its server span, the gateway's client span, the delivery"
+    );
+    let served = trace
+        .iter()
+        .find(|s| attribute(s, "rpc.method") == Some("/mesh.users.v1.UsersService/GetUser"))
+        .expect("users served it");
+    assert_eq!(served.parent_span_id, nested.span_id);
 
     // What the sender said and their phone are the request's, not the
     // trace's: no exported span quotes them, in any trace, in its name,
@@ -169,15 +197,6 @@ async fn a_whatsapp_webhook_is_one_trace_from_the_gateway_to_the_database() {
     let upsert = &under["/mesh.users.v1.UsersService/UpsertUserByPhone"];
     for statement in ["SELECT users", "INSERT users"] {
         assert!(upsert.contains(&statement), "{statement} in {upsert:?}");
-    }
-}
-
-/// The gateway's name for the service it calls (its client spans' names).
-fn peer(service: &str) -> &'static str {
-    match service {
-        "mesh.users.v1.UsersService" => "users",
-        "mesh.billing.v1.BillingService" => "billing",
-        _ => "conversations",
     }
 }
 

@@ -1,6 +1,9 @@
 //! Calls from one part of the mesh to another service: a lazily connected
-//! channel with a deadline on every call, the mesh bearer token, and the
-//! current trace context, so the callee's spans join the caller's trace.
+//! channel with a deadline on every call, the mesh bearer token, a client
+//! span (traced.rs), and its trace context, so the callee's spans join the
+//! caller's trace.
+
+mod traced;
 
 use std::{sync::OnceLock, time::Duration};
 
@@ -36,7 +39,7 @@ impl Interceptor for MeshInterceptor {
 }
 
 /// What a generated client is built over: `FooClient::new(downstream.channel())`.
-pub type MeshChannel = InterceptedService<Channel, MeshInterceptor>;
+pub type MeshChannel = traced::Traced<InterceptedService<Channel, MeshInterceptor>>;
 
 /// Whether a call failing with `code` means the callee did not answer
 /// (down, slow, overloaded): worth retrying, unlike a refusal.
@@ -108,9 +111,13 @@ impl Downstream {
             .clone()
     }
 
-    /// The shared connection, with the token and trace context on every call.
+    /// The shared connection, with the token, a client span and its trace
+    /// context on every call.
     pub fn channel(&self) -> MeshChannel {
-        InterceptedService::new(self.raw_channel(), self.interceptor.clone())
+        traced::Traced::new(InterceptedService::new(
+            self.raw_channel(),
+            self.interceptor.clone(),
+        ))
     }
 
     /// How this service answers when a call to `callee` (e.g. "the users
