@@ -4,7 +4,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use mesh_runtime::config::{
-    ConfigError, drain_grace, invalid, optional, parsed_or, positive_seconds, required,
+    ConfigError, Pem, drain_grace, invalid, optional, parsed_or, positive_seconds, required, tls_ca,
 };
 
 pub const DEFAULT_ADDR: &str = "127.0.0.1:8080";
@@ -27,6 +27,8 @@ pub struct Config {
     pub billing_url: String,
     /// The bearer token presented to the services (`MESH_AUTH_TOKEN`).
     pub auth_token: String,
+    /// The CA trusted on `https://` service URLs (`MESH_TLS_CA_FILE`).
+    pub tls_ca: Option<Pem>,
     /// The deadline of each downstream call (`GATEWAY_DOWNSTREAM_TIMEOUT_SECONDS`).
     pub downstream_timeout: Duration,
     /// How long requests in flight may finish after SIGTERM (`MESH_DRAIN_SECONDS`).
@@ -64,6 +66,7 @@ impl Config {
                 "MESH_AUTH_TOKEN",
                 "the bearer token the services expect (cargo xtask up uses dev-token)",
             )?,
+            tls_ca: tls_ca()?,
             downstream_timeout: positive_seconds(
                 "GATEWAY_DOWNSTREAM_TIMEOUT_SECONDS",
                 DEFAULT_DOWNSTREAM_TIMEOUT,

@@ -246,6 +246,7 @@ mod routes {
                     conversations_url: "http://127.0.0.1:9".into(),
                     billing_url: "http://127.0.0.1:9".into(),
                     auth_token: "token".into(),
+                    tls_ca: None,
                     downstream_timeout: std::time::Duration::from_secs(2),
                     drain_grace: std::time::Duration::from_secs(1),
                     whatsapp_verify_token: None,

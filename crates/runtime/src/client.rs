@@ -11,12 +11,12 @@ use tonic::{
     Code, Status,
     metadata::{Ascii, MetadataValue},
     service::{Interceptor, interceptor::InterceptedService},
-    transport::{Channel, Endpoint},
+    transport::{Certificate, Channel, ClientTlsConfig, Endpoint},
 };
 
 use crate::{
     ApiError,
-    config::{ConfigError, invalid},
+    config::{ConfigError, Pem, invalid},
 };
 
 /// Sends the mesh bearer token and the current trace context with every call.
@@ -69,18 +69,33 @@ pub struct Downstream {
 impl Downstream {
     /// `url` comes from the variable `var` (named in errors). Every call gets
     /// `timeout` as its deadline, which is also sent as `grpc-timeout` so the
-    /// callee stops working on an answer nobody waits for.
+    /// callee stops working on an answer nobody waits for. An `https://` URL
+    /// is called over TLS, trusting `tls_ca` (`MESH_TLS_CA_FILE`) only.
     pub fn new(
         var: &str,
         url: &str,
         auth_token: &str,
+        tls_ca: Option<&Pem>,
         timeout: Duration,
     ) -> Result<Self, ConfigError> {
-        let endpoint = Endpoint::from_shared(url.to_owned())
+        let mut endpoint = Endpoint::from_shared(url.to_owned())
             .map_err(|e| invalid(var, url, &e.to_string()))?
             .connect_timeout(Duration::from_secs(3).min(timeout))
             .timeout(timeout)
             .tcp_nodelay(true);
+        if url.starts_with("https://") {
+            let Some(ca) = tls_ca else {
+                return Err(invalid(
+                    var,
+                    url,
+                    "an https:// URL needs MESH_TLS_CA_FILE, the CA that signed the service's certificate",
+                ));
+            };
+            let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&ca.0));
+            endpoint = endpoint
+                .tls_config(tls)
+                .map_err(|e| invalid("MESH_TLS_CA_FILE", "(file)", &e.to_string()))?;
+        }
         let authorization = format!("Bearer {auth_token}").parse().map_err(|_| {
             invalid(
                 "MESH_AUTH_TOKEN",
@@ -153,7 +168,7 @@ mod tests {
 
     #[test]
     fn a_bad_url_or_token_names_its_variable_and_hides_the_token() {
-        let url = Downstream::new("GATEWAY_USERS_URL", "not a url", "t", SECOND)
+        let url = Downstream::new("GATEWAY_USERS_URL", "not a url", "t", None, SECOND)
             .err()
             .expect("a URL with spaces is refused");
         assert!(url.to_string().contains("GATEWAY_USERS_URL"), "{url}");
@@ -162,6 +177,7 @@ mod tests {
             "GATEWAY_USERS_URL",
             "http://127.0.0.1:1",
             "s3cret\n",
+            None,
             SECOND,
         )
         .err()
@@ -174,7 +190,7 @@ mod tests {
     #[test]
     fn every_call_carries_the_token_and_the_deadline() {
         let downstream =
-            Downstream::new("X_URL", "http://127.0.0.1:1", "dev-token", 3 * SECOND).unwrap();
+            Downstream::new("X_URL", "http://127.0.0.1:1", "dev-token", None, 3 * SECOND).unwrap();
         assert_eq!(downstream.url(), "http://127.0.0.1:1");
         let request = downstream
             .interceptor

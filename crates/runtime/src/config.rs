@@ -64,6 +64,37 @@ pub struct ServiceConfig {
     pub drain_grace: Duration,
     /// TLS certificate and key (PEM paths); plaintext when unset.
     pub tls: Option<TlsFiles>,
+    /// The CA this service trusts when it calls another over `https://`
+    /// (`MESH_TLS_CA_FILE`).
+    pub tls_ca: Option<Pem>,
+}
+
+/// PEM text read from a file at start (shown by its size, not its content).
+#[derive(Clone)]
+pub struct Pem(pub Vec<u8>);
+
+impl std::fmt::Debug for Pem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Pem({} bytes)", self.0.len())
+    }
+}
+
+/// `MESH_TLS_CA_FILE`: the PEM certificates a process trusts on its calls to
+/// `https://` service URLs (the CA that signed the services' certificates).
+pub fn tls_ca() -> Result<Option<Pem>, ConfigError> {
+    let Some(path) = optional("MESH_TLS_CA_FILE") else {
+        return Ok(None);
+    };
+    let pem = std::fs::read(&path)
+        .map_err(|e| invalid("MESH_TLS_CA_FILE", &path, &format!("cannot be read: {e}")))?;
+    if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
+        return Err(invalid(
+            "MESH_TLS_CA_FILE",
+            &path,
+            "holds no PEM certificate",
+        ));
+    }
+    Ok(Some(Pem(pem)))
 }
 
 #[derive(Clone, Debug)]
@@ -88,6 +119,7 @@ impl ServiceConfig {
             )?,
             drain_grace: drain_grace()?,
             tls: tls_files()?,
+            tls_ca: tls_ca()?,
         })
     }
 }

@@ -59,6 +59,7 @@ impl TestDatabase {
             auth_token: TOKEN.into(),
             drain_grace: std::time::Duration::from_secs(5),
             tls: None,
+            tls_ca: None,
         }
     }
 

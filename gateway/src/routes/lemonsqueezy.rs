@@ -132,6 +132,7 @@ mod tests {
             conversations_url: "http://127.0.0.1:9".into(),
             billing_url: "http://127.0.0.1:9".into(),
             auth_token: "token".into(),
+            tls_ca: None,
             downstream_timeout: Duration::from_secs(1),
             drain_grace: Duration::from_secs(1),
             whatsapp_verify_token: None,

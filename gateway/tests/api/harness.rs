@@ -123,6 +123,7 @@ async fn spawn(faults: Option<Faults>) -> TestApp {
         conversations_url: format!("http://{conversations_addr}"),
         billing_url: format!("http://{billing_addr}"),
         auth_token: mesh_runtime::testing::TOKEN.into(),
+        tls_ca: None,
         downstream_timeout: Duration::from_secs(3),
         drain_grace: Duration::from_secs(5),
         whatsapp_verify_token: Some(VERIFY_TOKEN.into()),

@@ -62,6 +62,7 @@ pub async fn build(config: &Config) -> anyhow::Result<Application> {
         "BILLING_USERS_URL",
         &config.users_url,
         &config.service.auth_token,
+        config.service.tls_ca.as_ref(),
         config.call_timeout,
     )?;
     let app = Application::build(&config.service, &SPEC, |context| {

@@ -75,12 +75,14 @@ pub async fn build_with_metrics(config: &Config) -> anyhow::Result<(Application,
         "SCHEDULER_USERS_URL",
         &config.users_url,
         token,
+        config.service.tls_ca.as_ref(),
         config.call_timeout,
     )?;
     let conversations = Downstream::new(
         "SCHEDULER_CONVERSATIONS_URL",
         &config.conversations_url,
         token,
+        config.service.tls_ca.as_ref(),
         config.call_timeout,
     )?;
     let metrics_listener = tokio::net::TcpListener::bind(config.metrics_addr)

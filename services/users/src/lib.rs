@@ -45,7 +45,11 @@ pub const DEFAULT_ADDR: &str = "127.0.0.1:50051";
 /// `ServiceConfig` gives erasures that reach no other context.
 pub async fn build(config: impl Into<Config>) -> anyhow::Result<Application> {
     let config = config.into();
-    let contexts = Contexts::new(&config.erasure, &config.service.auth_token)?;
+    let contexts = Contexts::new(
+        &config.erasure,
+        &config.service.auth_token,
+        config.service.tls_ca.as_ref(),
+    )?;
     let mut erasures = None;
     let app = Application::build(&config.service, &SPEC, |context| {
         let state = State {

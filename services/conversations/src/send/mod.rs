@@ -96,6 +96,7 @@ impl Sender {
                 recipients: Recipients::new(
                     &config.users_url,
                     &config.service.auth_token,
+                    config.service.tls_ca.as_ref(),
                     config.provider_timeout,
                 )?,
                 provider_timeout: config.provider_timeout,

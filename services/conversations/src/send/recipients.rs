@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use mesh_proto::mesh::users::v1::{self as users_pb, users_service_client::UsersServiceClient};
-use mesh_runtime::{ApiError, ApiResult, client::Downstream};
+use mesh_runtime::{ApiError, ApiResult, client::Downstream, config::Pem};
 use uuid::Uuid;
 
 /// Where a message goes on its channel.
@@ -20,9 +20,14 @@ pub struct Recipients {
 }
 
 impl Recipients {
-    pub fn new(url: &str, auth_token: &str, timeout: Duration) -> anyhow::Result<Self> {
+    pub fn new(
+        url: &str,
+        auth_token: &str,
+        tls_ca: Option<&Pem>,
+        timeout: Duration,
+    ) -> anyhow::Result<Self> {
         Ok(Self {
-            users: Downstream::new("CONVERSATIONS_USERS_URL", url, auth_token, timeout)?,
+            users: Downstream::new("CONVERSATIONS_USERS_URL", url, auth_token, tls_ca, timeout)?,
         })
     }
 

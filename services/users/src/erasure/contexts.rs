@@ -8,7 +8,10 @@ use mesh_proto::mesh::{
     billing::v1 as billing, conversations::v1 as conversations, memory::v1 as memory,
     scheduler::v1 as scheduler,
 };
-use mesh_runtime::{client::Downstream, config::ConfigError};
+use mesh_runtime::{
+    client::Downstream,
+    config::{ConfigError, Pem},
+};
 use tonic::Status;
 use uuid::Uuid;
 
@@ -71,13 +74,22 @@ pub struct Contexts {
 }
 
 impl Contexts {
-    pub fn new(config: &ErasureConfig, auth_token: &str) -> Result<Self, ConfigError> {
+    pub fn new(
+        config: &ErasureConfig,
+        auth_token: &str,
+        tls_ca: Option<&Pem>,
+    ) -> Result<Self, ConfigError> {
         let contexts = config
             .contexts
             .iter()
             .map(|(context, url)| {
-                let downstream =
-                    Downstream::new(context.url_var(), url, auth_token, config.purge_timeout)?;
+                let downstream = Downstream::new(
+                    context.url_var(),
+                    url,
+                    auth_token,
+                    tls_ca,
+                    config.purge_timeout,
+                )?;
                 Ok((*context, downstream))
             })
             .collect::<Result<_, ConfigError>>()?;

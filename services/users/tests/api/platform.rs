@@ -528,6 +528,12 @@ fn bad_configuration_stops_start_up_naming_the_variable() {
         ("USERS_DATABASE_URL", "postgres://u@h:notaport/db"),
         ("USERS_DB_MAX_CONNECTIONS", "0"),
         ("MESH_DRAIN_SECONDS", "soon"),
+        ("MESH_TLS_CA_FILE", "/nonexistent/ca.pem"),
+        ("MESH_TLS_CA_FILE", "/proc/version"),
+        ("USERS_BILLING_URL", "billing:50055"),
+        ("USERS_MEMORY_URL", "https://memory:50053"),
+        ("USERS_ERASURE_RETRY_MAX_SECONDS", "0"),
+        ("USERS_PURGE_TIMEOUT_SECONDS", "soon"),
     ] {
         let output = users_binary().envs(base).env(name, value).output().unwrap();
         assert!(!output.status.success(), "{name}={value} should not start");
@@ -612,7 +618,7 @@ async fn with_tls_configured_the_service_speaks_only_tls() {
     tokio::spawn(app.run_until(std::future::pending()));
 
     let tls = tonic::transport::ClientTlsConfig::new()
-        .ca_certificate(tonic::transport::Certificate::from_pem(pem))
+        .ca_certificate(tonic::transport::Certificate::from_pem(&pem))
         .domain_name("localhost");
     let channel = tonic::transport::Endpoint::from_shared(format!("https://localhost:{port}"))
         .unwrap()
@@ -638,5 +644,38 @@ async fn with_tls_configured_the_service_speaks_only_tls() {
             .await;
         assert!(status.is_err(), "plaintext must not be answered");
     }
+
+    // Another service calls it as the mesh does: an https:// URL and the CA
+    // of MESH_TLS_CA_FILE (here the certificate itself).
+    let ca = mesh_runtime::config::Pem(pem);
+    let url = format!("https://localhost:{port}");
+    let downstream = mesh_runtime::client::Downstream::new(
+        "X_USERS_URL",
+        &url,
+        TOKEN,
+        Some(&ca),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    let found = UsersServiceClient::new(downstream.channel())
+        .get_user(GetUserRequest { user_id: user.id })
+        .await
+        .expect("an authenticated call over TLS from the mesh's client");
+    assert!(found.into_inner().user.is_some());
+    // Without a CA an https:// URL is refused at start, naming both variables.
+    let refused = mesh_runtime::client::Downstream::new(
+        "X_USERS_URL",
+        &url,
+        TOKEN,
+        None,
+        Duration::from_secs(5),
+    )
+    .err()
+    .expect("https without a CA is a configuration error")
+    .to_string();
+    assert!(
+        refused.contains("X_USERS_URL") && refused.contains("MESH_TLS_CA_FILE"),
+        "{refused}"
+    );
     std::fs::remove_dir_all(cert.parent().unwrap()).unwrap();
 }
