@@ -43,6 +43,12 @@ pub const DEV_SECRETS: &[(&str, &str)] = &[
     ("LEMONSQUEEZY_SIGNING_SECRET", "dev-lemonsqueezy-secret"),
 ];
 
+/// All an isolated child keeps of xtask's own environment: finding
+/// programs, a home, temporary files and the locale. Anything else the
+/// caller exports (EMBEDDER, GATEWAY_*, SCHEDULER_*, LOG_FORMAT, OTEL_*...)
+/// would change what chaos measures.
+const ISOLATED_PASSTHROUGH: &[&str] = &["PATH", "HOME", "LANG", "TMPDIR"];
+
 /// How long a stopped process gets to drain before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(15);
 
@@ -234,6 +240,20 @@ impl ServiceEnv {
         &self.vars
     }
 
+    /// Sets the variables on `command`: on top of xtask's environment when
+    /// inheriting, else on an empty one but for [`ISOLATED_PASSTHROUGH`].
+    fn apply(&self, command: &mut Command) {
+        if !self.inherit {
+            command.env_clear();
+            for name in ISOLATED_PASSTHROUGH {
+                if let Some(value) = std::env::var_os(name) {
+                    command.env(name, value);
+                }
+            }
+        }
+        command.envs(self.vars.iter().map(|(k, v)| (k, v)));
+    }
+
     /// Whether `name` is set by the caller rather than defaulted here.
     pub fn set_by_caller(&self, name: &str) -> bool {
         self.inherit && optional(name).is_some()
@@ -366,6 +386,12 @@ impl Launcher {
     /// Starts `process` again after it exited (or was killed), with the same
     /// environment, appending to its log.
     pub fn restart(&self, process: &mut Process) -> Result<()> {
+        if process.alive() {
+            bail!(
+                "{} is still running: it cannot be started again",
+                process.name
+            );
+        }
         process.reap();
         let extra = std::mem::take(&mut process.extra);
         *process = self.spawn(process.spec, process.name, extra, true)?;
@@ -396,8 +422,8 @@ impl Launcher {
             .map(|(_, v)| v.clone())
             .unwrap_or_else(|| self.env.get(spec.addr_env));
         let mut command = service_command(&self.paths, self.profile, spec.bin);
+        self.env.apply(&mut command);
         command
-            .envs(self.env.vars().iter().map(|(k, v)| (k, v)))
             .envs(extra.iter().map(|(k, v)| (k, v)))
             .current_dir(&self.paths.repo)
             // Its own group: Ctrl-C reaches xtask alone, which then stops the
@@ -492,6 +518,14 @@ impl Process {
         for pump in self.pumps.drain(..) {
             let _ = pump.join();
         }
+    }
+}
+
+/// A process is never left running after its handle is gone: an error or
+/// Ctrl-C that unwinds past its owner kills it (a no-op once it was reaped).
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 

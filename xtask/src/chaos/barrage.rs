@@ -2,7 +2,7 @@
 //! and every webhook route of the gateway. Each must get its documented
 //! answer, no process may go down (all still running and ready afterwards),
 //! and none may keep more than [`RSS_BOUND_MIB`] of resident memory it did
-//! not have before.
+//! not have after one warm-up round of the same requests.
 
 use std::collections::BTreeMap;
 
@@ -52,10 +52,15 @@ const OVERSIZED_WEBHOOK: usize = 4 * 1024 * 1024;
 const OVERSIZED_LEMONSQUEEZY: usize = 1024 * 1024;
 
 pub async fn run(mesh: &mut Mesh, report: &mut Report, http: &reqwest::Client) -> Result<()> {
-    let before = mesh.resident_mib();
     let mut mismatches = Vec::new();
-    let grpc = grpc_barrage(mesh, &mut mismatches).await;
-    let (webhooks, webhooks_sent) = webhook_barrage(mesh, http, &mut mismatches).await;
+    // One round first, outside the measure: a process's first oversized
+    // message grows its buffers and allocator arenas once, for good. The
+    // bound is about what the rounds after that keep.
+    grpc_barrage(mesh, 1, &mut mismatches).await;
+    webhook_barrage(mesh, http, 1, &mut mismatches).await;
+    let before = mesh.resident_mib();
+    let grpc = grpc_barrage(mesh, ROUNDS, &mut mismatches).await;
+    let (webhooks, webhooks_sent) = webhook_barrage(mesh, http, ROUNDS, &mut mismatches).await;
     let grpc_sent = grpc.values().sum();
     let after = mesh.resident_mib();
 
@@ -113,7 +118,7 @@ pub async fn run(mesh: &mut Mesh, report: &mut Report, http: &reqwest::Client) -
         });
     }
     report.notes.push(format!(
-        "barrage: each bad request sent {ROUNDS} times; gRPC: no token or a wrong one (UNAUTHENTICATED), bytes that are not protobuf (INTERNAL, tonic's decode error), an invalid id (INVALID_ARGUMENT), a message 1 MiB over the service's decoding limit (OUT_OF_RANGE, tonic's answer; the limit is tonic's default 4 MiB, memory's its largest document plus 64 KiB; UNAUTHENTICATED without a token); webhooks: unsigned or badly signed (401), a wrong WhatsApp verify token (403), not JSON (400), over the route's limit (413; an answer the client could not read because the gateway closed the connection mid-upload is tried again, up to {WEBHOOK_TRIES} times). Resident memory (VmRSS, MiB) before → after: {}",
+        "barrage: each bad request sent once (unmeasured warm-up), then {ROUNDS} times; gRPC: no token or a wrong one (UNAUTHENTICATED), bytes that are not protobuf (INTERNAL, tonic's decode error), an invalid id (INVALID_ARGUMENT), a message 1 MiB over the service's decoding limit (OUT_OF_RANGE, tonic's answer; the limit is tonic's default 4 MiB, memory's its largest document plus 64 KiB; UNAUTHENTICATED without a token); webhooks: unsigned or badly signed (401), a wrong WhatsApp verify token (403), not JSON (400), over the route's limit (413; an answer the client could not read because the gateway closed the connection mid-upload is tried again, up to {WEBHOOK_TRIES} times). Resident memory (VmRSS, MiB) after the warm-up → after the {ROUNDS} rounds: {}",
         growth.join(", ")
     ));
     Ok(())
@@ -175,7 +180,11 @@ fn invalid_requests() -> [(&'static str, &'static str, Vec<u8>, usize); 5] {
     ]
 }
 
-async fn grpc_barrage(mesh: &Mesh, mismatches: &mut Vec<String>) -> BTreeMap<String, usize> {
+async fn grpc_barrage(
+    mesh: &Mesh,
+    rounds: usize,
+    mismatches: &mut Vec<String>,
+) -> BTreeMap<String, usize> {
     let mut answers = BTreeMap::new();
     for (service, path, invalid, limit) in invalid_requests() {
         let oversized = vec![0; limit + OVER_THE_LIMIT];
@@ -219,7 +228,7 @@ async fn grpc_barrage(mesh: &Mesh, mismatches: &mut Vec<String>) -> BTreeMap<Str
         ];
         let channel = mesh.channel(service);
         for case in &cases {
-            for _ in 0..ROUNDS {
+            for _ in 0..rounds {
                 let code = raw_call(channel.clone(), path, case).await;
                 *answers.entry(code.clone()).or_default() += 1;
                 let expected = grpc_code(&Status::new(case.expected, ""));
@@ -440,6 +449,7 @@ fn webhook_cases() -> Vec<WebhookCase> {
 async fn webhook_barrage(
     mesh: &Mesh,
     http: &reqwest::Client,
+    rounds: usize,
     mismatches: &mut Vec<String>,
 ) -> (BTreeMap<String, usize>, usize) {
     let mut answers: BTreeMap<String, usize> = BTreeMap::new();
@@ -454,7 +464,7 @@ async fn webhook_barrage(
     let handshake = mesh.gateway_url(
         "/webhooks/whatsapp?hub.mode=subscribe&hub.verify_token=not-the-token&hub.challenge=1",
     );
-    for _ in 0..ROUNDS {
+    for _ in 0..rounds {
         *sent += 1;
         let answer = match http.get(&handshake).send().await {
             Ok(answer) => format!("HTTP {}", answer.status().as_u16()),
@@ -467,7 +477,7 @@ async fn webhook_barrage(
         );
     }
     for case in webhook_cases() {
-        for _ in 0..ROUNDS {
+        for _ in 0..rounds {
             let mut answer = String::new();
             for _ in 0..WEBHOOK_TRIES {
                 let mut request = http

@@ -21,6 +21,8 @@ use anyhow::Result;
 use sqlx::PgConnection;
 use tokio::task::JoinHandle;
 
+use super::report::{Report, Row};
+
 /// How long a sender waits before trying a failed item again (Meta backs
 /// off for days; a scenario has seconds).
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
@@ -45,6 +47,9 @@ pub struct Workload {
     pub prefix: String,
     /// Selects the stored keys: one text column, `$1` a LIKE pattern.
     pub stored_sql: &'static str,
+    /// The key column is UNIQUE: a second row cannot exist, so counting
+    /// duplicates would say 0 by construction; the table shows `–` instead.
+    pub unique_key: bool,
     pub attempt: Attempt,
 }
 
@@ -54,7 +59,8 @@ pub fn key(prefix: &str, i: usize) -> String {
     format!("{prefix}{i:06}")
 }
 
-/// Whether the fault is in force: answers are counted by it too.
+/// Whether the fault is in force. A try started meanwhile has its answer
+/// counted apart ([`Tally::during_outage`]), whenever that answer comes.
 #[derive(Clone, Default)]
 pub struct Outage(Arc<AtomicBool>);
 
@@ -83,7 +89,7 @@ pub struct Tally {
     pub given_up: usize,
     /// Failed tries by code.
     pub errors: BTreeMap<String, usize>,
-    /// Every answer given while the fault was in force, `OK` included.
+    /// The answers to every try started while the fault was in force, `OK` included.
     pub during_outage: BTreeMap<String, usize>,
 }
 
@@ -166,8 +172,9 @@ async fn send(
         let first_try = Instant::now();
         loop {
             tally.attempts += 1;
+            let during_outage = outage.on();
             let answer = (workload.attempt)(i).await;
-            if outage.on() {
+            if during_outage {
                 let code = answer.as_ref().err().map_or("OK", String::as_str);
                 *tally.during_outage.entry(code.to_owned()).or_default() += 1;
             }
@@ -228,6 +235,45 @@ pub async fn count_stored(
         distinct: distinct.len(),
         missing_count: missing.len(),
         missing: missing.into_iter().take(5).collect(),
+    })
+}
+
+/// The row of one workload, after checking that every acknowledged item is
+/// stored exactly once and that none was given up on.
+pub async fn stored_row(
+    db: &mut PgConnection,
+    report: &mut Report,
+    fault: &str,
+    workload: &Workload,
+    tally: &Tally,
+    recovery: &str,
+) -> Result<Row> {
+    let stored = count_stored(db, workload, &tally.acknowledged).await?;
+    let what = format!("{fault} ({})", workload.label);
+    report.check(tally.given_up == 0, || {
+        format!("{what}: {} items never acknowledged", tally.given_up)
+    });
+    report.check(stored.missing_count == 0, || {
+        format!(
+            "{what}: {} acknowledged but not stored, e.g. {:?}",
+            stored.missing_count, stored.missing
+        )
+    });
+    report.check(stored.duplicates() == 0, || {
+        format!("{what}: {} stored twice", stored.duplicates())
+    });
+    report.check(
+        tally.errors.keys().all(|code| !code.starts_with("HTTP 4")),
+        || format!("{what}: answered 4xx: {:?}", tally.errors),
+    );
+    Ok(Row {
+        fault: what,
+        sent: tally.attempts,
+        acknowledged: Some(tally.acknowledged.len()),
+        stored: Some(tally.acknowledged.len() - stored.missing_count),
+        duplicates: (!workload.unique_key).then(|| stored.duplicates()),
+        errors: tally.errors.clone(),
+        recovery: recovery.to_owned(),
     })
 }
 

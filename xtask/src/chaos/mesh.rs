@@ -29,6 +29,12 @@ pub const MEMORY_MAX_DOCUMENT_BYTES: usize = 10 * 1024 * 1024;
 /// The scheduler's lease: a killed replica's claims return to the others
 /// this long after its last claim (30 s by default; short, so a run waits less).
 const SCHEDULER_LEASE_SECONDS: &str = "5";
+/// The gateway's deadline on each downstream call (5 s by default), pinned
+/// and generous: while a debug build restarts on two cores a live service
+/// can take seconds to answer, and a 5xx from that would be noise, not the
+/// outage under test. Below the load's 30 s HTTP timeout, so the gateway
+/// still answers before the client gives up.
+const GATEWAY_DOWNSTREAM_TIMEOUT_SECONDS: &str = "20";
 
 pub struct Mesh {
     pub launcher: Launcher,
@@ -80,6 +86,10 @@ impl Mesh {
             (
                 "SCHEDULER_LEASE_SECONDS".to_owned(),
                 SCHEDULER_LEASE_SECONDS.to_owned(),
+            ),
+            (
+                "GATEWAY_DOWNSTREAM_TIMEOUT_SECONDS".to_owned(),
+                GATEWAY_DOWNSTREAM_TIMEOUT_SECONDS.to_owned(),
             ),
             // Two replicas run at once: each picks a free port for /metrics.
             (

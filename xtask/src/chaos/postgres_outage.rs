@@ -12,8 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 
 use super::{
-    kills::stored_row,
-    load::{self, Outage},
+    load::{self, Outage, stored_row},
     mesh::{APP_SECRET, Mesh},
     report::{Report, seconds},
     workloads,

@@ -60,6 +60,8 @@ pub fn webhooks(http: &reqwest::Client, url: &str, app_secret: &str, tag: &str) 
         prefix,
         stored_sql: "SELECT provider_message_id FROM conversations.messages \
                      WHERE provider_message_id LIKE $1",
+        // UNIQUE (channel, provider_message_id).
+        unique_key: true,
         attempt,
     }
 }
@@ -90,6 +92,8 @@ pub fn create_users(client: &UsersClient, digit: u8) -> Workload {
         label: "users.CreateUser".into(),
         prefix,
         stored_sql: "SELECT phone FROM users.users WHERE phone LIKE $1",
+        // users.phone is UNIQUE.
+        unique_key: true,
         attempt,
     }
 }
@@ -123,6 +127,7 @@ pub fn create_memories(client: &MemoryClient, user_id: &str, tag: &str) -> Workl
         label: "memory.CreateMemory".into(),
         prefix,
         stored_sql: "SELECT content FROM memory.memories WHERE content LIKE $1",
+        unique_key: false,
         attempt,
     }
 }
@@ -157,6 +162,7 @@ pub fn create_reminders(client: &SchedulerClient, user_id: &str, tag: &str) -> W
         label: "scheduler.CreateReminder".into(),
         prefix,
         stored_sql: "SELECT title FROM scheduler.reminders WHERE title LIKE $1",
+        unique_key: false,
         attempt,
     }
 }
@@ -192,6 +198,8 @@ pub fn record_ai_usage(client: &BillingClient, user_id: &str, tag: &str) -> Work
         label: "billing.RecordAiUsage".into(),
         prefix,
         stored_sql: "SELECT request_id FROM billing.ai_usage WHERE request_id LIKE $1",
+        // billing.ai_usage.request_id is UNIQUE.
+        unique_key: true,
         attempt,
     }
 }
