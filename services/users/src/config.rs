@@ -24,11 +24,17 @@ pub struct ErasureConfig {
     /// The longest wait between two calls to a context that did not answer
     /// (`USERS_ERASURE_RETRY_MAX_SECONDS`, 60).
     pub retry_max: Duration,
+    /// How long after every context answered they are all asked once more
+    /// (`USERS_ERASURE_SETTLE_SECONDS`, 30; 0 asks again at once): longer
+    /// than any caller's deadline, so a write that looked the user up just
+    /// before the erasure began has landed, and goes too.
+    pub settle: Duration,
 }
 
 impl ErasureConfig {
     pub const DEFAULT_PURGE_TIMEOUT: Duration = Duration::from_secs(30);
     pub const DEFAULT_RETRY_MAX: Duration = Duration::from_secs(60);
+    pub const DEFAULT_SETTLE: Duration = Duration::from_secs(30);
 
     /// Erasures that reach no other context.
     pub fn users_only() -> Self {
@@ -36,6 +42,7 @@ impl ErasureConfig {
             contexts: Vec::new(),
             purge_timeout: Self::DEFAULT_PURGE_TIMEOUT,
             retry_max: Self::DEFAULT_RETRY_MAX,
+            settle: Duration::ZERO,
         }
     }
 }
@@ -63,6 +70,10 @@ impl Config {
                     "USERS_ERASURE_RETRY_MAX_SECONDS",
                     ErasureConfig::DEFAULT_RETRY_MAX,
                 )?,
+                settle: Duration::from_secs(config::parsed_or(
+                    "USERS_ERASURE_SETTLE_SECONDS",
+                    ErasureConfig::DEFAULT_SETTLE.as_secs(),
+                )?),
             },
         })
     }

@@ -42,6 +42,8 @@ pub struct Erasures {
     retry_max: Duration,
     /// How long an attempt's claim lasts: one round of calls, with margin.
     lease: Duration,
+    /// The wait between the first round of purges and the sweep.
+    settle: Duration,
     /// Wakes the worker when a first attempt left work behind.
     wake: Notify,
 }
@@ -58,6 +60,7 @@ impl Erasures {
             contexts,
             retry_max: config.retry_max,
             lease: config.purge_timeout + Duration::from_secs(5),
+            settle: config.settle,
             wake: Notify::new(),
         })
     }
@@ -70,6 +73,10 @@ struct Claim {
     user_id: Uuid,
     /// The user's phone when the erasure began.
     phone: Option<String>,
+    /// When the sweep is due, once the first round is done.
+    sweep_after: Option<DateTime<Utc>>,
+    /// Whether that time has come, by the database's clock.
+    sweep_due: bool,
 }
 
 #[derive(sqlx::FromRow)]
@@ -91,6 +98,7 @@ struct StepRow {
     last_error: String,
     last_attempt_time: Option<DateTime<Utc>>,
     complete_time: Option<DateTime<Utc>>,
+    sweep_time: Option<DateTime<Utc>>,
 }
 
 /// DeleteUser: starts the user's erasure (or finds the one already started)
@@ -196,7 +204,7 @@ async fn begin(erasures: &Erasures, user: Uuid, request_id: &str) -> ApiResult<B
     let claim: Claim = sqlx::query_as(
         "INSERT INTO erasures (id, user_id, request_id, phone, next_attempt_time)
          VALUES ($1, $2, $3, $4, clock_timestamp() + $5::interval)
-         RETURNING id, user_id, phone",
+         RETURNING id, user_id, phone, sweep_after, false AS sweep_due",
     )
     .bind(Uuid::now_v7())
     .bind(user)
@@ -247,7 +255,8 @@ async fn load(pool: &PgPool, id: Uuid) -> ApiResult<pb::Erasure> {
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no erasure with id {id}")))?;
     let steps: Vec<StepRow> = sqlx::query_as(
-        "SELECT context, deleted, attempts, last_error, last_attempt_time, complete_time
+        "SELECT context, deleted, attempts, last_error, last_attempt_time, complete_time,
+                sweep_time
          FROM erasure_steps WHERE erasure_id = $1 ORDER BY position",
     )
     .bind(id)
@@ -266,6 +275,8 @@ async fn load(pool: &PgPool, id: Uuid) -> ApiResult<pb::Erasure> {
             .into_iter()
             .map(|step| {
                 let done = step.complete_time.is_some();
+                // The users step has no sweep: it is the last thing done.
+                let waiting = !done || (step.sweep_time.is_none() && step.context != USERS_STEP);
                 pb::ErasureStep {
                     context: step.context,
                     done,
@@ -274,8 +285,9 @@ async fn load(pool: &PgPool, id: Uuid) -> ApiResult<pb::Erasure> {
                     last_error: step.last_error,
                     last_attempt_time: step.last_attempt_time.map(timestamp),
                     complete_time: step.complete_time.map(timestamp),
-                    next_attempt_time: (!done && running)
+                    next_attempt_time: (waiting && running)
                         .then(|| timestamp(erasure.next_attempt_time)),
+                    sweep_time: step.sweep_time.map(timestamp),
                 }
             })
             .collect(),

@@ -48,7 +48,8 @@ impl Erasures {
                          WHERE state = 'running' AND next_attempt_time <= now()
                          ORDER BY next_attempt_time LIMIT 1
                          FOR UPDATE SKIP LOCKED)
-             RETURNING id, user_id, phone",
+             RETURNING id, user_id, phone, sweep_after,
+                       coalesce(sweep_after <= clock_timestamp(), false) AS sweep_due",
         )
         .bind(self.lease)
         .fetch_optional(&self.pool)
@@ -60,92 +61,178 @@ impl Erasures {
         Ok(true)
     }
 
-    /// One attempt at a claimed erasure: calls every context that has not
-    /// answered yet, records each outcome, then either removes the user
-    /// (all answered) or sets when to try again. No transaction is open
-    /// while the contexts are called.
+    /// One attempt at a claimed erasure. The first round calls every
+    /// context that has not answered yet; once all have, and the settle
+    /// time has passed, the sweep calls each once more (with its own request
+    /// id), and once all have answered that too the user is removed. Each
+    /// outcome is recorded as it comes; a failure sets when to try again. No
+    /// transaction is open while the contexts are called.
     #[tracing::instrument(skip_all, fields(erasure = %claim.id))]
     pub(super) async fn attempt(&self, claim: Claim) -> ApiResult<()> {
-        let Claim {
-            id,
-            user_id: user,
-            phone,
-        } = claim;
-        let pending: Vec<String> = sqlx::query_scalar(
-            "SELECT context FROM erasure_steps
-             WHERE erasure_id = $1 AND complete_time IS NULL AND context <> $2
-             ORDER BY position",
+        let steps = self.steps(claim.id).await?;
+        let first: Vec<&str> = steps
+            .iter()
+            .filter(|step| !step.purged)
+            .map(|step| step.context.as_str())
+            .collect();
+        if !first.is_empty() || claim.sweep_after.is_none() {
+            // The request id is the erasure's: a call whose answer was lost
+            // is answered from the context's record the next time.
+            let request_id = format!("erasure:{}", claim.id);
+            let answers = self.call(&claim, &first, &request_id).await;
+            if !self.record_round(claim.id, answers, Round::First).await? {
+                return Ok(());
+            }
+            sqlx::query(
+                "UPDATE erasures SET sweep_after = clock_timestamp() + $2::interval,
+                                     next_attempt_time = clock_timestamp() + $2::interval
+                 WHERE id = $1",
+            )
+            .bind(claim.id)
+            .bind(self.settle)
+            .execute(&self.pool)
+            .await?;
+            if !self.settle.is_zero() {
+                // The worker comes back for the sweep when it is due.
+                return Ok(());
+            }
+        } else if !claim.sweep_due {
+            sqlx::query("UPDATE erasures SET next_attempt_time = sweep_after WHERE id = $1")
+                .bind(claim.id)
+                .execute(&self.pool)
+                .await?;
+            return Ok(());
+        }
+
+        // Read again: the first round may have just recorded its counts,
+        // which the sweep's add to.
+        let steps = self.steps(claim.id).await?;
+        let unswept: Vec<&Step> = steps.iter().filter(|step| !step.swept).collect();
+        let names: Vec<&str> = unswept.iter().map(|step| step.context.as_str()).collect();
+        let request_id = format!("erasure:{}:sweep", claim.id);
+        let mut answers = self.call(&claim, &names, &request_id).await;
+        for (context, answer) in &mut answers {
+            let before = unswept.iter().find(|step| step.context == *context);
+            if let (Ok(deleted), Some(before)) = (answer, before) {
+                for (table, n) in &before.deleted.0 {
+                    *deleted.entry(table.clone()).or_default() += n;
+                }
+            }
+        }
+        if !self.record_round(claim.id, answers, Round::Sweep).await? {
+            return Ok(());
+        }
+        self.finish(claim.id, claim.user_id).await
+    }
+
+    /// The erasure's steps for the other contexts, in order.
+    async fn steps(&self, erasure: Uuid) -> ApiResult<Vec<Step>> {
+        Ok(sqlx::query_as(
+            "SELECT context, complete_time IS NOT NULL AS purged,
+                    sweep_time IS NOT NULL AS swept, deleted
+             FROM erasure_steps WHERE erasure_id = $1 AND context <> $2 ORDER BY position",
         )
-        .bind(id)
+        .bind(erasure)
         .bind(USERS_STEP)
         .fetch_all(&self.pool)
-        .await?;
+        .await?)
+    }
 
-        // The request id is the erasure's: a call whose answer was lost is
-        // answered from the context's record the next time. The phone is the
-        // one taken when the erasure began, so every call asks the same.
-        let request_id = format!("erasure:{id}");
-        let phone = phone.unwrap_or_default();
-        let (phone, request_id) = (&phone, &request_id);
-        let calls = pending.iter().map(|name| async move {
-            let result = match Context::from_name(name) {
+    /// Calls PurgeUser on each of `contexts` at once.
+    async fn call<'n>(
+        &self,
+        claim: &Claim,
+        contexts: &[&'n str],
+        request_id: &str,
+    ) -> Vec<(&'n str, Answer)> {
+        let phone = claim.phone.as_deref().unwrap_or_default();
+        let calls = contexts.iter().map(|name| async move {
+            let answer = match Context::from_name(name) {
                 Some(context) => self
                     .contexts
-                    .purge(context, user, phone, request_id)
+                    .purge(context, claim.user_id, phone, request_id)
                     .await
-                    .map_err(|status| (describe(context, &status), did_not_answer(status.code()))),
-                None => Err((format!("unknown context {name}"), false)),
+                    .map_err(|status| Failure {
+                        error: describe(context, &status),
+                        outage: did_not_answer(status.code()),
+                    }),
+                None => Err(Failure {
+                    error: format!("unknown context {name}"),
+                    outage: false,
+                }),
             };
-            (name.as_str(), result)
+            (*name, answer)
         });
+        join_all(calls).await
+    }
+
+    /// Records a round's answers; when any failed, sets when to try again
+    /// and returns false.
+    async fn record_round(
+        &self,
+        erasure: Uuid,
+        answers: Vec<(&str, Answer)>,
+        round: Round,
+    ) -> ApiResult<bool> {
         let mut failed_attempts = Vec::new();
-        for (context, result) in join_all(calls).await {
-            match result {
+        for (context, answer) in answers {
+            match answer {
                 Ok(deleted) => {
-                    record(&self.pool, id, context, Ok(&deleted)).await?;
-                    tracing::info!(context, ?deleted, "context erased the user");
+                    record(&self.pool, erasure, context, round, Ok(&deleted)).await?;
+                    tracing::info!(context, ?round, ?deleted, "context erased the user");
                 }
-                Err((error, outage)) => {
-                    failed_attempts.push(record(&self.pool, id, context, Err(&error)).await?);
+                Err(Failure { error, outage }) => {
+                    let attempts = record(&self.pool, erasure, context, round, Err(&error)).await?;
+                    failed_attempts.push(attempts);
                     if outage {
-                        tracing::warn!(context, error, "context did not answer; retrying");
+                        tracing::warn!(context, ?round, error, "context did not answer; retrying");
                     } else {
                         // A refusal needs someone to look: a configuration or
                         // a deploy. It is retried all the same, since the
                         // erasure must happen once that is fixed.
-                        tracing::error!(context, error, "context refused the purge; retrying");
+                        tracing::error!(
+                            context,
+                            ?round,
+                            error,
+                            "context refused the purge; retrying"
+                        );
                     }
                 }
             }
         }
+        let Some(attempts) = failed_attempts.into_iter().max() else {
+            return Ok(true);
+        };
+        sqlx::query(
+            "UPDATE erasures SET next_attempt_time = clock_timestamp() + $2::interval
+             WHERE id = $1 AND state = 'running'",
+        )
+        .bind(erasure)
+        .bind(backoff(attempts, self.retry_max))
+        .execute(&self.pool)
+        .await?;
+        Ok(false)
+    }
 
-        if let Some(attempts) = failed_attempts.into_iter().max() {
-            sqlx::query(
-                "UPDATE erasures SET next_attempt_time = clock_timestamp() + $2::interval
-                 WHERE id = $1 AND state = 'running'",
-            )
-            .bind(id)
-            .bind(backoff(attempts, self.retry_max))
-            .execute(&self.pool)
-            .await?;
-            return Ok(());
-        }
+    /// Removes the user once every context answered both rounds, in the
+    /// transaction that marks the erasure done.
+    async fn finish(&self, erasure: Uuid, user: Uuid) -> ApiResult<()> {
         let mut tx = self.pool.begin().await?;
         // Locked and checked again: a worker whose claim lapsed may have
         // finished it meanwhile.
         let state: String =
             sqlx::query_scalar("SELECT state FROM erasures WHERE id = $1 FOR UPDATE")
-                .bind(id)
+                .bind(erasure)
                 .fetch_one(&mut *tx)
                 .await?;
         if state == "running" {
             let deleted = remove_user(&mut tx, user).await?;
-            record(&mut *tx, id, USERS_STEP, Ok(&deleted)).await?;
+            record(&mut *tx, erasure, USERS_STEP, Round::First, Ok(&deleted)).await?;
             sqlx::query(
                 "UPDATE erasures SET state = 'done', phone = NULL, complete_time = clock_timestamp()
                  WHERE id = $1",
             )
-            .bind(id)
+            .bind(erasure)
             .execute(&mut *tx)
             .await?;
             tracing::info!(%user, "user erased from every context");
@@ -155,13 +242,41 @@ impl Erasures {
     }
 }
 
-/// Records one call to `context`: what it erased, or why it failed. Returns
-/// the step's attempts so far. Times are `clock_timestamp()`: inside the
-/// finishing transaction `now()` would be when it began.
+#[derive(sqlx::FromRow)]
+struct Step {
+    context: String,
+    /// The first round is done.
+    purged: bool,
+    /// The sweep is done.
+    swept: bool,
+    deleted: Json<HashMap<String, i64>>,
+}
+
+/// Which round a call belongs to.
+#[derive(Clone, Copy, Debug)]
+enum Round {
+    First,
+    Sweep,
+}
+
+/// What a context answered: the rows it erased, by table.
+type Answer = Result<HashMap<String, i64>, Failure>;
+
+struct Failure {
+    error: String,
+    /// The context did not answer (rather than refused).
+    outage: bool,
+}
+
+/// Records one call to `context`: what it erased (for the sweep, the
+/// totals of both rounds), or why it failed. Returns the step's attempts so
+/// far. Times are `clock_timestamp()`: inside the finishing transaction
+/// `now()` would be when it began.
 async fn record<'c>(
     executor: impl sqlx::PgExecutor<'c>,
     erasure: Uuid,
     context: &str,
+    round: Round,
     outcome: Result<&HashMap<String, i64>, &str>,
 ) -> ApiResult<i32> {
     let (deleted, error) = match outcome {
@@ -174,7 +289,10 @@ async fn record<'c>(
              last_attempt_time = clock_timestamp(),
              last_error = $3,
              deleted = coalesce($4, deleted),
-             complete_time = CASE WHEN $4 IS NULL THEN NULL ELSE clock_timestamp() END
+             complete_time = CASE WHEN $4 IS NOT NULL AND NOT $5 THEN clock_timestamp()
+                                  ELSE complete_time END,
+             sweep_time = CASE WHEN $4 IS NOT NULL AND $5 THEN clock_timestamp()
+                               ELSE sweep_time END
          WHERE erasure_id = $1 AND context = $2
          RETURNING attempts",
     )
@@ -182,6 +300,7 @@ async fn record<'c>(
     .bind(context)
     .bind(error)
     .bind(deleted)
+    .bind(matches!(round, Round::Sweep))
     .fetch_one(executor)
     .await?)
 }

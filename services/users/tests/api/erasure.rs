@@ -89,6 +89,8 @@ impl Mesh {
                 purge_timeout: Duration::from_secs(5),
                 // Quick retries, so the test does not wait out a long backoff.
                 retry_max: Duration::from_millis(500),
+                // The sweep a second after every context answered.
+                settle: Duration::from_secs(1),
             },
         };
         let users = serve_task(mesh_users::build(&users_config).await.expect("build users")).await;
@@ -525,6 +527,34 @@ async fn an_erasure_reaches_every_context_waits_out_a_down_one_and_survives_a_re
     assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
 
     // A repeat, with another request id, is the same erasure.
+    // A caller that looked the user up before the erasure began writes to
+    // conversations after its first purge: the sweep erases that too.
+    let mut chat = ConversationsServiceClient::new(mesh.client_of(Context::Conversations).await);
+    let late = chat
+        .get_or_create_active_conversation(conversations::GetOrCreateActiveConversationRequest {
+            user_id: user.id.clone(),
+            channel: conversations::Channel::Whatsapp as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .conversation
+        .unwrap();
+    chat.record_inbound_message(conversations::RecordInboundMessageRequest {
+        conversation_id: late.id,
+        message: Some(conversations::Message {
+            r#type: conversations::MessageType::Text as i32,
+            role: conversations::MessageRole::User as i32,
+            content: "¿Sigues ahí?".into(),
+            provider_message_id: "wamid.erasure-late".into(),
+            ..Default::default()
+        }),
+        referral: None,
+    })
+    .await
+    .expect("a late inbound message");
+
     let repeat = users
         .delete_user(DeleteUserRequest {
             user_id: user.id.clone(),
@@ -560,6 +590,16 @@ async fn an_erasure_reaches_every_context_waits_out_a_down_one_and_survives_a_re
     );
     assert_eq!(memory_step.deleted["memories"], 1, "{memory_step:?}");
     assert_eq!(memory_step.deleted["documents"], 1, "{memory_step:?}");
+    // Every context was swept, and the sweep found the late message.
+    for context in ["conversations", "memory", "scheduler", "billing"] {
+        let step = step(&done, context);
+        assert!(step.sweep_time.is_some() && step.done, "{step:?}");
+    }
+    let conversations_step = step(&done, "conversations");
+    assert_eq!(
+        conversations_step.deleted["messages"], 3,
+        "two in the first round, the late one in the sweep: {conversations_step:?}"
+    );
     assert_eq!(step(&done, "users").deleted["users"], 1);
     // The user went last, and the erasure ended with it.
     let finished = |t: &Option<prost_types::Timestamp>| {

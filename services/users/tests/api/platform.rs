@@ -533,6 +533,7 @@ fn bad_configuration_stops_start_up_naming_the_variable() {
         ("USERS_BILLING_URL", "billing:50055"),
         ("USERS_MEMORY_URL", "https://memory:50053"),
         ("USERS_ERASURE_RETRY_MAX_SECONDS", "0"),
+        ("USERS_ERASURE_SETTLE_SECONDS", "-1"),
         ("USERS_PURGE_TIMEOUT_SECONDS", "soon"),
     ] {
         let output = users_binary().envs(base).env(name, value).output().unwrap();
