@@ -1,5 +1,5 @@
 //! `cargo xtask test`: what CI runs. Lints the protos, checks the compose
-//! file offline, then runs `cargo test --workspace` against a throwaway
+//! file and the Kubernetes manifests offline, then runs `cargo test --workspace` against a throwaway
 //! Postgres (or the server DATABASE_URL names), stopped on every exit path,
 //! with the memory service's embedding model (or the one MEMORY_MODEL_DIR
 //! names); then, when no arguments narrowed the tests, the chaos suite.
@@ -29,6 +29,7 @@ pub async fn run(args: &[String]) -> Result<()> {
     let buf = tools::ensure(&paths, &tools::BUF)?;
     buf_lint(&paths, &buf)?;
     compose_check(&paths)?;
+    kubernetes_check(&paths)?;
     // After the checks: a lint failure costs no Postgres or model install.
     let source = Source::from_env(&paths)?;
     let tools = TestTools {
@@ -124,6 +125,115 @@ fn compose_check(paths: &Paths) -> Result<()> {
         "docker-compose -f docker-compose.yml config -q",
     )?;
     Ok(())
+}
+
+/// The Kubernetes version the manifests are checked against: the oldest
+/// the README promises (gRPC probes are GA from 1.27, autoscaling/v2 from
+/// 1.23, policy/v1 from 1.21).
+const KUBERNETES_VERSION: &str = "1.31";
+
+/// kubernetes-validate --strict over every manifest in deploy/kubernetes/
+/// (unknown fields, wrong types, missing required fields, unknown
+/// apiVersion/kind) against the schemas it bundles: no cluster, no network
+/// once installed. Also checks that kustomization.yaml lists exactly the
+/// manifests that `kubectl apply -k` should apply.
+fn kubernetes_check(paths: &Paths) -> Result<()> {
+    let dir = paths.repo.join("deploy/kubernetes");
+    let manifests = kubernetes_manifests(&dir)?;
+    if manifests.is_empty() {
+        bail!("{} holds no manifests", dir.display());
+    }
+    kustomization_check(&dir, &manifests)?;
+    println!(
+        "xtask: kubernetes-validate --strict (Kubernetes {KUBERNETES_VERSION}) deploy/kubernetes/ ({} files)",
+        manifests.len()
+    );
+    let output = tools::python_module(paths, &tools::KUBERNETES_VALIDATE, "kubernetes_validate")?
+        .args([
+            "--kubernetes-version",
+            KUBERNETES_VERSION,
+            "--strict",
+            "--quiet",
+        ])
+        .args(&manifests)
+        .current_dir(&dir)
+        .stdin(Stdio::null())
+        .output()
+        .context("running kubernetes-validate")?;
+    // --quiet prints only problems. A kind or apiVersion it has no schema for
+    // is only a WARN with exit status 0: count that as a failure too.
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    if !output.status.success() || !report.trim().is_empty() {
+        bail!(
+            "kubernetes-validate found problems in deploy/kubernetes/ ({}):\n{report}",
+            output.status
+        );
+    }
+    Ok(())
+}
+
+/// The file names of the manifests in `dir`: every `*.yaml` but
+/// kustomization.yaml (kustomize's own file, not a Kubernetes object), sorted.
+fn kubernetes_manifests(dir: &Path) -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".yaml") && name != "kustomization.yaml" {
+            names.push(name);
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// Manifests that are in the directory but deliberately not applied by
+/// `kubectl apply -k`.
+const NOT_KUSTOMIZED: &[&str] = &["secrets.example.yaml"];
+
+/// kustomization.yaml's `resources:` must name every manifest but the
+/// example Secret, and nothing else.
+fn kustomization_check(dir: &Path, manifests: &[String]) -> Result<()> {
+    let file = dir.join("kustomization.yaml");
+    let text =
+        std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+    let mut listed = kustomization_resources(&text);
+    listed.sort();
+    let expected: Vec<&str> = manifests
+        .iter()
+        .map(String::as_str)
+        .filter(|name| !NOT_KUSTOMIZED.contains(name))
+        .collect();
+    if listed != expected {
+        bail!(
+            "deploy/kubernetes/kustomization.yaml lists resources {listed:?}, \
+             but the manifests to apply are {expected:?} (every *.yaml but {NOT_KUSTOMIZED:?})"
+        );
+    }
+    Ok(())
+}
+
+/// The `- entry` lines of the top-level `resources:` list.
+fn kustomization_resources(text: &str) -> Vec<&str> {
+    let mut in_resources = false;
+    let mut listed = Vec::new();
+    for line in text.lines() {
+        let content = line.split(" #").next().unwrap_or("").trim_end();
+        if content.trim_start().starts_with('#') || content.is_empty() {
+            continue;
+        }
+        if !line.starts_with([' ', '-']) {
+            in_resources = content == "resources:";
+            continue;
+        }
+        if in_resources && let Some(item) = content.trim_start().strip_prefix("- ") {
+            listed.push(item.trim().trim_matches(['"', '\'']));
+        }
+    }
+    listed
 }
 
 /// The docker-compose binary; installed with apt when root, else a skip.
@@ -309,6 +419,20 @@ mod tests {
         tally.add("test result: FAILED. 2 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in 1.20s");
         tally.add("running 3 tests");
         assert_eq!((tally.passed, tally.failed, tally.ignored), (5, 1, 1));
+    }
+
+    #[test]
+    fn kustomization_resources_are_read() {
+        let text = "# top\napiVersion: v1\nresources:\n  - a.yaml\n  # skip\n  - \"b.yaml\" # why\nimages:\n  - name: x\n";
+        assert_eq!(kustomization_resources(text), ["a.yaml", "b.yaml"]);
+    }
+
+    #[test]
+    fn the_kubernetes_manifests_are_all_kustomized() {
+        let dir = Paths::discover().unwrap().repo.join("deploy/kubernetes");
+        let manifests = kubernetes_manifests(&dir).unwrap();
+        assert!(manifests.iter().any(|m| m == "gateway.yaml"));
+        kustomization_check(&dir, &manifests).unwrap();
     }
 
     #[test]

