@@ -101,6 +101,12 @@ impl Application {
                 .set_service_status(name, ServingStatus::NotServing)
                 .await;
         }
+        // Whether the process answers at all, whatever its database says:
+        // what a liveness probe asks (restarting a service because Postgres
+        // is away helps nothing; it reconnects by itself).
+        health
+            .set_service_status(LIVENESS, ServingStatus::Serving)
+            .await;
         let reflection = |builder: tonic_reflection::server::Builder<'static>| {
             builder
                 .register_encoded_file_descriptor_set(spec.file_descriptor_set)
@@ -315,6 +321,9 @@ impl Application {
         Ok(())
     }
 }
+
+/// The health name that is SERVING for as long as the process runs.
+pub const LIVENESS: &str = "liveness";
 
 fn health_names(spec: &ServiceSpec) -> impl Iterator<Item = &'static str> {
     // "" is the whole server: what `grpcurl ... grpc.health.v1.Health/Check` asks about.

@@ -4,6 +4,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+// The health name the runtime keeps SERVING while the process runs.
+use mesh_runtime::server::LIVENESS;
+
 use crate::{
     kube::{Container, Deployment, Manifests, PortRef, Probe, Source},
     scan::{Metrics, Process},
@@ -333,10 +336,29 @@ pub fn ports(m: &Manifests, code: &BTreeMap<String, Process>) -> Vec<String> {
                 }
             }
         }
+        // Readiness (is it serving?) and liveness (is it alive?) on every
+        // container: without them a broken pod gets traffic or never restarts.
+        for wanted in ["readiness", "liveness"] {
+            if !c.probes.iter().any(|(kind, _)| *kind == wanted) {
+                problems.push(format!("{}: no {wanted}Probe", at(d, c)));
+            }
+        }
         for (kind, probe) in &c.probes {
             let kind = *kind;
+            // A gRPC probe asks about a health name: readiness the whole
+            // server (""), which follows Postgres; liveness and startup the
+            // runtime's LIVENESS name, which stays SERVING while it runs.
+            if let Probe::Grpc { service, .. } = probe {
+                let expected = if kind == "readiness" { "" } else { LIVENESS };
+                if service != expected {
+                    problems.push(format!(
+                        "{}: {kind}Probe asks about health {service:?}, not {expected:?}",
+                        at(d, c)
+                    ));
+                }
+            }
             let probe_port = match probe {
-                Probe::Grpc { port: pp } if process.grpc => Some(Some(*pp)),
+                Probe::Grpc { port: pp, .. } if process.grpc => Some(Some(*pp)),
                 Probe::Http { path, port: pp } if !process.grpc => {
                     if !process.routes.contains(path) {
                         problems.push(format!(

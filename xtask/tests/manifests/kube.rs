@@ -29,9 +29,18 @@ pub enum PortRef {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Probe {
-    Grpc { port: i64 },
-    Http { path: String, port: PortRef },
-    Tcp { port: PortRef },
+    /// `service` is the health name asked about ("" when not given).
+    Grpc {
+        port: i64,
+        service: String,
+    },
+    Http {
+        path: String,
+        port: PortRef,
+    },
+    Tcp {
+        port: PortRef,
+    },
     Other,
 }
 
@@ -165,6 +174,7 @@ fn container(node: &YamlOwned) -> Container {
                 port: text_at(g, "port")
                     .and_then(|s| s.parse().ok())
                     .unwrap_or(-1),
+                service: text_at(g, "service").unwrap_or_default(),
             }
         } else if let Some(h) = get(p, "httpGet") {
             Probe::Http {

@@ -302,7 +302,7 @@ spec:
             - name: OTEL_EXPORTER_OTLP_ENDPOINT
               value: http://otel-collector:4317
           readinessProbe: {grpc: {port: 50051}}
-          livenessProbe: {grpc: {port: 50051}}
+          livenessProbe: {grpc: {port: 50051, service: liveness}}
 ---
 apiVersion: v1
 kind: Service
@@ -534,7 +534,7 @@ stringData:
         );
         assert_one(
             drifted("{grpc: {port: 50051}}", "{grpc: {port: 50052}}"),
-            "readinessProbe Grpc { port: 50052 } does not probe 50051",
+            "readinessProbe Grpc { port: 50052, service: \"\" } does not probe 50051",
         );
         assert_one(
             drifted(
@@ -608,15 +608,47 @@ stringData:
     }
 
     #[test]
+    fn probes_ask_the_right_health_and_none_is_missing() {
+        assert_one(
+            drifted(
+                "livenessProbe: {grpc: {port: 50051, service: liveness}}",
+                "livenessProbe: {grpc: {port: 50051}}",
+            ),
+            "livenessProbe asks about health \"\", not \"liveness\"",
+        );
+        assert_one(
+            drifted(
+                "readinessProbe: {grpc: {port: 50051}}",
+                "readinessProbe: {grpc: {port: 50051, service: typo}}",
+            ),
+            "readinessProbe asks about health \"typo\", not \"\"",
+        );
+        assert_one(
+            drifted(
+                "livenessProbe: {grpc: {port: 50051, service: liveness}}",
+                "",
+            ),
+            "no livenessProbe",
+        );
+        assert_one(
+            drifted("readinessProbe: {httpGet: {path: /readyz, port: http}}", ""),
+            "no readinessProbe",
+        );
+    }
+
+    #[test]
     fn tcp_probes_only_for_liveness_and_startup() {
         let tcp = "livenessProbe: {tcpSocket: {port: grpc}}";
         assert_eq!(
-            drifted("livenessProbe: {grpc: {port: 50051}}", tcp),
+            drifted(
+                "livenessProbe: {grpc: {port: 50051, service: liveness}}",
+                tcp
+            ),
             Vec::<String>::new()
         );
         assert_one(
             drifted(
-                "livenessProbe: {grpc: {port: 50051}}",
+                "livenessProbe: {grpc: {port: 50051, service: liveness}}",
                 "livenessProbe: {tcpSocket: {port: 5005}}",
             ),
             "livenessProbe Tcp { port: Number(5005) } does not probe 50051",

@@ -207,6 +207,16 @@ async fn health_is_not_serving_while_the_database_is_unreachable() {
         assert_eq!(status, ServingStatus::NotServing);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The process itself is alive: what a liveness probe asks.
+    let alive = health
+        .check(HealthCheckRequest {
+            service: mesh_runtime::server::LIVENESS.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status();
+    assert_eq!(alive, ServingStatus::Serving);
     let mut client = crate::harness::client(channel(addr).await);
     let status = client
         .get_user(GetUserRequest {
