@@ -492,6 +492,90 @@ pub fn grace(m: &Manifests, code: &BTreeMap<String, Process>) -> Vec<String> {
     problems
 }
 
+/// Whether every label `selector` asks for is among `labels` (an empty
+/// selector selects nothing here: Deployments and Services must name theirs).
+fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+    !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// Check 5, references between objects, which a schema check of each object
+/// alone cannot see: a Deployment's selector and its pods' labels, the pods
+/// a Service or a PodDisruptionBudget selects, what an autoscaler scales.
+pub fn references(m: &Manifests) -> Vec<String> {
+    let mut problems = Vec::new();
+    let selected = |selector: &BTreeMap<String, String>| {
+        m.deployments
+            .iter()
+            .filter(|d| selects(selector, &d.labels))
+            .collect::<Vec<_>>()
+    };
+    for d in &m.deployments {
+        if !selects(&d.selector, &d.labels) {
+            problems.push(format!(
+                "{}: Deployment {}: selector {:?} does not match its pods' labels {:?}",
+                d.file, d.name, d.selector, d.labels
+            ));
+        }
+    }
+    for s in &m.services {
+        if selected(&s.selector).is_empty() {
+            problems.push(format!(
+                "Service {}: selector {:?} matches no Deployment's pods",
+                s.name, s.selector
+            ));
+        }
+    }
+    for b in &m.budgets {
+        let guarded = selected(&b.selector);
+        if guarded.is_empty() {
+            problems.push(format!(
+                "PodDisruptionBudget {}: selector {:?} matches no Deployment's pods",
+                b.name, b.selector
+            ));
+        }
+        for d in guarded {
+            // With one pod, minAvailable 1 means no node drain may ever evict it.
+            let least = m
+                .autoscalers
+                .iter()
+                .find(|a| a.target_name == d.name)
+                .map_or(d.replicas.unwrap_or(1), |a| a.min_replicas);
+            if least < 2 {
+                problems.push(format!(
+                    "PodDisruptionBudget {} guards Deployment {}, which may run one pod: it would block node drains",
+                    b.name, d.name
+                ));
+            }
+        }
+    }
+    for a in &m.autoscalers {
+        let Some(d) = m
+            .deployments
+            .iter()
+            .find(|d| a.target_kind == "Deployment" && d.name == a.target_name)
+        else {
+            problems.push(format!(
+                "HorizontalPodAutoscaler {}: no Deployment {} to scale",
+                a.name, a.target_name
+            ));
+            continue;
+        };
+        if d.replicas.is_some() {
+            problems.push(format!(
+                "HorizontalPodAutoscaler {} scales Deployment {}, which also sets replicas (each apply resets it)",
+                a.name, d.name
+            ));
+        }
+        for c in d.containers.iter().filter(|c| !c.cpu_request) {
+            problems.push(format!(
+                "HorizontalPodAutoscaler {} scales on CPU, but {}/{} requests none",
+                a.name, d.name, c.name
+            ));
+        }
+    }
+    problems
+}
+
 /// Every check, in order, de-duplicated (the container list is walked by several).
 pub fn all(m: &Manifests, code: &BTreeMap<String, Process>) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
@@ -500,6 +584,7 @@ pub fn all(m: &Manifests, code: &BTreeMap<String, Process>) -> Vec<String> {
         .chain(keys(m))
         .chain(ports(m, code))
         .chain(grace(m, code))
+        .chain(references(m))
     {
         if !out.contains(&p) {
             out.push(p);

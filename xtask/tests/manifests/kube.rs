@@ -54,6 +54,8 @@ pub struct Container {
     pub probes: Vec<(&'static str, Probe)>,
     /// Seconds a `preStop` hook sleeps (`sleep: {seconds}` or `exec: sleep N`).
     pub pre_stop_sleep: u64,
+    /// It requests CPU (what a CPU-utilization autoscaler divides by).
+    pub cpu_request: bool,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -61,6 +63,10 @@ pub struct Deployment {
     pub file: String,
     pub name: String,
     pub labels: BTreeMap<String, String>,
+    /// `spec.selector.matchLabels`.
+    pub selector: BTreeMap<String, String>,
+    /// `spec.replicas`, when set.
+    pub replicas: Option<i64>,
     /// The pod template's annotations, over the Deployment's own.
     pub annotations: BTreeMap<String, String>,
     pub grace: Option<i64>,
@@ -75,10 +81,28 @@ pub struct Service {
     pub ports: Vec<(i64, PortRef)>,
 }
 
+/// A PodDisruptionBudget: which pods it guards.
+#[derive(Clone, Debug, Default)]
+pub struct Budget {
+    pub name: String,
+    pub selector: BTreeMap<String, String>,
+}
+
+/// A HorizontalPodAutoscaler: what it scales, from how many.
+#[derive(Clone, Debug, Default)]
+pub struct Autoscaler {
+    pub name: String,
+    pub target_kind: String,
+    pub target_name: String,
+    pub min_replicas: i64,
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct Manifests {
     pub deployments: Vec<Deployment>,
     pub services: Vec<Service>,
+    pub budgets: Vec<Budget>,
+    pub autoscalers: Vec<Autoscaler>,
     /// name -> key -> value.
     pub config_maps: BTreeMap<String, BTreeMap<String, String>>,
     /// name -> key -> value (`stringData` as written, `data` still base64).
@@ -211,6 +235,7 @@ fn container(node: &YamlOwned) -> Container {
         ports,
         probes,
         pre_stop_sleep,
+        cpu_request: get(node, "resources.requests.cpu").is_some(),
     }
 }
 
@@ -243,6 +268,8 @@ impl Manifests {
                     file: file.to_owned(),
                     name,
                     labels: string_map(get(&pod, "metadata.labels")),
+                    selector: string_map(get(doc, "spec.selector.matchLabels")),
+                    replicas: text_at(doc, "spec.replicas").and_then(|s| s.parse().ok()),
                     annotations,
                     grace: text_at(&pod, "spec.terminationGracePeriodSeconds")
                         .and_then(|s| s.parse().ok()),
@@ -261,6 +288,19 @@ impl Manifests {
                         Some((port, target))
                     })
                     .collect(),
+            }),
+            "PodDisruptionBudget" => self.budgets.push(Budget {
+                name,
+                selector: string_map(get(doc, "spec.selector.matchLabels")),
+            }),
+            "HorizontalPodAutoscaler" => self.autoscalers.push(Autoscaler {
+                name,
+                target_kind: text_at(doc, "spec.scaleTargetRef.kind").unwrap_or_default(),
+                target_name: text_at(doc, "spec.scaleTargetRef.name").unwrap_or_default(),
+                // Kubernetes' default.
+                min_replicas: text_at(doc, "spec.minReplicas")
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(1),
             }),
             "ConfigMap" => {
                 self.config_maps

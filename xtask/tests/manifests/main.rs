@@ -15,7 +15,11 @@
 //!    `DEFAULT_ADDR`), which is not loopback; the gateway's httpGet paths are
 //!    its routes; `prometheus.io/port` is a port the process serves
 //!    `/metrics` on; URLs naming a Service use one of its ports;
-//! 4. terminationGracePeriodSeconds exceeds preStop sleep + `MESH_DRAIN_SECONDS`.
+//! 4. terminationGracePeriodSeconds exceeds preStop sleep + `MESH_DRAIN_SECONDS`;
+//! 5. each Deployment's selector matches its pods, each Service and
+//!    PodDisruptionBudget selects some Deployment's pods (a budget only on
+//!    one that keeps two or more), and each autoscaler scales a Deployment
+//!    that sets no `replicas` and requests CPU.
 
 mod checks;
 mod kube;
@@ -280,6 +284,8 @@ apiVersion: apps/v1
 kind: Deployment
 metadata: {name: users}
 spec:
+  replicas: 2
+  selector: {matchLabels: {app: users}}
   template:
     metadata:
       labels: {app: users}
@@ -316,6 +322,7 @@ apiVersion: apps/v1
 kind: Deployment
 metadata: {name: mesh-gateway}
 spec:
+  selector: {matchLabels: {app: gateway}}
   template:
     metadata:
       labels: {app: gateway}
@@ -325,6 +332,7 @@ spec:
       containers:
         - name: gateway
           ports: [{name: http, containerPort: 8080}]
+          resources: {requests: {cpu: 200m}}
           lifecycle: {preStop: {exec: {command: ["sleep", "5"]}}}
           env:
             - name: GATEWAY_ADDR
@@ -344,6 +352,21 @@ metadata: {name: gateway}
 spec:
   selector: {app: gateway}
   ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata: {name: gateway}
+spec:
+  minAvailable: 1
+  selector: {matchLabels: {app: gateway}}
+---
+apiVersion: autoscaling/v2
+kind: HorizontalPodAutoscaler
+metadata: {name: gateway}
+spec:
+  scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: mesh-gateway}
+  minReplicas: 2
+  maxReplicas: 4
 ---
 apiVersion: v1
 kind: Secret
@@ -608,6 +631,50 @@ stringData:
     }
 
     #[test]
+    fn references_between_objects() {
+        assert_one(
+            drifted(
+                "selector: {matchLabels: {app: users}}",
+                "selector: {matchLabels: {app: user}}",
+            ),
+            "Deployment users: selector",
+        );
+        assert_one(
+            drifted("  selector: {app: users}", "  selector: {app: usres}"),
+            "Service users: selector",
+        );
+        assert_one(
+            drifted(
+                "selector: {matchLabels: {app: gateway}}\n---\napiVersion: autoscaling/v2",
+                "selector: {matchLabels: {app: gw}}\n---\napiVersion: autoscaling/v2",
+            ),
+            "PodDisruptionBudget gateway: selector",
+        );
+        assert_one(
+            drifted("minReplicas: 2", "minReplicas: 1"),
+            "which may run one pod",
+        );
+        assert_one(
+            drifted(
+                "kind: Deployment, name: mesh-gateway",
+                "kind: Deployment, name: gatewy",
+            ),
+            "no Deployment gatewy to scale",
+        );
+        assert_one(
+            drifted("          resources: {requests: {cpu: 200m}}\n", ""),
+            "requests none",
+        );
+        assert_one(
+            drifted(
+                "metadata: {name: mesh-gateway}\nspec:\n",
+                "metadata: {name: mesh-gateway}\nspec:\n  replicas: 2\n",
+            ),
+            "which also sets replicas",
+        );
+    }
+
+    #[test]
     fn probes_ask_the_right_health_and_none_is_missing() {
         assert_one(
             drifted(
@@ -715,7 +782,11 @@ stringData:
 
     #[test]
     fn unknown_deployments_and_missing_processes() {
-        let p = drifted("metadata: {name: mesh-gateway}", "metadata: {name: edge}");
+        // Renamed everywhere (its autoscaler names it too).
+        let p = problems(
+            GOOD,
+            &GOOD_GATEWAY.replace("name: mesh-gateway", "name: edge"),
+        );
         assert!(p.is_empty(), "the container's name is enough: {p:#?}");
         let p = drifted("- name: gateway\n", "- name: proxy\n");
         assert!(p.is_empty(), "the Deployment's name is enough: {p:#?}");
