@@ -123,11 +123,10 @@ impl IntoResponse for Answer {
                 &format!("body is over the {limit} byte limit"),
             ),
             Self::Downstream(failure) => {
-                // The details stay in the log, with the trace id that finds
-                // the failed call's spans: the caller is a provider on the
-                // internet and only needs to retry.
-                let trace_id = mesh_runtime::telemetry::current_trace_id();
-                tracing::warn!(%failure, %trace_id, "delivery not recorded: the provider will retry");
+                // The details stay in the log (the request span gives the line
+                // the trace id that finds the failed call's spans): the
+                // caller is a provider on the internet and only needs to retry.
+                tracing::warn!(%failure, "delivery not recorded: the provider will retry");
                 let (status, message) = match failure.code() {
                     Code::Unavailable
                     | Code::DeadlineExceeded

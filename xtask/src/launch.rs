@@ -215,8 +215,7 @@ impl ServiceEnv {
 
     /// Adds `name=value` unless `name` already has a value.
     fn default(&mut self, name: &str, value: String) {
-        let inherited = self.inherit && optional(name).is_some();
-        if !inherited && !self.vars.iter().any(|(n, _)| n == name) {
+        if !self.set_by_caller(name) && !self.vars.iter().any(|(n, _)| n == name) {
             self.vars.push((name.to_owned(), value));
         }
     }

@@ -404,13 +404,10 @@ impl Postgres {
         ours.then_some(dir)
     }
 
-    /// Starts the server again after [`Postgres::stop`]: the same data
-    /// directory, port and settings, as an operator's restart would.
-    pub fn start_again(&mut self) -> Result<()> {
-        self.start()
-    }
-
-    fn start(&mut self) -> Result<()> {
+    /// Starts the server: at first, and again after [`Postgres::stop`] with
+    /// the same data directory, port and settings, as an operator's restart
+    /// would.
+    pub fn start(&mut self) -> Result<()> {
         let mut options = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1",
             self.port,
@@ -501,8 +498,19 @@ fn initdb(install: &Install, data: &Path, throwaway: bool) -> Result<()> {
 
 /// A port nobody listens on right now (the kernel picks it).
 pub(crate) fn free_port() -> Result<u16> {
-    let listener = TcpListener::bind(("127.0.0.1", 0)).context("finding a free port")?;
-    Ok(listener.local_addr()?.port())
+    Ok(free_ports(1)?[0])
+}
+
+/// `n` distinct ports nobody listens on: all held at once while picked, so
+/// the kernel cannot hand out one twice.
+pub(crate) fn free_ports(n: usize) -> Result<Vec<u16>> {
+    let listeners = (0..n)
+        .map(|_| TcpListener::bind(("127.0.0.1", 0)).context("finding a free port"))
+        .collect::<Result<Vec<_>>>()?;
+    listeners
+        .iter()
+        .map(|listener| Ok(listener.local_addr()?.port()))
+        .collect()
 }
 
 fn ensure_port_free(port: u16) -> Result<()> {

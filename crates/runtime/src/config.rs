@@ -82,19 +82,27 @@ impl std::fmt::Debug for Pem {
 /// `MESH_TLS_CA_FILE`: the PEM certificates a process trusts on its calls to
 /// `https://` service URLs (the CA that signed the services' certificates).
 pub fn tls_ca() -> Result<Option<Pem>, ConfigError> {
-    let Some(path) = optional("MESH_TLS_CA_FILE") else {
+    from_file("MESH_TLS_CA_FILE", |text| {
+        text.contains("-----BEGIN CERTIFICATE-----")
+            .then(|| Pem(text.as_bytes().to_vec()))
+            .ok_or_else(|| "holds no PEM certificate".to_owned())
+    })
+}
+
+/// Parses the file `name` points at, when it is set; an unreadable or
+/// unparsable file is an error naming the variable.
+pub fn from_file<T>(
+    name: &str,
+    parse: impl FnOnce(&str) -> Result<T, String>,
+) -> Result<Option<T>, ConfigError> {
+    let Some(path) = optional(name) else {
         return Ok(None);
     };
-    let pem = std::fs::read(&path)
-        .map_err(|e| invalid("MESH_TLS_CA_FILE", &path, &format!("cannot be read: {e}")))?;
-    if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
-        return Err(invalid(
-            "MESH_TLS_CA_FILE",
-            &path,
-            "holds no PEM certificate",
-        ));
-    }
-    Ok(Some(Pem(pem)))
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| invalid(name, &path, &format!("cannot be read: {e}")))?;
+    parse(&text)
+        .map(Some)
+        .map_err(|why| invalid(name, &path, &why))
 }
 
 #[derive(Clone, Debug)]

@@ -190,6 +190,15 @@ pub struct Served {
     pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
+impl Served {
+    /// Stops it and waits for its drain to end: what a restart in a test
+    /// does before it starts the service again on the same address.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(());
+        self.task.await?
+    }
+}
+
 /// Runs `app` in the background until stopped, once it reports SERVING.
 pub async fn serve_task(app: crate::server::Application) -> Served {
     let addr = app.local_addr();

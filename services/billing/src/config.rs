@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use mesh_runtime::config::{self, ConfigError, ServiceConfig, positive_seconds};
+use mesh_runtime::config::{self, ConfigError, ServiceConfig, from_file, positive_seconds};
 
 use crate::plans::{Plans, Prices};
 
@@ -39,19 +39,4 @@ impl Config {
                 .unwrap_or_else(Prices::builtin),
         })
     }
-}
-
-/// Parses the file `name` points at, when it is set.
-fn from_file<T>(
-    name: &str,
-    parse: impl FnOnce(&str) -> Result<T, String>,
-) -> Result<Option<T>, ConfigError> {
-    let Some(path) = config::optional(name) else {
-        return Ok(None);
-    };
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| config::invalid(name, &path, &format!("cannot be read: {e}")))?;
-    parse(&text)
-        .map(Some)
-        .map_err(|why| config::invalid(name, &path, &why))
 }

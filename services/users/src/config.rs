@@ -35,16 +35,6 @@ impl ErasureConfig {
     pub const DEFAULT_PURGE_TIMEOUT: Duration = Duration::from_secs(30);
     pub const DEFAULT_RETRY_MAX: Duration = Duration::from_secs(60);
     pub const DEFAULT_SETTLE: Duration = Duration::from_secs(30);
-
-    /// Erasures that reach no other context.
-    pub fn users_only() -> Self {
-        Self {
-            contexts: Vec::new(),
-            purge_timeout: Self::DEFAULT_PURGE_TIMEOUT,
-            retry_max: Self::DEFAULT_RETRY_MAX,
-            settle: Duration::ZERO,
-        }
-    }
 }
 
 impl Config {
@@ -85,13 +75,12 @@ impl From<&ServiceConfig> for Config {
     fn from(service: &ServiceConfig) -> Self {
         Self {
             service: service.clone(),
-            erasure: ErasureConfig::users_only(),
+            erasure: ErasureConfig {
+                contexts: Vec::new(),
+                purge_timeout: ErasureConfig::DEFAULT_PURGE_TIMEOUT,
+                retry_max: ErasureConfig::DEFAULT_RETRY_MAX,
+                settle: Duration::ZERO,
+            },
         }
-    }
-}
-
-impl From<&Config> for Config {
-    fn from(config: &Config) -> Self {
-        config.clone()
     }
 }

@@ -454,7 +454,6 @@ async fn webhook_barrage(
 ) -> (BTreeMap<String, usize>, usize) {
     let mut answers: BTreeMap<String, usize> = BTreeMap::new();
     let mut sent = 0;
-    let sent = &mut sent;
     let mut record = |answer: String, expected: u16, what: String| {
         if answer != format!("HTTP {expected}") {
             mismatches.push(format!("{what}: {answer}, not HTTP {expected}"));
@@ -465,7 +464,7 @@ async fn webhook_barrage(
         "/webhooks/whatsapp?hub.mode=subscribe&hub.verify_token=not-the-token&hub.challenge=1",
     );
     for _ in 0..rounds {
-        *sent += 1;
+        sent += 1;
         let answer = match http.get(&handshake).send().await {
             Ok(answer) => format!("HTTP {}", answer.status().as_u16()),
             Err(e) => format!("no answer: {e}"),
@@ -487,7 +486,7 @@ async fn webhook_barrage(
                 for (name, value) in &case.headers {
                     request = request.header(*name, value);
                 }
-                *sent += 1;
+                sent += 1;
                 match request.send().await {
                     Ok(response) => {
                         answer = format!("HTTP {}", response.status().as_u16());
@@ -503,5 +502,5 @@ async fn webhook_barrage(
             );
         }
     }
-    (answers, *sent)
+    (answers, sent)
 }

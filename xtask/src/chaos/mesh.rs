@@ -3,8 +3,6 @@
 //! processes on free ports, each of which a scenario may kill and start
 //! again. Dropping it stops the processes, then Postgres.
 
-use std::net::TcpListener;
-
 use anyhow::{Context, Result};
 use mesh_fake_providers::FakeWhatsApp;
 use sqlx::PgConnection;
@@ -102,7 +100,7 @@ impl Mesh {
             ),
             ("RUST_LOG".to_owned(), "info".to_owned()),
         ];
-        for ((name, _), port) in ADDRESSES.iter().zip(free_ports(ADDRESSES.len())?) {
+        for ((name, _), port) in ADDRESSES.iter().zip(postgres::free_ports(ADDRESSES.len())?) {
             vars.push(((*name).to_owned(), format!("127.0.0.1:{port}")));
         }
         let launcher = Launcher {
@@ -218,16 +216,4 @@ impl Drop for Mesh {
         launch::stop_all(&mut self.processes);
         println!("xtask: chaos: stopping Postgres");
     }
-}
-
-/// `n` distinct ports nobody listens on: all held at once while picked, so
-/// the kernel cannot hand out one twice.
-pub fn free_ports(n: usize) -> Result<Vec<u16>> {
-    let listeners = (0..n)
-        .map(|_| TcpListener::bind(("127.0.0.1", 0)).context("finding a free port"))
-        .collect::<Result<Vec<_>>>()?;
-    listeners
-        .iter()
-        .map(|listener| Ok(listener.local_addr()?.port()))
-        .collect()
 }

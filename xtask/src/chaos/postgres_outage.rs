@@ -54,7 +54,7 @@ pub async fn run(mesh: &mut Mesh, report: &mut Report, http: &reqwest::Client) -
     let noticed_after = stopped.elapsed();
     println!("xtask: chaos: starting Postgres again");
     let started = Instant::now();
-    tokio::task::block_in_place(|| mesh.postgres.start_again())?;
+    tokio::task::block_in_place(|| mesh.postgres.start())?;
     let recovered = wait_for_all(mesh, ServingStatus::Serving).await;
     let recovery = started.elapsed();
     outage.end();

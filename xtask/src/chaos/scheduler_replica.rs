@@ -84,7 +84,7 @@ pub async fn run(mesh: &mut Mesh, report: &mut Report) -> Result<()> {
         "chaos-scheduler",
     )
     .await?;
-    let port = super::mesh::free_ports(1)?[0];
+    let port = crate::postgres::free_port()?;
     // Dropped (killed) on an early return; stopped in order at the end.
     let mut second = mesh.launcher.start_replica(
         launch::spec("scheduler")?,

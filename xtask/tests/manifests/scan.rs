@@ -31,7 +31,7 @@ pub enum Tok {
 }
 
 /// The functions whose first argument is the name of an environment variable.
-/// `from_file` is billing's helper, which hands its name to `config::optional`.
+/// `from_file` is the runtime's, which hands its name to `config::optional`.
 pub const READERS: &[&str] = &[
     "optional",
     "required",

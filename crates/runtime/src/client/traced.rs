@@ -80,6 +80,15 @@ where
 /// came. Calls the callee could not serve are errors in trace views;
 /// refusals (INVALID_ARGUMENT, NOT_FOUND, a used-up quota) are answers.
 fn record(span: &tracing::Span, headers: Option<&http::HeaderMap>) {
+    let (code, failed) = outcome(headers);
+    span.record("rpc.grpc.status_code", code as i32);
+    if failed {
+        span.record("otel.status_code", "ERROR");
+    }
+}
+
+/// The call's code, and whether it is an error in trace views.
+fn outcome(headers: Option<&http::HeaderMap>) -> (Code, bool) {
     let code = match headers {
         None => Code::Unavailable,
         Some(headers) => headers
@@ -88,12 +97,42 @@ fn record(span: &tracing::Span, headers: Option<&http::HeaderMap>) {
             .and_then(|value| value.parse::<i32>().ok())
             .map_or(Code::Ok, Code::from_i32),
     };
-    span.record("rpc.grpc.status_code", code as i32);
-    let failed = matches!(
-        code,
-        Code::Internal | Code::Unknown | Code::DataLoss | Code::Unimplemented
-    ) || (code != Code::ResourceExhausted && did_not_answer(code));
-    if failed {
-        span.record("otel.status_code", "ERROR");
+    let failed = matches!(code, Code::Internal | Code::DataLoss | Code::Unimplemented)
+        || (did_not_answer(code) && code != Code::ResourceExhausted);
+    (code, failed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answered(status: Option<&str>) -> (Code, bool) {
+        let mut headers = http::HeaderMap::new();
+        if let Some(status) = status {
+            headers.insert("grpc-status", status.parse().unwrap());
+        }
+        outcome(Some(&headers))
+    }
+
+    #[test]
+    fn failures_are_errors_and_refusals_are_answers() {
+        assert_eq!(outcome(None), (Code::Unavailable, true), "no answer came");
+        assert_eq!(
+            answered(None),
+            (Code::Ok, false),
+            "a body: status in the trailers"
+        );
+        assert_eq!(answered(Some("0")), (Code::Ok, false));
+        assert_eq!(answered(Some("5")), (Code::NotFound, false));
+        assert_eq!(answered(Some("3")), (Code::InvalidArgument, false));
+        assert_eq!(
+            answered(Some("8")),
+            (Code::ResourceExhausted, false),
+            "a used-up quota"
+        );
+        assert_eq!(answered(Some("13")), (Code::Internal, true));
+        assert_eq!(answered(Some("2")), (Code::Unknown, true));
+        assert_eq!(answered(Some("14")), (Code::Unavailable, true));
+        assert_eq!(answered(Some("4")), (Code::DeadlineExceeded, true));
     }
 }

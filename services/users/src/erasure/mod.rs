@@ -73,10 +73,10 @@ struct Claim {
     user_id: Uuid,
     /// The user's phone when the erasure began.
     phone: Option<String>,
-    /// When the sweep is due, once the first round is done.
-    sweep_after: Option<DateTime<Utc>>,
-    /// Whether that time has come, by the database's clock.
-    sweep_due: bool,
+    /// Every context answered the first round, so the sweep is due: the
+    /// first round's last write sets `sweep_after` and `next_attempt_time`
+    /// together, and a worker claims only once `next_attempt_time` passed.
+    first_done: bool,
 }
 
 #[derive(sqlx::FromRow)]
@@ -204,7 +204,7 @@ async fn begin(erasures: &Erasures, user: Uuid, request_id: &str) -> ApiResult<B
     let claim: Claim = sqlx::query_as(
         "INSERT INTO erasures (id, user_id, request_id, phone, next_attempt_time)
          VALUES ($1, $2, $3, $4, clock_timestamp() + $5::interval)
-         RETURNING id, user_id, phone, sweep_after, false AS sweep_due",
+         RETURNING id, user_id, phone, false AS first_done",
     )
     .bind(Uuid::now_v7())
     .bind(user)

@@ -4,7 +4,10 @@
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use futures::future::join_all;
-use mesh_runtime::{ApiResult, idempotency, purge::delete_user_rows};
+use mesh_runtime::{
+    ApiResult,
+    purge::{delete_user_rows, forget_answers},
+};
 use sqlx::{PgConnection, types::Json};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -48,8 +51,7 @@ impl Erasures {
                          WHERE state = 'running' AND next_attempt_time <= now()
                          ORDER BY next_attempt_time LIMIT 1
                          FOR UPDATE SKIP LOCKED)
-             RETURNING id, user_id, phone, sweep_after,
-                       coalesce(sweep_after <= clock_timestamp(), false) AS sweep_due",
+             RETURNING id, user_id, phone, sweep_after IS NOT NULL AS first_done",
         )
         .bind(self.lease)
         .fetch_optional(&self.pool)
@@ -69,13 +71,13 @@ impl Erasures {
     /// transaction is open while the contexts are called.
     #[tracing::instrument(skip_all, fields(erasure = %claim.id))]
     pub(super) async fn attempt(&self, claim: Claim) -> ApiResult<()> {
-        let steps = self.steps(claim.id).await?;
-        let first: Vec<&str> = steps
-            .iter()
-            .filter(|step| !step.purged)
-            .map(|step| step.context.as_str())
-            .collect();
-        if !first.is_empty() || claim.sweep_after.is_none() {
+        let mut steps = self.steps(claim.id).await?;
+        if !claim.first_done {
+            let first: Vec<&str> = steps
+                .iter()
+                .filter(|step| !step.purged)
+                .map(|step| step.context.as_str())
+                .collect();
             // The request id is the erasure's: a call whose answer was lost
             // is answered from the context's record the next time.
             let request_id = format!("erasure:{}", claim.id);
@@ -96,17 +98,11 @@ impl Erasures {
                 // The worker comes back for the sweep when it is due.
                 return Ok(());
             }
-        } else if !claim.sweep_due {
-            sqlx::query("UPDATE erasures SET next_attempt_time = sweep_after WHERE id = $1")
-                .bind(claim.id)
-                .execute(&self.pool)
-                .await?;
-            return Ok(());
+            // Read again: the first round just recorded its counts, which
+            // the sweep's add to.
+            steps = self.steps(claim.id).await?;
         }
 
-        // Read again: the first round may have just recorded its counts,
-        // which the sweep's add to.
-        let steps = self.steps(claim.id).await?;
         let unswept: Vec<&Step> = steps.iter().filter(|step| !step.swept).collect();
         let names: Vec<&str> = unswept.iter().map(|step| step.context.as_str()).collect();
         let request_id = format!("erasure:{}:sweep", claim.id);
@@ -339,7 +335,7 @@ async fn remove_user(conn: &mut PgConnection, user: Uuid) -> ApiResult<HashMap<S
     .await?
     .rows_affected();
     // Stored answers of earlier calls (CreateUser's holds the phone and names).
-    let answers = idempotency::forget_user(conn, user, "").await?;
+    forget_answers(conn, user, &mut deleted).await?;
     let users = sqlx::query("DELETE FROM users WHERE id = $1")
         .bind(user)
         .execute(&mut *conn)
@@ -349,7 +345,6 @@ async fn remove_user(conn: &mut PgConnection, user: Uuid) -> ApiResult<HashMap<S
         ("projects", projects),
         ("workspaces", workspaces),
         ("feature_flag_targets", flag_targets),
-        ("idempotency_keys", answers),
         ("users", users),
     ] {
         deleted.insert(table.to_owned(), n as i64);

@@ -93,7 +93,12 @@ impl Mesh {
                 settle: Duration::from_secs(1),
             },
         };
-        let users = serve_task(mesh_users::build(&users_config).await.expect("build users")).await;
+        let users = serve_task(
+            mesh_users::build(users_config.clone())
+                .await
+                .expect("build users"),
+        )
+        .await;
         Self {
             db,
             users_config,
@@ -127,12 +132,7 @@ impl Mesh {
             .find(|(c, _)| *c == Context::Memory)
             .expect("memory");
         let served = slot.1.take().expect("memory running");
-        let _ = served.stop.send(());
-        served
-            .task
-            .await
-            .expect("memory stops")
-            .expect("memory drains");
+        served.shutdown().await.expect("memory drains");
     }
 
     async fn start_memory(&mut self) {
@@ -154,15 +154,10 @@ impl Mesh {
     /// address: what a crash-and-restart leaves to resume.
     async fn restart_users(&mut self) {
         let served = self.users.take().expect("users running");
-        let _ = served.stop.send(());
-        served
-            .task
-            .await
-            .expect("users stops")
-            .expect("users drains");
+        served.shutdown().await.expect("users drains");
         self.users = Some(
             serve_task(
-                mesh_users::build(&self.users_config)
+                mesh_users::build(self.users_config.clone())
                     .await
                     .expect("build users"),
             )
@@ -526,7 +521,6 @@ async fn an_erasure_reaches_every_context_waits_out_a_down_one_and_survives_a_re
         .unwrap_err();
     assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
 
-    // A repeat, with another request id, is the same erasure.
     // A caller that looked the user up before the erasure began writes to
     // conversations after its first purge: the sweep erases that too.
     let mut chat = ConversationsServiceClient::new(mesh.client_of(Context::Conversations).await);
@@ -555,6 +549,7 @@ async fn an_erasure_reaches_every_context_waits_out_a_down_one_and_survives_a_re
     .await
     .expect("a late inbound message");
 
+    // A repeat, with no request id, is the same erasure.
     let repeat = users
         .delete_user(DeleteUserRequest {
             user_id: user.id.clone(),

@@ -969,6 +969,15 @@ async fn delete_erases_the_stored_answers_about_the_user() {
         .await
         .unwrap();
     assert_eq!(app.count("idempotency_keys").await, 3);
+    // Of each request only its SHA-256 is kept: the CreateUser one held the
+    // phone and names.
+    let mut admin = app.db.admin_connection().await;
+    let lengths: Vec<i32> =
+        sqlx::query_scalar("SELECT octet_length(request) FROM users.idempotency_keys")
+            .fetch_all(&mut admin)
+            .await
+            .unwrap();
+    assert_eq!(lengths, [32, 32, 32]);
 
     app.client
         .delete_user(DeleteUserRequest {
@@ -977,7 +986,6 @@ async fn delete_erases_the_stored_answers_about_the_user() {
         })
         .await
         .unwrap();
-    let mut admin = app.db.admin_connection().await;
     let left: Vec<String> = sqlx::query_scalar("SELECT operation FROM users.idempotency_keys")
         .fetch_all(&mut admin)
         .await
