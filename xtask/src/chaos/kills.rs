@@ -65,7 +65,7 @@ pub async fn run(mesh: &mut Mesh, report: &mut Report, http: &reqwest::Client) -
         kill_and_restart(mesh, report, http, name, *meta, own_callers).await?;
     }
     report.notes.push(
-        "kills and Postgres: stored = acknowledged items found in the database; duplicates = rows beyond one per key, shown only where a second row could exist (memories by content, reminders by title); `–` where a UNIQUE key makes it impossible (messages' (channel, provider_message_id), users.phone, billing.ai_usage.request_id). The outage check counts only the tries started while the process was dead; errors lists every failed try".into(),
+        "kills and Postgres: stored = acknowledged items found in the database; duplicates = rows beyond one per key, shown only where a second row could exist (memories by content, reminders by title); `–` where a UNIQUE key makes it impossible (messages' (channel, provider_message_id), users.phone, billing.ai_usage.request_id). The outage check counts only the tries started and answered while the process was dead; errors lists every failed try".into(),
     );
     Ok(())
 }
@@ -124,9 +124,10 @@ async fn kill_and_restart(
     let own_callers = own_callers.map(|workload| load::start(workload, GRPC_CALLERS, &outage));
     tokio::time::sleep(BEFORE).await;
 
-    // The outage is the time the process is dead: tries started in it are
-    // held to what Meta should see; a try started before the kill may still
-    // succeed, one started once the process is starting again may get anything.
+    // The outage is the time the process is dead: tries started and answered
+    // in it are held to what Meta should see; a try started before the kill
+    // may still succeed, one still running at the restart may meet the new
+    // process, one started once it is starting again may get anything.
     mesh.kill(name);
     outage.begin();
     tokio::time::sleep(DOWN).await;
@@ -182,7 +183,7 @@ async fn kill_and_restart(
 }
 
 /// Holds the deliveries' answers to what Meta should see during the outage:
-/// only tries started while the process was dead count (the table's errors
+/// only tries started and answered while the process was dead count (the table's errors
 /// column lists every other failure, which decides nothing here).
 fn check_meta(report: &mut Report, fault: &str, meta: Meta, deliveries: &Tally) {
     let during = &deliveries.during_outage;

@@ -59,8 +59,9 @@ pub fn key(prefix: &str, i: usize) -> String {
     format!("{prefix}{i:06}")
 }
 
-/// Whether the fault is in force. A try started meanwhile has its answer
-/// counted apart ([`Tally::during_outage`]), whenever that answer comes.
+/// Whether the fault is in force. A try started and answered meanwhile has
+/// its answer counted apart ([`Tally::during_outage`]); one that outlives the
+/// outage may meet the restarted process, so it says nothing about it.
 #[derive(Clone, Default)]
 pub struct Outage(Arc<AtomicBool>);
 
@@ -89,7 +90,8 @@ pub struct Tally {
     pub given_up: usize,
     /// Failed tries by code.
     pub errors: BTreeMap<String, usize>,
-    /// The answers to every try started while the fault was in force, `OK` included.
+    /// The answers to every try started and answered while the fault was in
+    /// force, `OK` included.
     pub during_outage: BTreeMap<String, usize>,
 }
 
@@ -172,9 +174,9 @@ async fn send(
         let first_try = Instant::now();
         loop {
             tally.attempts += 1;
-            let during_outage = outage.on();
+            let started_in_outage = outage.on();
             let answer = (workload.attempt)(i).await;
-            if during_outage {
+            if started_in_outage && outage.on() {
                 let code = answer.as_ref().err().map_or("OK", String::as_str);
                 *tally.during_outage.entry(code.to_owned()).or_default() += 1;
             }
